@@ -1,0 +1,38 @@
+# The README's commands. Each builds what it needs from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+SERVICE_VENV := .venv-service
+# Exactly this torch: it resolves to the local CPU wheel. It goes in first so that nothing
+# later pulls a CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: test lint serve model compare bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[train,service,dev]'
+	touch $@
+
+# The service venv has no torch: the same install as the Docker image.
+$(SERVICE_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(SERVICE_VENV)
+	$(SERVICE_VENV)/bin/pip install -q -c constraints.txt -e '.[service]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+serve: $(SERVICE_VENV)/.installed
+	$(SERVICE_VENV)/bin/opengallery serve --host 127.0.0.1 --port 8000 --data-dir ./var --model models/default
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/losses.py
+
+clean:
+	rm -rf $(VENV) $(SERVICE_VENV) .pytest_cache .ruff_cache
