@@ -1,0 +1,155 @@
+"""Commands of the service extra: `opengallery serve | keys | enroll | push`.
+
+Each `*_main(argv)` returns an exit code (the dispatcher in opengallery/cli.py calls them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+
+def _settings(overrides: dict[str, object]) -> Settings:
+    """Flags override the environment (OPENGALLERY_*), which overrides the defaults."""
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def _settings_or_exit(prog: str, overrides: dict[str, object]) -> Settings | None:
+    try:
+        return _settings(overrides)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        print(f"{prog}: invalid setting: {problems}", file=sys.stderr)
+        return None
+
+
+def configure_logging(level: str) -> None:
+    from service.middleware import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger("opengallery")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="opengallery serve",
+        description="Run the recognition service. Every flag can also be set in the "
+        "environment as OPENGALLERY_<FLAG> (e.g. OPENGALLERY_DATA_DIR); flags win.",
+    )
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--data-dir", type=Path, help="database and data (default ./var)")
+    parser.add_argument("--model", type=Path, help="default model bundle (default models/default)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(list(argv))
+    settings = _settings_or_exit(
+        "opengallery serve",
+        {
+            "host": args.host,
+            "port": args.port,
+            "data_dir": args.data_dir,
+            "model": args.model,
+            "log_level": args.log_level,
+        },
+    )
+    if settings is None:
+        return 2
+
+    from models.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(settings.model)
+    except BundleError as error:
+        print(f"opengallery serve: cannot load the model bundle: {error}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from service.app import create_app
+
+    configure_logging(settings.log_level)
+    shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    print(
+        f"opengallery: serving {bundle.manifest.model_id} on http://{settings.host}:{settings.port}"
+        f"  (docs: http://{shown_host}:{settings.port}/docs, data: {settings.data_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # our middleware logs each request with its request id
+    )
+    return 0
+
+
+def keys_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="opengallery keys", description="Manage API keys in a service's data directory."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a key and print it (shown once)")
+    create.add_argument("--scope", choices=["admin", "client"], default="client")
+    create.add_argument("--name", help="a label for the key")
+    create.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
+    args = parser.parse_args(list(argv))
+    settings = _settings_or_exit("opengallery keys", {"data_dir": args.data_dir})
+    if settings is None:
+        return 2
+
+    from service.auth import create_key
+    from service.store.sqlite import SQLiteStore
+
+    try:
+        store = SQLiteStore(settings.database_path)
+    except (OSError, Exception) as error:  # sqlite3.Error, permissions
+        print(f"opengallery keys: cannot open {settings.database_path}: {error}", file=sys.stderr)
+        return 1
+    try:
+        key, record = create_key(store, args.scope, args.name)
+    finally:
+        store.close()
+    print(key)
+    print(
+        f"created {record.scope} key #{record.key_id} in {settings.database_path} "
+        "(shown once; stored hashed)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def enroll_main(argv: Sequence[str]) -> int:
+    from service.enroll import main
+
+    return main(argv)
+
+
+def push_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="opengallery push", description="Register a local bundle with a running service."
+    )
+    parser.parse_args(list(argv))
+    print(
+        "opengallery push: comes with issue 5 (model registry); meanwhile an admin can "
+        'POST /v1/models {"path": DIR} with a bundle on the server\'s disk',
+        file=sys.stderr,
+    )
+    return 2

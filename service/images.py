@@ -1,0 +1,82 @@
+"""Decoding uploaded images safely: byte and pixel limits, corrupt and truncated files.
+
+The pixel count is read from the header and checked *before* the pixels are decoded, so a
+decompression bomb (a tiny file that inflates to gigabytes) is refused without allocating it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image, ImageFile
+
+# Pillow's own guard stays on as a second line of defence; ours runs first with the
+# configured limit. Truncated files must fail, not be padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+
+class ImageRejected(ValueError):
+    """An upload that is not a usable image; `code` is machine-readable, str() the reason."""
+
+    def __init__(self, code: str, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.too_large = too_large
+
+
+def decode_base64(text: str) -> bytes:
+    """Strict base64 (standard alphabet, optional padding); ImageRejected otherwise."""
+    if not isinstance(text, str):
+        raise ImageRejected("invalid_base64", "image must be a base64 string")
+    compact = "".join(text.split())
+    if compact.startswith("data:") and "," in compact:  # a data URL
+        compact = compact.split(",", 1)[1]
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageRejected("invalid_base64", "image is not valid base64") from None
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Bytes -> a fully loaded Pillow image (first frame), or ImageRejected with the reason."""
+    if len(data) == 0:
+        raise ImageRejected("empty_image", "image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageRejected(
+            "image_too_large",
+            f"image is {len(data)} bytes; the limit is {max_bytes}",
+            too_large=True,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageRejected("invalid_image", f"image has size {width}x{height}")
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"image is {width}x{height} = {width * height} pixels; "
+                    f"the limit is {max_pixels}",
+                    too_large=True,
+                )
+            image.load()
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageRejected("too_many_pixels", f"image refused: {error}", too_large=True) from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected(
+            "invalid_image",
+            f"not a recognised image (accepted formats: {', '.join(ALLOWED_FORMATS)})",
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
+        reason = str(error) or type(error).__name__
+        code = "truncated_image" if "truncated" in reason.lower() else "invalid_image"
+        raise ImageRejected(code, f"image could not be decoded: {reason}") from None
+    return image

@@ -1,0 +1,56 @@
+"""Galleries: create (admin), list, get, delete (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service.deps import AdminKey, ClientKey, Engine
+from service.ids import Identifier
+from service.schemas import GalleryCreate, GalleryList, GalleryOut
+from service.store.base import GalleryRecord
+
+router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
+
+GalleryName = Annotated[Identifier, Path(description="gallery name")]
+
+
+def gallery_out(record: GalleryRecord) -> GalleryOut:
+    return GalleryOut(
+        name=record.name,
+        model=record.model_id,
+        fpir=record.fpir,
+        scoring=record.scoring,  # type: ignore[arg-type]
+        keep_images=record.keep_images,
+        subject_count=record.subject_count,
+        sample_count=record.sample_count,
+        version=record.version,
+        created=record.created,
+    )
+
+
+@router.post("", status_code=201, response_model=GalleryOut, summary="Create a gallery")
+async def create_gallery(body: GalleryCreate, engine: Engine, _: AdminKey) -> GalleryOut:
+    record = await run_in_threadpool(
+        engine.create_gallery, body.name, body.model, body.fpir, body.scoring, body.keep_images
+    )
+    return gallery_out(record)
+
+
+@router.get("", response_model=GalleryList, summary="List galleries")
+async def list_galleries(engine: Engine, _: ClientKey) -> GalleryList:
+    records = await run_in_threadpool(engine.list_galleries)
+    return GalleryList(galleries=[gallery_out(record) for record in records])
+
+
+@router.get("/{gallery}", response_model=GalleryOut, summary="Get a gallery")
+async def get_gallery(gallery: GalleryName, engine: Engine, _: ClientKey) -> GalleryOut:
+    return gallery_out(await run_in_threadpool(engine.get_gallery, gallery))
+
+
+@router.delete("/{gallery}", status_code=204, summary="Delete a gallery and everything in it")
+async def delete_gallery(gallery: GalleryName, engine: Engine, _: AdminKey) -> Response:
+    await run_in_threadpool(engine.delete_gallery, gallery)
+    return Response(status_code=204)

@@ -1,0 +1,131 @@
+"""Identify (1:N, a batch of probes) and verify (1:1 against one subject)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.deps import ClientKey, Engine, State
+from service.errors import ApiError
+from service.ids import Identifier
+from service.routers.galleries import GalleryName
+from service.schemas import (
+    Candidate,
+    IdentifyJson,
+    IdentifyOut,
+    IdentifyResultOut,
+    VerifyJson,
+    VerifyOut,
+)
+from service.uploads import media_type, parse_json, read_form, request_body, uploads_from_json
+
+router = APIRouter(prefix="/v1/galleries/{gallery}", tags=["recognition"])
+
+_NUMBER = {"type": "number"}
+
+
+class _IdentifyForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(5, ge=1)
+    fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+
+
+class _VerifyForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject_id: Identifier
+    fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+
+
+@router.post(
+    "/identify",
+    response_model=IdentifyOut,
+    summary="Identify probes: 'subject X' or 'unknown' at the chosen FPIR",
+    description=(
+        "Probes as multipart files (`images`, repeatable), JSON base64 `images`, or JSON "
+        "`embeddings`. Each result is `known` when the best subject's score reaches the "
+        "threshold calibrated for `fpir` (default: the gallery's) against the current gallery, "
+        "or the explicit `threshold`."
+    ),
+    openapi_extra=request_body(
+        IdentifyJson,
+        "images",
+        {"top_k": {"type": "integer", "minimum": 1}, "fpir": _NUMBER, "threshold": _NUMBER},
+        many=True,
+    ),
+)
+async def identify(
+    request: Request, gallery: GalleryName, engine: Engine, state: State, _: ClientKey
+) -> IdentifyOut:
+    if media_type(request) == "application/json":
+        body = await parse_json(request, IdentifyJson)
+        uploads = uploads_from_json(body.images, body.embeddings)
+        top_k, fpir, threshold = body.top_k, body.fpir, body.threshold
+    else:
+        form, uploads = await read_form(request, state.settings, "images", _IdentifyForm)
+        top_k, fpir, threshold = form.top_k, form.fpir, form.threshold
+    model_id, results = await run_in_threadpool(
+        engine.identify, gallery, uploads, top_k, fpir, threshold
+    )
+    return IdentifyOut(
+        model=model_id,
+        gallery=gallery,
+        results=[
+            IdentifyResultOut(
+                decision=r.decision,  # type: ignore[arg-type]
+                subject_id=r.subject_id,
+                score=r.score,
+                threshold=r.threshold,
+                fpir=r.fpir,
+                candidates=[Candidate(subject_id=s, score=v) for s, v in r.candidates],
+            )
+            for r in results
+        ],
+    )
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyOut,
+    summary="Verify a probe against one subject",
+    description=(
+        "JSON `{subject_id, image | embedding}` or multipart (`subject_id` field, `image` "
+        "file). `match` uses the same calibrated threshold as identify."
+    ),
+    openapi_extra=request_body(
+        VerifyJson,
+        "image",
+        {"subject_id": {"type": "string"}, "fpir": _NUMBER, "threshold": _NUMBER},
+        many=False,
+    ),
+)
+async def verify(
+    request: Request, gallery: GalleryName, engine: Engine, state: State, _: ClientKey
+) -> VerifyOut:
+    if media_type(request) == "application/json":
+        body = await parse_json(request, VerifyJson)
+        if (body.image is None) == (body.embedding is None):
+            raise ApiError(422, "validation_error", "give exactly one of image or embedding")
+        uploads = uploads_from_json(
+            [body.image] if body.image is not None else None,
+            [body.embedding] if body.embedding is not None else None,
+        )
+        subject_id, fpir, threshold = body.subject_id, body.fpir, body.threshold
+    else:
+        form, uploads = await read_form(request, state.settings, "image", _VerifyForm)
+        if len(uploads) != 1:
+            raise ApiError(422, "validation_error", f"send exactly one image, got {len(uploads)}")
+        subject_id, fpir, threshold = form.subject_id, form.fpir, form.threshold
+    model_id, match, score, threshold_used, fpir_used = await run_in_threadpool(
+        engine.verify, gallery, subject_id, uploads[0], fpir, threshold
+    )
+    return VerifyOut(
+        model=model_id,
+        subject_id=subject_id,
+        match=match,
+        score=score,
+        threshold=threshold_used,
+        fpir=fpir_used,
+    )

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from models.testing import make_random_bundle
+from service.app import create_app
+from service.settings import Settings
+
+ADMIN_KEY = "test-admin-key-0123456789"
+DIM = 16
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("OPENGALLERY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bundles") / "random"
+    make_random_bundle(path, seed=0, embedding_dim=DIM)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, bundle_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", model=bundle_path, admin_key=ADMIN_KEY)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        test_client.headers["X-API-Key"] = ADMIN_KEY
+        yield test_client
