@@ -144,7 +144,8 @@ class ClassificationLoss(BaseLoss):
     Args:
         num_classes: C, the number of *known* classes (negatives have no class of their own).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
-        weight: optional per-class weight ``[C]`` (``nn.CrossEntropyLoss`` semantics).
+        weight: optional per-class weight ``[C]`` (``nn.CrossEntropyLoss`` semantics), kept
+            in the buffer ``class_weight``.
         negative_weight: the weight of a negative sample when ``weight`` or ``sample_weight``
             is given (with neither, every sample counts 1).
     """
@@ -174,13 +175,19 @@ class ClassificationLoss(BaseLoss):
                 )
             if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
                 raise ValueError("weight must be finite and non-negative")
-        self.register_buffer("weight", weight)
+        # Stored as ``class_weight``: margin heads own a ``weight`` parameter ([C, D]).
+        self.register_buffer("class_weight", weight)
 
     def _check(
-        self, logits: Tensor, targets: Tensor, sample_weight: Tensor | None, name: str = "logits"
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        sample_weight: Tensor | None,
+        name: str = "logits",
+        columns: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Validate inputs; return the known-mask and the effective per-sample weights."""
-        check_float_matrix(logits, name, self.num_classes)
+        check_float_matrix(logits, name, self.num_classes if columns is None else columns)
         known = check_targets(targets, logits, self.num_classes, self.supports_negatives)
         sample_weight = check_sample_weight(sample_weight, logits)
         return known, self._sample_weights(targets, known, sample_weight)
@@ -188,12 +195,12 @@ class ClassificationLoss(BaseLoss):
     def _sample_weights(
         self, targets: Tensor, known: Tensor, sample_weight: Tensor | None
     ) -> Tensor | None:
-        if self.weight is None and sample_weight is None:
+        if self.class_weight is None and sample_weight is None:
             return None
-        if self.weight is None:
+        if self.class_weight is None:
             weights = torch.where(known, 1.0, self.negative_weight).to(sample_weight.dtype)
         else:
-            class_weight = self.weight.to(targets.device)
+            class_weight = self.class_weight.to(targets.device)
             weights = class_weight[targets.clamp_min(0)]
             weights = torch.where(known, weights, self.negative_weight)
         return weights if sample_weight is None else weights * sample_weight
@@ -201,5 +208,5 @@ class ClassificationLoss(BaseLoss):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, reduction={self.reduction!r}, "
-            f"weighted={self.weight is not None}, negative_weight={self.negative_weight}"
+            f"weighted={self.class_weight is not None}, negative_weight={self.negative_weight}"
         )

@@ -25,6 +25,11 @@ class EntropicOpenSetLoss(ClassificationLoss):
     negative samples. On an all-known batch this equals ``F.cross_entropy``.
     """
 
+    @property
+    def weight(self) -> Tensor | None:
+        """The per-class weight (as ``nn.CrossEntropyLoss.weight``)."""
+        return self.class_weight
+
     def forward(
         self, logits: Tensor, targets: Tensor, sample_weight: Tensor | None = None
     ) -> Tensor:
@@ -33,7 +38,7 @@ class EntropicOpenSetLoss(ClassificationLoss):
         return self._reduce(per_sample, weights, logits.dtype)
 
 
-class MaximalEntropyLoss(ClassificationLoss):
+class MaximalEntropyLoss(EntropicOpenSetLoss):
     """Maximal Entropy Loss: EOS with a margin m subtracted from the target logit.
 
     Known samples: ``-log softmax(z - m·e_y)_y``; negatives as in EOS (no margin). m=0 is
