@@ -1,0 +1,155 @@
+"""Export a training run to a model bundle (models/bundle.py): ONNX, parity, calibration.
+
+Steps: the run's network -> ``model.onnx`` (torch.onnx, dynamo exporter; input ``"input"``
+float32 [N, C, H, W] with a dynamic batch axis, output ``"embedding"`` [N, D], the raw
+embedding) -> parity check: onnxruntime and PyTorch on a batch of validation images, the
+largest absolute difference goes into the manifest and above ``tolerance`` the export fails
+-> calibration embeddings (validation negatives + validation unknowns, embedded by the ONNX
+model, i.e. exactly as the service will embed) -> the calibration table against the
+closed-world gallery (known classes, training samples) -> closed-world evaluation metrics ->
+:func:`models.bundle.write_bundle` (atomic; verifies the bundle loads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.bundle import Bundle, Manifest, write_bundle
+from training.calibration import SmallCalibrationWarning
+from training.galleries import (
+    FPIRS,
+    OnnxEmbedder,
+    calibration_split,
+    closed_world,
+    summary,
+)
+from training.networks import EmbeddingNetwork, EmbeddingOnly
+from training.trainer import TrainedRun, load_run
+
+PARITY_BATCH = 64
+
+
+class ExportError(RuntimeError):
+    """The export failed a check (e.g. ONNX and PyTorch disagree)."""
+
+
+def export_onnx(network: EmbeddingNetwork, input_shape: tuple[int, int, int], path: Path) -> None:
+    """Write the embedding graph to ``path`` as one self-contained ONNX file."""
+    module = EmbeddingOnly(network).eval()
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter reports its progress on stdout and warns about optional torchvision ops;
+    # keep the command's own output clean.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=["input"],
+            output_names=["embedding"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(path), external_data=False)
+
+
+@torch.no_grad()
+def parity_max_abs_diff(network: EmbeddingNetwork, onnx_path: Path, inputs: np.ndarray) -> float:
+    network.eval()
+    expected = network.embedding(torch.from_numpy(inputs)).numpy()
+    actual = OnnxEmbedder(onnx_path).run(inputs)
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {actual.shape} != PyTorch {expected.shape}")
+    return float(np.abs(actual.astype(np.float64) - expected).max())
+
+
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    tolerance: float = 1e-4,
+    overwrite: bool = False,
+    run: TrainedRun | None = None,
+) -> Bundle:
+    run = run or load_run(run_dir)
+    network = run.network.cpu().eval()
+    data = run.data
+    spec = data.protocol.input
+    with tempfile.TemporaryDirectory(prefix="opengallery-export-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(network, spec.shape, onnx_path)
+
+        # Parity on real inputs, with a batch size the graph never saw at export time.
+        parity_inputs = data.val.inputs(slice(0, PARITY_BATCH))
+        diff = parity_max_abs_diff(network, onnx_path, parity_inputs)
+        if not diff <= tolerance:
+            raise ExportError(
+                f"ONNX and PyTorch embeddings differ by up to {diff:.3e} on a batch of "
+                f"{len(parity_inputs)} validation images (tolerance {tolerance:.1e})"
+            )
+
+        embedder = OnnxEmbedder(onnx_path)
+        calibration = embedder(calibration_split(data))
+        if len(calibration) == 0:
+            raise ExportError("no validation negatives or unknowns to calibrate with")
+        with warnings.catch_warnings():
+            # unsupported FPIR rows are kept and marked in the manifest
+            warnings.simplefilter("ignore", SmallCalibrationWarning)
+            report = closed_world(data, embedder).evaluate(FPIRS)
+        config = run.config
+        manifest = Manifest(
+            name=name or f"{config.network}-{config.loss}",
+            version=version,
+            created=datetime.now(UTC).replace(microsecond=0).isoformat(),
+            embedding_dim=network.embedding_dim,
+            input=spec,
+            output="embedding",
+            metric="cosine",
+            loss=config.loss,
+            protocol={
+                **data.protocol.to_manifest(),
+                "split": list(config.split),
+                "split_seed": config.split_seed,
+            },
+            metrics={"closed_world": summary(report)},
+            calibration=report["calibration"],
+            onnx_sha256="",
+            parity_max_abs_diff=diff,
+            extra={
+                "calibration_set": "validation negatives + validation unknowns "
+                "(non-mated searches against the known classes' training samples)",
+                "calibration_searches": len(calibration),
+                "training": _training_summary(run),
+            },
+        )
+        return write_bundle(out_dir, manifest, onnx_path, calibration, overwrite=overwrite)
+
+
+def _training_summary(run: TrainedRun) -> dict[str, Any]:
+    config = run.config
+    return {
+        "network": config.network,
+        "width": config.width,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "schedule": config.schedule,
+        "seed": config.seed,
+        "loss_params": config.loss_params,
+        "torch": torch.__version__,
+    }

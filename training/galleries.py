@@ -1,0 +1,194 @@
+"""The two gallery settings of a protocol, built from embeddings, for training/evaluate.py.
+
+- **closed world**: the gallery enrols the *known* (training) classes with their training
+  samples; mated probes are the test samples of the known classes; non-mated probes are the
+  test negatives ("negative") and the test unknowns ("unknown"); the calibration set is the
+  validation negatives + validation unknowns (the same set a bundle ships in calibration.npz).
+- **open world**: the gallery enrols subjects the network never saw: the *unknown* classes,
+  with their validation samples; mated probes are their test samples; non-mated probes are the
+  test negatives ("negative") and the test samples of the known training classes, which are not
+  enrolled here (reported under "unknown": outside the gallery and never a negative); the
+  calibration set is the validation negatives + validation known samples.
+
+An :class:`Embedder` maps a :class:`~training.data.Split` to raw embeddings [N, D]: with the
+PyTorch network of a run (:class:`TorchEmbedder`) or the ONNX model of a bundle
+(:class:`OnnxEmbedder`, onnxruntime, the service's path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from training.data import KNOWN, NEGATIVE, UNKNOWN, ProtocolData, Split
+from training.evaluate import evaluate_gallery, write_report
+
+FPIRS = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+class Embedder(Protocol):
+    def __call__(self, split: Split) -> np.ndarray: ...
+
+
+class TorchEmbedder:
+    def __init__(self, network: Any, batch_size: int = 256) -> None:
+        self.network = network
+        self.batch_size = batch_size
+
+    def __call__(self, split: Split) -> np.ndarray:
+        from training.trainer import embed
+
+        return embed(self.network, split, self.batch_size)[0]
+
+
+class OnnxEmbedder:
+    def __init__(self, onnx_path: str | Path, output: str = "embedding", batch_size: int = 256):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(
+            str(onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+        self.output = output
+        self.batch_size = batch_size
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {"input": inputs})[0]
+
+    def __call__(self, split: Split) -> np.ndarray:
+        parts = [
+            self.run(split.inputs(slice(start, start + self.batch_size)))
+            for start in range(0, len(split), self.batch_size)
+        ]
+        dim = self.session.get_outputs()[0].shape[-1]
+        return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+@dataclass
+class GallerySetting:
+    """Arrays for :func:`training.evaluate.evaluate_gallery`."""
+
+    name: str
+    gallery_embeddings: np.ndarray
+    gallery_subjects: np.ndarray
+    probe_embeddings: np.ndarray
+    probe_subjects: np.ndarray
+    probe_kind: np.ndarray
+    calibration_embeddings: np.ndarray
+
+    def evaluate(self, fpirs: Sequence[float] = FPIRS) -> dict[str, Any]:
+        return evaluate_gallery(
+            self.gallery_embeddings,
+            self.gallery_subjects,
+            self.probe_embeddings,
+            self.probe_subjects,
+            self.probe_kind,
+            self.calibration_embeddings,
+            fpirs,
+        )
+
+
+def _subjects(split: Split) -> np.ndarray:
+    return np.array([str(c) for c in split.class_names()])
+
+
+def _probes(
+    mated: Split, negatives: Split, others: Split, embedder: Embedder
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts = [(mated, "mated"), (negatives, "negative"), (others, "unknown")]
+    parts = [(s, k) for s, k in parts if len(s)]
+    embeddings = np.concatenate([embedder(s) for s, _ in parts])
+    subjects = np.concatenate([_subjects(s) for s, _ in parts])
+    kinds = np.concatenate([np.full(len(s), k) for s, k in parts])
+    return embeddings, subjects, kinds
+
+
+def _stack(embedder: Embedder, *splits: Split) -> np.ndarray:
+    return np.concatenate([embedder(s) for s in splits if len(s)])
+
+
+def calibration_split(data: ProtocolData) -> Split:
+    """The bundle's calibration set: validation negatives + validation unknowns."""
+    return data.val.with_roles(NEGATIVE, UNKNOWN)
+
+
+def closed_world(data: ProtocolData, embedder: Embedder) -> GallerySetting:
+    gallery = data.train.with_roles(KNOWN)
+    probes = _probes(
+        data.test.with_roles(KNOWN),
+        data.test.with_roles(NEGATIVE),
+        data.test.with_roles(UNKNOWN),
+        embedder,
+    )
+    return GallerySetting(
+        "closed_world",
+        embedder(gallery),
+        _subjects(gallery),
+        *probes,
+        embedder(calibration_split(data)),
+    )
+
+
+def open_world(data: ProtocolData, embedder: Embedder) -> GallerySetting:
+    gallery = data.val.with_roles(UNKNOWN)
+    if len(gallery) == 0:
+        raise ValueError(
+            f"protocol {data.protocol.name!r} has no unknown classes to enrol in an open-world "
+            "gallery"
+        )
+    probes = _probes(
+        data.test.with_roles(UNKNOWN),
+        data.test.with_roles(NEGATIVE),
+        data.test.with_roles(KNOWN),
+        embedder,
+    )
+    calibration = _stack(embedder, data.val.with_roles(NEGATIVE), data.val.with_roles(KNOWN))
+    return GallerySetting("open_world", embedder(gallery), _subjects(gallery), *probes, calibration)
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a report (for manifests and the comparison table)."""
+    out: dict[str, Any] = {"closed_set_accuracy": report["closed_set_accuracy"]}
+    for kind, metrics in report["open_set"].items():
+        out[kind] = {
+            "auroc": metrics["auroc"],
+            "fpr_at_95tpr": metrics["fpr_at_tpr"],
+            "oscr_area": metrics["oscr_area"],
+            "dir_at_fpir": {f"{row['fpir']:g}": row["dir"] for row in metrics["dir"]},
+        }
+    out["operating_points"] = [
+        {
+            "fpir": p["fpir"],
+            "threshold": p["threshold"],
+            "dir": p["dir"],
+            "realised_fpir": p["realised_fpir"],
+            "supported": p["supported"],
+        }
+        for p in report["operating_points"]
+    ]
+    return out
+
+
+def evaluate_both(
+    data: ProtocolData, embedder: Embedder, out_dir: str | Path | None = None
+) -> dict[str, dict[str, Any]]:
+    """Closed- and open-world reports (written to OUT and OUT/open_world when given)."""
+    reports = {"closed_world": closed_world(data, embedder).evaluate()}
+    if len(data.val.with_roles(UNKNOWN)) and len(data.test.with_roles(UNKNOWN)):
+        reports["open_world"] = open_world(data, embedder).evaluate()
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_report(reports["closed_world"], out)
+        if "open_world" in reports:
+            write_report(reports["open_world"], out / "open_world")
+            with open(out / "report.md", "a", encoding="utf-8") as handle:
+                handle.write(
+                    "\n## Open-world gallery\n\nEnrols the unknown classes (never trained on): "
+                    "see [open_world/report.md](open_world/report.md).\n"
+                )
+    return reports
