@@ -9,6 +9,7 @@ from models.bundle import (
     InputSpec,
     Manifest,
     file_sha256,
+    is_model_id,
     load_bundle,
     write_bundle,
 )
@@ -18,16 +19,22 @@ from models.calibration import (
     realised_fpir,
     threshold_for_fpir,
 )
-from models.preprocessing import images_to_array, pixels_to_array
+from models.preprocessing import image_to_pixels, images_to_array, pixels_to_array
+from models.registry import DuplicateModelError, ModelNotFoundError, ModelRegistry
 
 __all__ = [
     "Bundle",
     "BundleError",
     "CalibrationError",
+    "DuplicateModelError",
     "InputSpec",
     "Manifest",
+    "ModelNotFoundError",
+    "ModelRegistry",
     "file_sha256",
+    "image_to_pixels",
     "images_to_array",
+    "is_model_id",
     "load_bundle",
     "min_searches_for_fpir",
     "pixels_to_array",

@@ -51,6 +51,12 @@ class BundleError(ValueError):
     """Anything wrong with a bundle; the message names the file or field at fault."""
 
 
+def is_model_id(text: str) -> bool:
+    """Whether ``text`` is a well-formed model id ``name@version``."""
+    name, at, version = text.partition("@")
+    return bool(at) and bool(_ID_PART.fullmatch(name)) and bool(_ID_PART.fullmatch(version))
+
+
 # ---------------------------------------------------------------------------------------------
 # Field checks: each returns the normalised value or raises BundleError naming the field.
 
