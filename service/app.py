@@ -18,7 +18,16 @@ from fastapi.concurrency import run_in_threadpool
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
-from service.routers import galleries, health, jobs, models, recognition, samples, subjects
+from service.routers import (
+    galleries,
+    health,
+    jobs,
+    keys,
+    models,
+    recognition,
+    samples,
+    subjects,
+)
 from service.schemas import ErrorResponse
 from service.settings import Settings
 from service.state import open_state
@@ -91,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         recognition.router,
         models.router,
         jobs.router,
+        keys.router,
     ):
         app.include_router(router)
     app.include_router(health.router)

@@ -69,7 +69,11 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected("too_many_pixels", f"image refused: {error}", too_large=True) from None
+        raise ImageRejected(
+            "too_many_pixels",
+            f"image has too many pixels (the limit is {max_pixels}): {error}",
+            too_large=True,
+        ) from None
     except Image.UnidentifiedImageError:
         raise ImageRejected(
             "invalid_image",

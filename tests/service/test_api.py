@@ -285,10 +285,10 @@ def test_delete_subject_removes_it_from_identify(client: TestClient) -> None:
 
 def test_auth_scopes(client: TestClient) -> None:
     make_gallery(client)
-    from service.auth import create_key
-
-    state = client.app.state.opengallery  # type: ignore[attr-defined]
-    client_key, _ = create_key(state.store, "client")
+    created = client.post("/v1/keys", json={"scope": "client", "name": "app"})
+    assert created.status_code == 201
+    client_key = created.json()["key"]
+    assert created.json()["scope"] == "client"
     no_key = client.get("/v1/galleries", headers={"X-API-Key": ""})
     assert no_key.status_code == 401
     assert no_key.json()["error"]["code"] == "unauthorized"
@@ -300,6 +300,7 @@ def test_auth_scopes(client: TestClient) -> None:
     assert forbidden.status_code == 403
     assert forbidden.json()["error"]["code"] == "forbidden"
     assert client.delete("/v1/galleries/g", headers=as_client).status_code == 403
+    assert client.post("/v1/keys", json={"scope": "admin"}, headers=as_client).status_code == 403
     # No key needed for probes of liveness, readiness and metrics.
     for path in ("/healthz", "/readyz", "/metrics"):
         assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
