@@ -161,3 +161,19 @@ def test_distinct_scores_realise_floor_of_fpir_times_m(scores: list[float], fpir
     k = max(k for k in range(m + 1) if k / m <= fpir)
     assert k in (math.floor(fpir * m), math.floor(fpir * m) + 1)
     assert realised == k / m
+
+
+@pytest.mark.parametrize(
+    ("fpir", "theta", "realised"),
+    [
+        (0.1, above(0.9), 0.0),
+        (0.25, 0.9, 0.25),
+        (0.5, above(0.8), 0.25),
+        (0.75, 0.8, 0.75),
+        (1.0, 0.7, 1.0),
+    ],
+)
+def test_worked_example_of_docs_bundle_md(fpir: float, theta: float, realised: float) -> None:
+    scores = np.array([0.9, 0.8, 0.8, 0.7])
+    assert threshold_for_fpir(scores, fpir) == theta
+    assert realised_fpir(scores, theta) == realised
