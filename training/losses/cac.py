@@ -62,15 +62,22 @@ class CACLoss(ClassificationLoss):
         """Back to the training anchors ``α·e_i``."""
         self.anchors.copy_(self.alpha * torch.eye(self.num_classes))
 
+    def _anchors_are_scaled_identity(self) -> bool:
+        anchors = self.anchors
+        return bool(
+            (anchors.count_nonzero() == self.num_classes) & (anchors.diagonal() == self.alpha).all()
+        )
+
     def _distances(self, logits: Tensor) -> Tensor:
         dtype = compute_dtype(logits.dtype)
         points = logits.to(dtype)
         anchors = self.anchors.to(device=logits.device, dtype=dtype)
-        squared = (
-            points.square().sum(dim=1, keepdim=True)
-            - 2.0 * points @ anchors.T
-            + anchors.square().sum(dim=1)
-        )
+        point_norms = points.square().sum(dim=1, keepdim=True)
+        if self._anchors_are_scaled_identity():
+            # Training anchors α·e_j: ||z - α e_j||² = ||z||² - 2α z_j + α², no matmul.
+            squared = point_norms - (2.0 * self.alpha) * points + self.alpha**2
+        else:
+            squared = point_norms - 2.0 * points @ anchors.T + anchors.square().sum(dim=1)
         return squared.clamp_min(_MIN_SQUARED_DISTANCE).sqrt()
 
     def distances(self, logits: Tensor) -> Tensor:

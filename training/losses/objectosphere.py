@@ -34,13 +34,11 @@ def _check_non_negative(value: float, name: str) -> float:
 
 def objectosphere_per_sample(features: Tensor, known: Tensor, min_magnitude: float) -> Tensor:
     """Per-sample ObjectoSphere term; the gradient is finite everywhere, also at f = 0."""
-    squared_norm = features.square().sum(dim=1)
-    # Negatives use ||f||² directly (gradient 2f). For knowns, sqrt is evaluated only where
-    # ||f|| > 0: at f = 0 the gradient of ||f|| is taken as 0 instead of 0/0 = NaN.
-    positive = squared_norm > 0
-    norm = torch.where(positive, torch.where(positive, squared_norm, 1.0).sqrt(), 0.0)
+    # torch's norm backward is f/||f|| with 0 at f = 0 (not 0/0): finite everywhere. For
+    # negatives d||f||²/df = 2f, which is 0 at f = 0 as well, so the one norm serves both.
+    norm = torch.linalg.vector_norm(features, dim=1)
     known_term = (min_magnitude - norm).clamp_min(0.0).square()
-    return torch.where(known, known_term, squared_norm)
+    return torch.where(known, known_term, norm.square())
 
 
 class ObjectoSphereLoss(BaseLoss):

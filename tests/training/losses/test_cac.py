@@ -99,3 +99,16 @@ def test_bad_inputs() -> None:
         loss.open_set_score(torch.randn(2, 2))
     with pytest.raises(ValueError, match="out of range"):
         loss.set_anchors_from_class_means(torch.randn(2, 3), torch.tensor([0, 5]))
+
+
+def test_general_anchors_path_matches_cdist() -> None:
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 3, generator=generator, dtype=torch.float64) * 5
+    loss = CACLoss(3).double()
+    anchors = torch.randn(3, 3, generator=generator, dtype=torch.float64) * 4
+    loss.anchors.copy_(anchors)
+    torch.testing.assert_close(loss.distances(logits), torch.cdist(logits, anchors))
+    loss.reset_anchors()
+    torch.testing.assert_close(
+        loss.distances(logits), torch.cdist(logits, 10.0 * torch.eye(3, dtype=torch.float64))
+    )
