@@ -131,7 +131,8 @@ class InputSpec:
     """How to turn an image into the network's input.
 
     Pixel contract: convert to ``color``, resize the whole image to H×W with ``resize``
-    (no crop), scale to [0, 1], then ``(x - mean) / std`` per channel, layout [C, H, W].
+    (no crop), scale to [0, 1], then ``(x - mean) / std`` per channel, layout [C, H, W]
+    (see :mod:`models.preprocessing`, which also applies EXIF orientation).
     """
 
     shape: tuple[int, int, int]

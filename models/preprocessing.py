@@ -1,6 +1,7 @@
 """Images -> network input, per a bundle's :class:`~models.bundle.InputSpec`.
 
-Pixel contract (the same in training, export and the service): convert to ``spec.color``,
+Pixel contract (the same in training, export and the service): apply the EXIF orientation
+tag if any, convert to ``spec.color``,
 resize the whole image to H×W (no crop) with ``spec.resize``, scale to [0, 1], then
 ``(x - mean) / std`` per channel; output float32 [N, C, H, W].
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models.bundle import InputSpec
 
@@ -34,8 +35,26 @@ def _normalise(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
+_EXIF_ORIENTATION = 0x0112
+# Pillow's convert() clips 16-bit grey to 8 bits (anything >= 255 turns white): scale instead.
+_WIDE_GREY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    wide = np.asarray(image).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
+
+
 def image_to_pixels(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """One image -> uint8 [H, W, C]: converted to ``spec.color`` and resized."""
+    """One image -> uint8 [H, W, C]: converted to ``spec.color`` and resized.
+
+    An EXIF orientation tag is applied first (the image as a viewer shows it), and 16-bit
+    grey images (modes ``I;16*`` and ``I``, read as 0..65535) are scaled to 8 bits.
+    """
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)  # a camera's "rotate me" tag: show it upright
+    if image.mode in _WIDE_GREY_MODES:
+        image = _to_8bit_grey(image)
     converted = image.convert(spec.color) if image.mode != spec.color else image
     size = (spec.width, spec.height)  # Pillow sizes are (width, height)
     if converted.size != size:

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,6 +81,38 @@ def test_grey_image_to_rgb_repeats_the_channel(rng: np.random.Generator) -> None
     out = images_to_array([Image.fromarray(grey)], RGB)
     expected = reference(np.repeat(grey[None, ..., None], 3, axis=3), RGB)
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_grey_is_scaled_not_clipped(mode: str) -> None:
+    wide = np.array([[0, 257, 32896, 65535, 1000, 60000]] * 4, dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    image = Image.open(io.BytesIO(buffer.getvalue()))
+    image = image if mode == "I;16" else image.convert("I")
+    out = images_to_array([image], GREY)
+    expected = np.rint(wide / 257.0)  # 0, 1, 128, 255, 4, 233
+    np.testing.assert_allclose(out, reference(expected[None, ..., None], GREY), atol=1e-6)
+    np.testing.assert_allclose(
+        images_to_array([image], RGB),
+        reference(np.repeat(expected[None, ..., None], 3, 3), RGB),
+        atol=1e-6,
+    )
+
+
+def test_exif_orientation_is_applied(rng: np.random.Generator) -> None:
+    # Stored 4 wide x 6 high; orientation 6 means "rotate 90° clockwise to view": 6 x 4.
+    stored = rng.integers(0, 256, size=(6, 4), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", exif=exif)
+    loaded = Image.open(io.BytesIO(buffer.getvalue()))
+    upright = np.rot90(stored, k=-1)  # clockwise
+    assert upright.shape == (4, 6)
+    out = images_to_array([loaded], GREY)
+    np.testing.assert_allclose(out, reference(upright[None, ..., None], GREY), atol=1e-6)
 
 
 def test_rgba_and_palette_images_are_converted(rng: np.random.Generator) -> None:
