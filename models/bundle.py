@@ -37,6 +37,7 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 CALIBRATION_FILE = "calibration.npz"
 CALIBRATION_KEY = "embeddings"
+_BUNDLE_FILES = {MANIFEST_FILE, ONNX_FILE, CALIBRATION_FILE}
 
 COLORS: dict[str, int] = {"L": 1, "RGB": 3}  # colour mode -> number of channels
 RESIZE_RULES = ("bilinear", "bicubic", "nearest", "lanczos")
@@ -481,13 +482,22 @@ def write_bundle(
     computed and filled in. Files go to a temporary directory beside ``out_dir`` that is
     renamed into place, so a failure leaves no half-written bundle. An existing non-empty
     ``out_dir`` is an error unless ``overwrite``: then the old bundle is moved aside, the new
-    one renamed in, and the old one deleted.
+    one renamed in, and the old one deleted; a directory holding anything but bundle files is
+    never replaced.
     """
     target = Path(out_dir)
     if target.exists() and not target.is_dir():
         raise BundleError(f"{target}: exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise BundleError(f"{target}: already exists and is not empty (use overwrite=True)")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise BundleError(f"{target}: already exists and is not empty (use overwrite=True)")
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in _BUNDLE_FILES)
+        if foreign:
+            # overwrite replaces the whole directory: never take other files with it
+            raise BundleError(
+                f"{target}: holds files that are not part of a bundle ({', '.join(foreign[:5])}); "
+                f"refusing to replace it"
+            )
     if not isinstance(onnx_file, bytes) and not Path(onnx_file).is_file():
         raise BundleError(f"{onnx_file}: ONNX file not found")
     embeddings = _check_embeddings(

@@ -322,6 +322,18 @@ def test_overwrite_replaces_the_bundle(bundle: Bundle) -> None:
     assert leftovers(bundle.path.parent) == []
 
 
+def test_overwrite_never_replaces_a_directory_with_other_files(
+    tmp_path: Path, bundle: Bundle
+) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    with pytest.raises(BundleError, match=r"not part of a bundle \(thesis\.tex\)"):
+        write_bundle(
+            tmp_path / "home", bundle.manifest, bundle.onnx_path, np.ones((1, 16)), overwrite=True
+        )
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "years of work"
+
+
 def test_write_into_an_empty_directory(tmp_path: Path, bundle: Bundle) -> None:
     (tmp_path / "empty").mkdir()
     written = write_bundle(tmp_path / "empty", bundle.manifest, bundle.onnx_path, np.ones((1, 16)))
