@@ -37,17 +37,24 @@ class SmallCalibrationWarning(UserWarning):
     """A target FPIR needs more non-mated searches than the calibration set has."""
 
 
-def l2_normalise(embeddings: Any, name: str = "embeddings") -> np.ndarray:
-    """Rows scaled to unit length (float32); zero, non-finite or non-2-D input: ValueError."""
+def l2_normalise(
+    embeddings: Any, name: str = "embeddings", *, allow_zero: bool = False
+) -> np.ndarray:
+    """Rows scaled to unit length (float32); non-finite or non-2-D input: ValueError.
+
+    An all-zero row is a ValueError, or stays zero with ``allow_zero`` (a probe embedding of
+    zero, e.g. from a ReLU network or ObjectoSphere training, then scores 0 everywhere).
+    """
     array = np.asarray(embeddings, dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array [N, D], got shape {list(array.shape)}")
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contain NaN or infinite values")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError(f"{name}: row {int(np.argmin(norms))} is all zeros")
-    return (array / norms).astype(np.float32)
+    zero = norms == 0
+    if zero.any() and not allow_zero:
+        raise ValueError(f"{name}: row {int(np.flatnonzero(zero)[0])} is all zeros")
+    return (array / np.where(zero, 1.0, norms)).astype(np.float32)
 
 
 class Gallery:
@@ -84,8 +91,11 @@ class Gallery:
             self._starts = np.flatnonzero(np.r_[True, np.diff(subject_index[order]) != 0])
 
     def scores(self, probes: Any) -> np.ndarray:
-        """Cosine score of every probe against every subject: float32 [P, subjects]."""
-        unit = l2_normalise(probes, "probe embeddings")
+        """Cosine score of every probe against every subject: float32 [P, subjects].
+
+        An all-zero probe embedding has no direction: it scores 0 against every subject.
+        """
+        unit = l2_normalise(probes, "probe embeddings", allow_zero=True)
         if unit.shape[1] != self.dim:
             raise ValueError(
                 f"probe embeddings have dimension {unit.shape[1]}, the gallery {self.dim}"

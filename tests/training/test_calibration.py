@@ -23,6 +23,9 @@ def test_l2_normalise() -> None:
     np.testing.assert_allclose(l2_normalise([[3.0, 4.0], [0.0, -2.0]]), [[0.6, 0.8], [0, -1]])
     with pytest.raises(ValueError, match="row 1 is all zeros"):
         l2_normalise([[1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(
+        l2_normalise([[0.0, 2.0], [0.0, 0.0]], allow_zero=True), [[0, 1], [0, 0]]
+    )
     with pytest.raises(ValueError, match="NaN"):
         l2_normalise([[np.nan, 1.0]])
     with pytest.raises(ValueError, match="2-D"):
@@ -70,6 +73,13 @@ def test_chunked_scores_match_brute_force(template: str, monkeypatch: pytest.Mon
         else:
             expected[:, j] = (unit_probes @ mine.T).max(axis=1)
     np.testing.assert_allclose(gallery.scores(probes), expected, atol=1e-5)
+
+
+def test_zero_probe_scores_zero_but_zero_gallery_sample_is_refused() -> None:
+    gallery = Gallery(GALLERY, ["a", "a", "b"])
+    np.testing.assert_array_equal(gallery.scores([[0.0, 0.0]]), [[0.0, 0.0]])
+    with pytest.raises(ValueError, match="gallery embeddings: row 1 is all zeros"):
+        Gallery([[1.0, 0.0], [0.0, 0.0]], ["a", "b"])
 
 
 def test_gallery_errors() -> None:
