@@ -43,7 +43,7 @@ class MaximalEntropyLoss(EntropicOpenSetLoss):
 
     Known samples: ``-log softmax(z - m·e_y)_y``; negatives as in EOS (no margin). m=0 is
     EOS. Default m=0.35 as in the code of ``openloss`` 0.0.2 (its README says 0.5; the
-    papers use 0.3 (SIBGRAPI 2023) and 0.40 (IMAVIS 2024)). Other arguments as
+    two papers use 0.3 and 0.40). Other arguments as
     :class:`EntropicOpenSetLoss`.
     """
 

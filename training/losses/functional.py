@@ -49,21 +49,25 @@ class _EntropicNLL(torch.autograd.Function):
             work.scatter_(1, index, new_target.unsqueeze(1))
             target_logit = new_target
         probabilities = torch.softmax(work, dim=1)
-        # log Σ exp(z) = max z - log(max softmax): softmax is exp(0)/S = 1/S at the argmax, so
-        # this needs no second exp pass and never underflows (max softmax >= 1/C).
-        log_sum_exp = work.amax(dim=1) - probabilities.amax(dim=1).log()
+        # log Σ exp(z) = max z - log(softmax at the argmax): there softmax is exp(0)/S = 1/S,
+        # so no second exp pass is needed and nothing underflows (max softmax >= 1/C).
+        row_max, argmax = work.max(dim=1)
+        log_sum_exp = row_max - probabilities.gather(1, argmax.unsqueeze(1)).squeeze(1).log()
         loss = log_sum_exp - target_logit
+        negative_rows = None
         if has_negatives:
-            loss = torch.where(known, loss, log_sum_exp - work.mean(dim=1))
-        ctx.save_for_backward(probabilities, index, known, derivative)
-        ctx.has_negatives = has_negatives
+            # Only the negative rows are read again (their logits are unchanged).
+            negative_rows = torch.nonzero(~known).squeeze(1)
+            negative_mean = work.index_select(0, negative_rows).mean(dim=1)
+            loss = loss.index_put((negative_rows,), log_sum_exp[negative_rows] - negative_mean)
+        ctx.save_for_backward(probabilities, index, known, derivative, negative_rows)
         ctx.num_classes = logits.shape[1]
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-        probabilities, index, known, derivative = ctx.saved_tensors
+        probabilities, index, known, derivative, negative_rows = ctx.saved_tensors
         grad = probabilities * grad_loss.unsqueeze(1)  # g · softmax(z'): one pass
         known_grad = torch.where(known, grad_loss, 0.0)
         if derivative is None:
@@ -73,9 +77,10 @@ class _EntropicNLL(torch.autograd.Function):
             target_grad = grad.gather(1, index).squeeze(1)
             new_target_grad = (target_grad - known_grad) * torch.where(known, derivative, 1.0)
             grad.scatter_(1, index, new_target_grad.unsqueeze(1))
-        if ctx.has_negatives:
-            uniform = torch.where(known, 0.0, grad_loss / ctx.num_classes)
-            grad.sub_(uniform.unsqueeze(1))
+        if negative_rows is not None:
+            # Uniform target on the negative rows only: subtract g/C from each of their entries.
+            uniform = (grad_loss[negative_rows] / -ctx.num_classes).unsqueeze(1)
+            grad.index_add_(0, negative_rows, uniform.expand(-1, ctx.num_classes))
         return grad, None, None, None, None, None
 
 
