@@ -101,3 +101,8 @@ def test_same_values_as_openloss() -> None:
         ours = ObjectoSphereLoss(10.0, reduction)(features, targets)
         theirs = openloss.ObjectoSphereLoss(10.0, reduction)(features, targets)
         torch.testing.assert_close(ours, theirs)
+    # Documented difference: openloss's weighted "mean" divides by N, ours by Σ w.
+    weights = torch.rand(20) + 0.5
+    ours = ObjectoSphereLoss(10.0)(features, targets, weights)
+    theirs = openloss.ObjectoSphereLoss(10.0)(features, targets, sample_weights=weights)
+    torch.testing.assert_close(theirs, ours * weights.sum() / 20)
