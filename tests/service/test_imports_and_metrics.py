@@ -1,0 +1,68 @@
+"""The service runs without torch or onnx, and /metrics is valid Prometheus text."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from .conftest import DIM
+
+
+def test_service_imports_without_torch_onnx_or_prometheus_client() -> None:
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'onnx', 'prometheus_client', 'training'):\n"
+        "    sys.modules[name] = None  # any import of these now fails\n"
+        "import service.app, service.cli, service.enroll\n"
+        "service.app.create_app()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+SAMPLE = re.compile(r'^([a-z_]+)(\{([a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*)\})? (-?[0-9.e+]+|\+Inf)$')
+
+
+def parse(text: str) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) opengallery_[a-z_]+ ", line), line
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        assert match.group(1).startswith("opengallery_")
+        values[line.rsplit(" ", 1)[0]] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def test_metrics_count_requests_decisions_and_sizes(client: TestClient) -> None:
+    client.post("/v1/galleries", json={"name": "g"})
+    client.put("/v1/galleries/g/subjects/a")
+    vector = np.eye(DIM)[0]
+    client.post("/v1/galleries/g/subjects/a/samples", json={"embeddings": [vector.tolist()]})
+    probes = [vector.tolist(), (-vector).tolist(), (-vector).tolist()]
+    for _ in range(2):
+        client.post("/v1/galleries/g/identify", json={"embeddings": probes})
+    client.get("/v1/galleries/missing")
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    values = parse(response.text)
+    assert values['opengallery_decisions_total{gallery="g",decision="known"}'] == 2
+    assert values['opengallery_decisions_total{gallery="g",decision="unknown"}'] == 4
+    assert values['opengallery_gallery_samples{gallery="g"}'] == 1
+    assert values['opengallery_gallery_subjects{gallery="g"}'] == 1
+    route = 'method="POST",route="/v1/galleries/{gallery}/identify"'
+    assert values[f'opengallery_http_requests_total{{{route},status="200"}}'] == 2
+    assert values[f"opengallery_http_request_duration_seconds_count{{{route}}}"] == 2
+    assert values[f'opengallery_http_request_duration_seconds_bucket{{{route},le="+Inf"}}'] == 2
+    missing = 'method="GET",route="/v1/galleries/{gallery}",status="404"'
+    assert values[f"opengallery_http_requests_total{{{missing}}}"] == 1
