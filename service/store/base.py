@@ -24,6 +24,10 @@ class AlreadyExistsError(StoreError):
     pass
 
 
+class StoreConflict(StoreError):
+    """The state changed under an operation that expected it not to (e.g. a model switch)."""
+
+
 class NotFoundError(StoreError):
     def __init__(self, what: str, name: object) -> None:
         super().__init__(f"{what} {name!r} does not exist")
@@ -93,6 +97,32 @@ class GalleryEmbeddings:
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """A sample's kept image bytes (None when enrolled from an embedding or not kept)."""
+
+    sample_id: int
+    image: bytes | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A persisted background job (a gallery migration); status running/succeeded/failed."""
+
+    job_id: str
+    kind: str
+    gallery: str
+    source_model: str
+    target_model: str
+    status: str
+    done: int
+    total: int
+    error: str | None
+    attempts: int
+    created: str
+    updated: str
+
+
+@dataclass(frozen=True)
 class ApiKeyRecord:
     key_id: int
     scope: str
@@ -144,6 +174,14 @@ class Store(ABC):
         """Add samples in one transaction; committed when this returns."""
 
     @abstractmethod
+    def bulk_enrol(
+        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
+    ) -> int:
+        """Create subjects as needed and add one sample each, in one transaction (imports and
+        benchmarks; the running service must be restarted to index them). Returns the new
+        gallery version."""
+
+    @abstractmethod
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]: ...
 
     @abstractmethod
@@ -169,6 +207,59 @@ class Store(ABC):
 
     @abstractmethod
     def registered_models(self) -> dict[str, str]: ...
+
+    # -- migrations (issue 5) --
+    @abstractmethod
+    def count_samples_without_image(self, gallery: str) -> tuple[int, int]:
+        """(samples in the gallery, of which without a kept image)."""
+
+    @abstractmethod
+    def count_samples_missing_embedding(self, gallery: str, model_id: str) -> int: ...
+
+    @abstractmethod
+    def images_missing_embedding(
+        self, gallery: str, model_id: str, after_id: int, limit: int
+    ) -> list[StoredImage]:
+        """Up to `limit` samples with id > `after_id`, by id, without a `model_id` embedding."""
+
+    @abstractmethod
+    def put_embeddings(self, model_id: str, sample_ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Store shadow embeddings (one transaction); samples deleted meanwhile are skipped."""
+
+    @abstractmethod
+    def drop_embeddings(self, gallery: str, model_id: str) -> None: ...
+
+    @abstractmethod
+    def switch_gallery_model(
+        self, gallery: str, source_model: str, target_model: str, job_id: str | None
+    ) -> int:
+        """In ONE transaction: check every sample has a `target_model` embedding, drop the
+        others, point the gallery at `target_model`, mark the job succeeded; returns the new
+        gallery version. StoreConflict (nothing changed) if a sample lacks one."""
+
+    @abstractmethod
+    def create_job(
+        self, job_id: str, kind: str, gallery: str, source_model: str, target_model: str
+    ) -> JobRecord:
+        """StoreConflict if a job is already running on the gallery."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abstractmethod
+    def list_jobs(self, status: str | None = None) -> list[JobRecord]: ...
+
+    @abstractmethod
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        attempt: bool = False,
+    ) -> None: ...
 
     @abstractmethod
     def close(self) -> None: ...

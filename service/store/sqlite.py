@@ -25,10 +25,13 @@ from service.store.base import (
     ApiKeyRecord,
     GalleryEmbeddings,
     GalleryRecord,
+    JobRecord,
     NewSample,
     NotFoundError,
     SampleRecord,
     Store,
+    StoreConflict,
+    StoredImage,
     SubjectRecord,
 )
 
@@ -82,6 +85,20 @@ CREATE TABLE IF NOT EXISTS models (
     model_id TEXT PRIMARY KEY,
     path TEXT NOT NULL,
     created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    gallery TEXT NOT NULL,
+    source_model TEXT NOT NULL,
+    target_model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
 );
 """
 
@@ -369,6 +386,49 @@ class SQLiteStore(Store):
             )
             return self._subject_record(connection, pk), added, version
 
+    def bulk_enrol(
+        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
+    ) -> int:
+        with self._write() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            now = _now()
+            connection.executemany(
+                "INSERT INTO subjects (gallery_id, subject_id, metadata, created, updated)"
+                " VALUES (?, ?, '{}', ?, ?) ON CONFLICT (gallery_id, subject_id) DO NOTHING",
+                (
+                    (gallery_pk, subject_id, now, now)
+                    for subject_id in dict.fromkeys(subject_id for subject_id, _ in items)
+                ),
+            )
+            subject_pks = dict(
+                connection.execute(
+                    "SELECT subject_id, id FROM subjects WHERE gallery_id = ?", (gallery_pk,)
+                ).fetchall()
+            )
+            for subject_id, sample in items:
+                cursor = connection.execute(
+                    "INSERT INTO samples (subject_pk, gallery_id, model_id, source,"
+                    " content_sha256, image, created) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (subject_pk, content_sha256) DO NOTHING",
+                    (
+                        subject_pks[subject_id],
+                        gallery_pk,
+                        model_id,
+                        sample.source,
+                        sample.content_sha256,
+                        sample.image,
+                        now,
+                    ),
+                )
+                if cursor.rowcount:
+                    vector = np.ascontiguousarray(sample.embedding, dtype=np.float32)
+                    connection.execute(
+                        "INSERT INTO embeddings (sample_id, model_id, dim, vector)"
+                        " VALUES (?, ?, ?, ?)",
+                        (cursor.lastrowid, model_id, int(vector.shape[0]), vector.tobytes()),
+                    )
+            return self._bump(connection, gallery_pk)
+
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
         with self._read() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
@@ -473,3 +533,151 @@ class SQLiteStore(Store):
     def registered_models(self) -> dict[str, str]:
         rows = self._connection().execute("SELECT model_id, path FROM models").fetchall()
         return {str(model_id): str(path) for model_id, path in rows}
+
+    # -- migrations (issue 5): shadow embeddings, the atomic switch, persisted jobs --
+    def count_samples_without_image(self, gallery: str) -> tuple[int, int]:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            total, missing = connection.execute(
+                "SELECT COUNT(*), COALESCE(SUM(image IS NULL), 0) FROM samples"
+                " WHERE gallery_id = ?",
+                (gallery_pk,),
+            ).fetchone()
+        return int(total), int(missing)
+
+    def count_samples_missing_embedding(self, gallery: str, model_id: str) -> int:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            row = connection.execute(
+                "SELECT COUNT(*) FROM samples s WHERE s.gallery_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM embeddings e WHERE e.sample_id = s.id AND e.model_id = ?)",
+                (gallery_pk, model_id),
+            ).fetchone()
+        return int(row[0])
+
+    def images_missing_embedding(
+        self, gallery: str, model_id: str, after_id: int, limit: int
+    ) -> list[StoredImage]:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            rows = connection.execute(
+                "SELECT s.id, s.image FROM samples s WHERE s.gallery_id = ? AND s.id > ?"
+                " AND NOT EXISTS (SELECT 1 FROM embeddings e"
+                " WHERE e.sample_id = s.id AND e.model_id = ?) ORDER BY s.id LIMIT ?",
+                (gallery_pk, after_id, model_id, limit),
+            ).fetchall()
+        return [StoredImage(int(row[0]), None if row[1] is None else bytes(row[1])) for row in rows]
+
+    def put_embeddings(self, model_id: str, sample_ids: Sequence[int], vectors: np.ndarray) -> None:
+        with self._write() as connection:
+            for sample_id, vector in zip(sample_ids, vectors, strict=True):
+                row = np.ascontiguousarray(vector, dtype=np.float32)
+                # A sample deleted meanwhile gets no embedding (the SELECT finds no row).
+                connection.execute(
+                    "INSERT OR REPLACE INTO embeddings (sample_id, model_id, dim, vector)"
+                    " SELECT id, ?, ?, ? FROM samples WHERE id = ?",
+                    (model_id, int(row.shape[0]), row.tobytes(), int(sample_id)),
+                )
+
+    def drop_embeddings(self, gallery: str, model_id: str) -> None:
+        with self._write() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            connection.execute(
+                "DELETE FROM embeddings WHERE model_id = ? AND sample_id IN"
+                " (SELECT id FROM samples WHERE gallery_id = ?)",
+                (model_id, gallery_pk),
+            )
+
+    def switch_gallery_model(
+        self, gallery: str, source_model: str, target_model: str, job_id: str | None
+    ) -> int:
+        with self._write() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            current = connection.execute(
+                "SELECT model_id FROM galleries WHERE id = ?", (gallery_pk,)
+            ).fetchone()[0]
+            if current != source_model:
+                raise StoreConflict(f"gallery {gallery!r} is on {current}, not {source_model}")
+            missing = connection.execute(
+                "SELECT COUNT(*) FROM samples s WHERE s.gallery_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM embeddings e WHERE e.sample_id = s.id AND e.model_id = ?)",
+                (gallery_pk, target_model),
+            ).fetchone()[0]
+            if missing:
+                raise StoreConflict(f"{missing} samples have no {target_model} embedding yet")
+            connection.execute(
+                "DELETE FROM embeddings WHERE model_id != ? AND sample_id IN"
+                " (SELECT id FROM samples WHERE gallery_id = ?)",
+                (target_model, gallery_pk),
+            )
+            connection.execute(
+                "UPDATE samples SET model_id = ? WHERE gallery_id = ?", (target_model, gallery_pk)
+            )
+            connection.execute(
+                "UPDATE galleries SET model_id = ? WHERE id = ?", (target_model, gallery_pk)
+            )
+            if job_id is not None:
+                connection.execute(
+                    "UPDATE jobs SET status = 'succeeded', done = total, updated = ? WHERE id = ?",
+                    (_now(), job_id),
+                )
+            return self._bump(connection, gallery_pk)
+
+    _JOB_COLUMNS = (
+        "id, kind, gallery, source_model, target_model, status, done, total, error, attempts,"
+        " created, updated"
+    )
+
+    def create_job(
+        self, job_id: str, kind: str, gallery: str, source_model: str, target_model: str
+    ) -> JobRecord:
+        with self._write() as connection:
+            running = connection.execute(
+                "SELECT id FROM jobs WHERE gallery = ? AND status = 'running'", (gallery,)
+            ).fetchone()
+            if running is not None:
+                raise StoreConflict(f"job {running[0]} is already migrating gallery {gallery!r}")
+            now = _now()
+            connection.execute(
+                f"INSERT INTO jobs ({self._JOB_COLUMNS}) VALUES"
+                " (?, ?, ?, ?, ?, 'running', 0, 0, NULL, 1, ?, ?)",
+                (job_id, kind, gallery, source_model, target_model, now, now),
+            )
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = (
+            self._connection()
+            .execute(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return None if row is None else JobRecord(*row)
+
+    def list_jobs(self, status: str | None = None) -> list[JobRecord]:
+        query = f"SELECT {self._JOB_COLUMNS} FROM jobs"
+        parameters: tuple = ()
+        if status is not None:
+            query += " WHERE status = ?"
+            parameters = (status,)
+        rows = self._connection().execute(query + " ORDER BY created", parameters).fetchall()
+        return [JobRecord(*row) for row in rows]
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        status: str | None = None,
+        error: str | None = None,
+        attempt: bool = False,
+    ) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "UPDATE jobs SET done = COALESCE(?, done), total = COALESCE(?, total),"
+                " status = COALESCE(?, status), error = COALESCE(?, error),"
+                " attempts = attempts + ?, updated = ? WHERE id = ?",
+                (done, total, status, error, int(attempt), _now(), job_id),
+            )
