@@ -38,6 +38,8 @@ from service.store.base import (
 
 logger = logging.getLogger("opengallery.service")
 
+_ENROL_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class Upload:
@@ -328,23 +330,27 @@ class GalleryEngine:
         """Enrol uploads; returns the model that embedded them and one outcome per upload."""
         self._check_count(uploads, "samples")
         runtime = self._runtime(gallery)
-        active = runtime.active
-        prepared = self.prepare(active.model, uploads)
-        accepted = [item for item in prepared if item.vector is not None]
-        new_samples = [
-            NewSample(
-                content_sha256=item.content_sha256,
-                source=item.source,
-                embedding=item.vector,
-                image=item.image if runtime.record.keep_images else None,
-            )
-            for item in accepted
-            if item.vector is not None
-        ]
+        # A migration may switch the gallery's model between embedding and committing: then
+        # embed again with the new model (a switch is rare, so a few attempts suffice).
+        for attempt in range(_ENROL_ATTEMPTS):
+            active = runtime.active
+            prepared = self.prepare(active.model, uploads)
+            new_samples = [
+                NewSample(
+                    content_sha256=item.content_sha256,
+                    source=item.source,
+                    embedding=item.vector,
+                    image=item.image if runtime.record.keep_images else None,
+                )
+                for item in prepared
+                if item.vector is not None
+            ]
+            if not new_samples or runtime.active is active or attempt == _ENROL_ATTEMPTS - 1:
+                break
         added = []
         if new_samples:
             with runtime.lock:
-                if runtime.active is not active:  # the gallery switched models meanwhile
+                if runtime.active is not active:  # switched again: give up, nothing stored
                     raise ApiError(409, "model_changed", "the gallery changed model; retry")
                 try:
                     record, added, version = self.store.add_samples(

@@ -336,7 +336,7 @@ class SQLiteStore(Store):
             sample_ids = [
                 int(row[0])
                 for row in connection.execute(
-                    "SELECT id FROM samples WHERE subject_pk = ?", (pk,)
+                    "SELECT id FROM samples WHERE subject_pk = ? ORDER BY id", (pk,)
                 ).fetchall()
             ]
             connection.execute("DELETE FROM subjects WHERE id = ?", (pk,))
