@@ -27,6 +27,7 @@ from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
 from service.store.base import (
+    AddedSample,
     AlreadyExistsError,
     GalleryRecord,
     NewSample,
@@ -324,6 +325,35 @@ class GalleryEngine:
                     prepared[slot] = Prepared(rejection=rejection)
         return [item for item in prepared if item is not None]
 
+    def _commit_samples(
+        self,
+        runtime: GalleryRuntime,
+        active: ActiveModel,
+        subject_id: str,
+        new_samples: list[NewSample],
+    ) -> list[AddedSample] | None:
+        """Commit samples embedded by `active`, then index them; None if the gallery switched
+        to another model meanwhile (nothing is stored then)."""
+        with runtime.lock:
+            if runtime.active is not active:
+                return None
+            try:
+                record, added, version = self.store.add_samples(
+                    runtime.record.name, subject_id, active.model.model_id, new_samples
+                )
+            except NotFoundError as error:
+                raise not_found(error.what, error.name) from None
+            fresh = [i for i, item in enumerate(added) if item.created]
+            if fresh:
+                active.index.add_samples(
+                    record.pk,
+                    subject_id,
+                    np.array([added[i].sample_id for i in fresh], dtype=np.int64),
+                    np.stack([new_samples[i].embedding for i in fresh]),
+                    version,
+                )
+            return added
+
     def enrol(
         self, gallery: str, subject_id: str, uploads: list[Upload]
     ) -> tuple[str, list[SampleOutcome]]:
@@ -332,7 +362,7 @@ class GalleryEngine:
         runtime = self._runtime(gallery)
         # A migration may switch the gallery's model between embedding and committing: then
         # embed again with the new model (a switch is rare, so a few attempts suffice).
-        for attempt in range(_ENROL_ATTEMPTS):
+        for _ in range(_ENROL_ATTEMPTS):
             active = runtime.active
             prepared = self.prepare(active.model, uploads)
             new_samples = [
@@ -345,29 +375,15 @@ class GalleryEngine:
                 for item in prepared
                 if item.vector is not None
             ]
-            if not new_samples or runtime.active is active or attempt == _ENROL_ATTEMPTS - 1:
+            if not new_samples:
+                added: list[AddedSample] | None = []
                 break
-        added = []
-        if new_samples:
-            with runtime.lock:
-                if runtime.active is not active:  # switched again: give up, nothing stored
-                    raise ApiError(409, "model_changed", "the gallery changed model; retry")
-                try:
-                    record, added, version = self.store.add_samples(
-                        gallery, subject_id, active.model.model_id, new_samples
-                    )
-                except NotFoundError as error:
-                    raise not_found(error.what, error.name) from None
-                fresh = [i for i, item in enumerate(added) if item.created]
-                if fresh:
-                    active.index.add_samples(
-                        record.pk,
-                        subject_id,
-                        np.array([added[i].sample_id for i in fresh], dtype=np.int64),
-                        np.stack([new_samples[i].embedding for i in fresh]),
-                        version,
-                    )
-        elif self.store.get_subject(gallery, subject_id) is None:
+            added = self._commit_samples(runtime, active, subject_id, new_samples)
+            if added is not None:
+                break
+        if added is None:
+            raise ApiError(409, "model_changed", "the gallery changed model; retry")
+        if not new_samples and self.store.get_subject(gallery, subject_id) is None:
             raise not_found("subject", subject_id)
         outcomes: list[SampleOutcome] = []
         added_iter = iter(added)
