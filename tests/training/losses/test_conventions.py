@@ -68,3 +68,11 @@ def test_reduction_changed_after_construction_is_checked() -> None:
     loss.reduction = "max"
     with pytest.raises(ValueError, match="reduction must be one of"):
         loss(LOGITS, TARGETS)
+
+
+def test_device_mismatch_is_named() -> None:
+    # The meta device stands in for a second device: the check runs before any arithmetic.
+    with pytest.raises(ValueError, match="targets are on meta but the inputs are on cpu"):
+        EntropicOpenSetLoss(3)(LOGITS, TARGETS.to("meta"))
+    with pytest.raises(ValueError, match="sample_weight is on meta"):
+        EntropicOpenSetLoss(3)(LOGITS, TARGETS, sample_weight=torch.ones(4, device="meta"))
