@@ -19,12 +19,14 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are `async def` although they do not await: FastAPI would otherwise run each in
+# a worker thread, and those hops cost more than the work (measured in bench/service.py).
+async def get_state(request: Request) -> AppState:
     return request.app.state.opengallery
 
 
-def get_engine(request: Request) -> GalleryEngine:
-    return get_state(request).engine
+async def get_engine(request: Request) -> GalleryEngine:
+    return request.app.state.opengallery.engine
 
 
 def _authenticate(state: AppState, key: str | None) -> ApiKeyRecord:
@@ -45,10 +47,11 @@ def _authenticate(state: AppState, key: str | None) -> ApiKeyRecord:
 def require(scope: str) -> Callable[..., ApiKeyRecord]:
     """A dependency that admits keys of `scope`; admin keys may do everything."""
 
-    def dependency(
+    async def dependency(
         request: Request, key: Annotated[str | None, Security(api_key_header)] = None
     ) -> ApiKeyRecord:
-        record = _authenticate(get_state(request), key)
+        # A cache hit is a dict lookup; a miss is one indexed SQLite read, once per key.
+        record = _authenticate(request.app.state.opengallery, key)
         if scope == "admin" and record.scope != "admin":
             raise ApiError(403, "forbidden", "this operation needs an admin key")
         request.state.api_key_id = record.key_id

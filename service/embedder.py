@@ -31,6 +31,8 @@ class Embedder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads must not spin: the machine is shared with FAISS and the server.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
         )

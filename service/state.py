@@ -9,6 +9,7 @@ from pathlib import Path
 
 from service.auth import ensure_admin_key
 from service.engine import GalleryEngine
+from service.index.flat import set_search_threads
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.settings import Settings
@@ -41,6 +42,7 @@ class AppState:
 def open_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     """Open the store, load the models, make sure an admin key exists, build the indexes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    set_search_threads(settings.search_threads)
     store = SQLiteStore(settings.database_path)
     metrics = metrics or Metrics()
     models = ModelRegistry(

@@ -8,6 +8,11 @@ import numpy as np
 from service.index.base import VectorIndex, check_vectors
 
 
+def set_search_threads(threads: int) -> None:
+    """FAISS's OpenMP thread count (process-wide)."""
+    faiss.omp_set_num_threads(threads)
+
+
 class FlatIPIndex(VectorIndex):
     """Brute-force exact search; ids are the caller's int64 keys (sample or subject keys)."""
 

@@ -1,0 +1,340 @@
+"""Benchmark of the recognition service: identify over HTTP on loopback against the in-process
+ceiling (onnxruntime + FAISS called directly, same process, same data), and enrolment.
+
+    .venv/bin/python bench/service.py                       # gallery sizes 1k and 100k
+    .venv/bin/python bench/service.py --sizes 1000,100000,1000000 --requests 1000
+
+The server runs as a separate process (`opengallery serve`) on a free loopback port; the
+galleries are filled directly through the store (bulk import), then indexed by the server at
+start like any restart. Probes are random PNGs and random unit embeddings. Results print as a
+Markdown table (copy into docs/benchmarks.md) and, with --out, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.bundle import Bundle, load_bundle  # noqa: E402
+from service.embedder import Embedder, check_embedding  # noqa: E402
+from service.images import decode_image  # noqa: E402
+from service.index.flat import set_search_threads  # noqa: E402
+from service.index.subjects import SubjectIndex  # noqa: E402
+from service.store.base import NewSample  # noqa: E402
+from service.store.sqlite import SQLiteStore  # noqa: E402
+from service.testing import ServerProcess, png_bytes  # noqa: E402
+
+ADMIN_KEY = "bench-admin-key-0123456789"
+GALLERY = "bench"
+TOP_K = 5
+BATCH = 32
+
+
+def summarise(latencies: list[float], count: int, wall: float) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "per_s": count / wall,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    }
+
+
+def timed_loop(call: Callable[[int], None], n: int) -> tuple[list[float], float]:
+    latencies = []
+    started = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        call(i)
+        latencies.append(time.perf_counter() - t0)
+    return latencies, time.perf_counter() - started
+
+
+def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+def fill_gallery(data_dir: Path, bundle: Bundle, vectors: np.ndarray) -> float:
+    started = time.perf_counter()
+    store = SQLiteStore(data_dir / "opengallery.sqlite3")
+    try:
+        store.create_gallery(GALLERY, bundle.model_id, 0.01, "max", True)
+        chunk = 50_000
+        for start in range(0, len(vectors), chunk):
+            items = []
+            for offset, vector in enumerate(vectors[start : start + chunk]):
+                digest = hashlib.sha256(vector.tobytes()).hexdigest()
+                items.append((f"s{start + offset:07d}", NewSample(digest, "embedding", vector)))
+            store.bulk_enrol(GALLERY, bundle.model_id, items)
+    finally:
+        store.close()
+    return time.perf_counter() - started
+
+
+def http_scenarios(url: str, probes: dict, n: int, concurrency: int) -> dict[str, dict]:
+    headers = {"X-API-Key": ADMIN_KEY}
+    path = f"/v1/galleries/{GALLERY}/identify"
+    results: dict[str, dict] = {}
+
+    def embedding_call(client: httpx.Client, i: int) -> None:
+        body = {"embeddings": [probes["embeddings"][i % len(probes["embeddings"])]], "top_k": TOP_K}
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+
+    def image_call(client: httpx.Client, i: int) -> None:
+        image = probes["images"][i % len(probes["images"])]
+        response = client.post(
+            path, files=[("images", ("p.png", image, "image/png"))], data={"top_k": str(TOP_K)}
+        )
+        assert response.status_code == 200, response.text
+
+    def batch_call(client: httpx.Client, i: int) -> None:
+        start = (i * BATCH) % (len(probes["embeddings"]) - BATCH)
+        body = {"embeddings": probes["embeddings"][start : start + BATCH], "top_k": TOP_K}
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        embedding_call(client, 0)  # warm-up: calibrates the threshold for this gallery
+        image_call(client, 0)
+        for name, call, count in (
+            ("embedding x1", embedding_call, n),
+            ("image x1", image_call, n),
+            (f"embedding x{BATCH} per request", batch_call, max(n // BATCH, 20)),
+        ):
+            latencies, wall = timed_loop(lambda i, c=call: c(client, i), count)
+            summary = summarise(latencies, count, wall)
+            if "per request" in name:
+                summary["per_s"] *= BATCH  # probes per second
+            results[name] = summary
+
+    def concurrent(call: Callable[[httpx.Client, int], None], name: str) -> None:
+        per_worker = max(n // concurrency, 1)
+        latencies: list[float] = []
+
+        def worker(worker_id: int) -> list[float]:
+            with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+                return timed_loop(lambda i: call(client, worker_id * per_worker + i), per_worker)[0]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            for worker_latencies in pool.map(worker, range(concurrency)):
+                latencies += worker_latencies
+        results[name] = summarise(
+            latencies, per_worker * concurrency, time.perf_counter() - started
+        )
+
+    concurrent(embedding_call, f"embedding x1, {concurrency} clients")
+    concurrent(image_call, f"image x1, {concurrency} clients")
+    return results
+
+
+def in_process_ceiling(bundle: Bundle, vectors: np.ndarray, probes: dict, n: int) -> dict:
+    """The same work without HTTP: decode + onnxruntime + FAISS, called directly."""
+    dim = vectors.shape[1]
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    subjects = {int(i): f"s{int(i) - 1:07d}" for i in ids}
+    index = SubjectIndex.build(dim, "max", ids, ids, vectors, subjects, version=1)
+    set_search_threads(1)  # as the server does by default (OPENGALLERY_SEARCH_THREADS)
+    embedder = Embedder(bundle, threads=1)
+    limits = {"max_bytes": 16 << 20, "max_pixels": 25_000_000}
+
+    def embedding(i: int) -> None:
+        vector = check_embedding(probes["embeddings"][i % len(probes["embeddings"])], dim)
+        index.search(vector[None, :], TOP_K)
+
+    def image(i: int) -> None:
+        decoded = decode_image(probes["images"][i % len(probes["images"])], **limits)
+        index.search(embedder.embed_images([decoded]), TOP_K)
+
+    def batch(i: int) -> None:
+        start = (i * BATCH) % (len(probes["embeddings"]) - BATCH)
+        rows = probes["embeddings"][start : start + BATCH]
+        index.search(np.stack([check_embedding(row, dim) for row in rows]), TOP_K)
+
+    embedding(0)
+    image(0)
+    results = {}
+    for name, call, count in (
+        ("embedding x1", embedding, n),
+        ("image x1", image, n),
+        (f"embedding x{BATCH} per request", batch, max(n // BATCH, 20)),
+    ):
+        latencies, wall = timed_loop(call, count)
+        summary = summarise(latencies, count, wall)
+        if "per request" in name:
+            summary["per_s"] *= BATCH
+        results[name] = summary
+    return results
+
+
+def enrolment(url: str, rng: np.random.Generator, dim: int, concurrency: int) -> dict:
+    headers = {"X-API-Key": ADMIN_KEY}
+    results = {}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        assert client.post("/v1/galleries", json={"name": "enrol"}).status_code == 201
+
+    def run(name: str, subjects: int, make_request: Callable[[httpx.Client, str], int]) -> None:
+        def worker(worker_id: int) -> int:
+            done = 0
+            with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+                for s in range(worker_id, subjects, concurrency):
+                    subject = f"{name}-{s}"
+                    assert client.put(f"/v1/galleries/enrol/subjects/{subject}").status_code == 201
+                    done += make_request(client, subject)
+            return done
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            total = sum(pool.map(worker, range(concurrency)))
+        wall = time.perf_counter() - started
+        results[name] = {"samples": total, "per_s": total / wall}
+
+    def embeddings_request(client: httpx.Client, subject: str) -> int:
+        body = {"embeddings": unit_vectors(rng, 64, dim).tolist()}
+        response = client.post(f"/v1/galleries/enrol/subjects/{subject}/samples", json=body)
+        assert response.status_code == 201, response.text
+        return 64
+
+    seeds = iter(range(10_000_000, 20_000_000))
+
+    def images_request(client: httpx.Client, subject: str) -> int:
+        files = [("images", (f"{i}.png", png_bytes(next(seeds)), "image/png")) for i in range(16)]
+        response = client.post(f"/v1/galleries/enrol/subjects/{subject}/samples", files=files)
+        assert response.status_code == 201, response.text
+        return 16
+
+    run("embeddings, 64 per request", 32, embeddings_request)
+    run("images, 16 per request", 32, images_request)
+    return results
+
+
+def resolve_bundle(args: argparse.Namespace, workdir: Path) -> Bundle:
+    if args.model:
+        return load_bundle(args.model)
+    default = ROOT / "models" / "default"
+    if default.is_dir() and not args.random_bundle:
+        return load_bundle(default)
+    from models.testing import make_random_bundle  # needs onnx (dev/train install)
+
+    return make_random_bundle(
+        workdir / "bundle", seed=0, embedding_dim=args.embedding_dim, name="bench", version="1"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,100000", help="gallery sizes (comma-separated)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per scenario")
+    parser.add_argument("--concurrency", type=int, default=4, help="clients in the concurrent runs")
+    parser.add_argument("--model", type=Path, help="bundle (default: models/default or random)")
+    parser.add_argument("--random-bundle", action="store_true", help="ignore models/default")
+    parser.add_argument("--embedding-dim", type=int, default=64, help="of the random bundle")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    report: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="opengallery-bench-") as tmp:
+        workdir = Path(tmp)
+        bundle = resolve_bundle(args, workdir)
+        dim = bundle.manifest.embedding_dim
+        report["model"] = (
+            f"{bundle.model_id} (dim {dim}, input {list(bundle.manifest.input.shape)})"
+        )
+        height, width = bundle.manifest.input.shape[1:]
+        mode = "L" if bundle.manifest.input.color == "L" else "RGB"
+        probes = {
+            "embeddings": unit_vectors(rng, 512, dim).tolist(),
+            "images": [png_bytes(seed, size=(width, height), mode=mode) for seed in range(64)],
+        }
+        for size in [int(s) for s in args.sizes.split(",")]:
+            print(f"gallery size {size}: filling ...", file=sys.stderr, flush=True)
+            vectors = unit_vectors(rng, size, dim)
+            data_dir = workdir / f"data-{size}"
+            fill_seconds = fill_gallery(data_dir, bundle, vectors)
+            started = time.perf_counter()
+            server = ServerProcess(data_dir, bundle.path, admin_key=ADMIN_KEY).start(timeout=900)
+            startup = time.perf_counter() - started
+            try:
+                print(f"  server ready in {startup:.1f}s; HTTP ...", file=sys.stderr, flush=True)
+                http = http_scenarios(server.url, probes, args.requests, args.concurrency)
+                enrol = enrolment(server.url, rng, dim, args.concurrency) if size == 1000 else {}
+            finally:
+                server.stop()
+            print("  in-process ceiling ...", file=sys.stderr, flush=True)
+            ceiling = in_process_ceiling(bundle, vectors, probes, args.requests)
+            report["sizes"][size] = {
+                "fill_s": fill_seconds,
+                "startup_s": startup,
+                "http": http,
+                "ceiling": ceiling,
+                "enrolment": enrol,
+            }
+    print(markdown(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; model {report['model']}; top_k {TOP_K}.",
+        "",
+        "| gallery | scenario | HTTP /s | HTTP p50 ms | HTTP p99 ms "
+        "| in-process /s | in-process p50 ms | HTTP / ceiling |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, result in report["sizes"].items():
+        for name, http in result["http"].items():
+            ceiling = result["ceiling"].get(name.split(",")[0])
+            ratio = f"{http['per_s'] / ceiling['per_s']:.2f}" if ceiling else "-"
+            first = f"| {int(size):,} | {name} | {http['per_s']:.0f} | {http['p50_ms']:.2f} "
+            rest = (
+                f"| {http['p99_ms']:.2f} | {ceiling['per_s']:.0f} | {ceiling['p50_ms']:.3f} "
+                f"| {ratio} |"
+                if ceiling
+                else f"| {http['p99_ms']:.2f} | - | - | - |"
+            )
+            lines.append(first + rest)
+    lines += [
+        "",
+        "| gallery | bulk import s | server start (index build) s |",
+        "| ---: | ---: | ---: |",
+    ]
+    for size, result in report["sizes"].items():
+        lines.append(f"| {int(size):,} | {result['fill_s']:.1f} | {result['startup_s']:.1f} |")
+    lines += [
+        "",
+        "| enrolment over HTTP (4 clients) | samples | samples/s |",
+        "| --- | ---: | ---: |",
+    ]
+    for result in report["sizes"].values():
+        for name, enrol in result["enrolment"].items():
+            lines.append(f"| {name} | {enrol['samples']} | {enrol['per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
