@@ -23,6 +23,7 @@ from service.routers import (
     health,
     jobs,
     keys,
+    migrations,
     models,
     recognition,
     samples,
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         samples.router,
         recognition.router,
         models.router,
+        migrations.router,
         jobs.router,
         keys.router,
     ):

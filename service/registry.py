@@ -36,12 +36,36 @@ class DuplicateModel(ValueError):
 
 
 class ModelRegistry:
-    def __init__(self, *, threads: int = 0, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        threads: int = 0,
+        batch_size: int = 64,
+        batching: bool = False,
+        batch_max_size: int = 32,
+        batch_max_wait_ms: float = 2.0,
+    ) -> None:
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
         self.default_model_id: str | None = None
         self._threads = threads
         self._batch_size = batch_size
+        self._batching = batching
+        self._batch_max_size = batch_max_size
+        self._batch_max_wait_ms = batch_max_wait_ms
+
+    def _embedder(self, bundle: Bundle) -> Embedder:
+        if not self._batching:
+            return Embedder(bundle, threads=self._threads, batch_size=self._batch_size)
+        from service.batching import BatchingEmbedder
+
+        return BatchingEmbedder(
+            bundle,
+            threads=self._threads,
+            batch_size=self._batch_size,
+            max_batch_size=self._batch_max_size,
+            max_wait_ms=self._batch_max_wait_ms,
+        )
 
     def load(
         self, path: str | Path, *, default: bool = False, replace: bool = False
@@ -53,11 +77,12 @@ class ModelRegistry:
                 raise DuplicateModel(f"model {bundle.model_id} is already registered")
         model = LoadedModel(
             bundle=bundle,
-            embedder=Embedder(bundle, threads=self._threads, batch_size=self._batch_size),
+            embedder=self._embedder(bundle),
             calibration=bundle.load_calibration(),
         )
         with self._lock:
             if model.model_id in self._models and not replace:
+                _close(model.embedder)
                 raise DuplicateModel(f"model {model.model_id} is already registered")
             self._models[model.model_id] = model
             if default or self.default_model_id is None:
@@ -75,3 +100,14 @@ class ModelRegistry:
     def __contains__(self, model_id: object) -> bool:
         with self._lock:
             return model_id in self._models
+
+    def close(self) -> None:
+        """Stop the models' batching workers (if any)."""
+        for model in self.all():
+            _close(model.embedder)
+
+
+def _close(embedder: Embedder) -> None:
+    close = getattr(embedder, "close", None)
+    if close is not None:
+        close()

@@ -200,7 +200,29 @@ class Readiness(BaseModel):
     models: list[str]
 
 
+class JobProgress(BaseModel):
+    done: int = Field(description="samples embedded by the target model so far")
+    total: int = Field(description="samples to embed (grows if samples are enrolled meanwhile)")
+
+
 class JobOut(BaseModel):
     job_id: str
+    kind: Literal["migrate"]
     status: Literal["running", "succeeded", "failed"]
-    detail: dict[str, Any] = Field(default_factory=dict)
+    gallery: str
+    from_model: str = Field(description="the model the gallery used when the job started")
+    to_model: str = Field(description="the model the gallery is migrating to")
+    progress: JobProgress
+    error: str | None = Field(None, description="why the job failed (failed jobs only)")
+    attempts: int = Field(description="runs of the job: more than 1 after a restart resumed it")
+    created: str
+    updated: str
+
+
+class MigrateRequest(Strict):
+    model: str = Field(min_length=1, max_length=300, description="target model, name@version")
+
+
+class MigrationAccepted(BaseModel):
+    job_id: str
+    status: Literal["running"] = "running"

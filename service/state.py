@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from models.registry import ModelRegistry as BundleDirectory
 from service.auth import ensure_admin_key
+from service.bundles import bundle_directory, keep_default, load_registered
 from service.engine import GalleryEngine
 from service.index.flat import set_search_threads
 from service.metrics import Metrics
+from service.migration import MigrationManager
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.store.base import ApiKeyRecord, Store
@@ -26,6 +28,8 @@ class AppState:
     models: ModelRegistry
     engine: GalleryEngine
     metrics: Metrics
+    bundles: BundleDirectory
+    migrations: MigrationManager
     generated_admin_key: str | None = None
     indexes_built: bool = False
     key_cache: dict[str, ApiKeyRecord] = field(default_factory=dict)
@@ -36,6 +40,8 @@ class AppState:
         return self.indexes_built and self.models.default_model_id is not None
 
     def close(self) -> None:
+        self.migrations.close()  # running jobs stop between chunks and resume at next start
+        self.models.close()
         self.store.close()
 
 
@@ -46,25 +52,26 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     store = SQLiteStore(settings.database_path)
     metrics = metrics or Metrics()
     models = ModelRegistry(
-        threads=settings.inference_threads, batch_size=settings.inference_batch_size
+        threads=settings.inference_threads,
+        batch_size=settings.inference_batch_size,
+        batching=settings.batching,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
     )
     try:
         default = models.load(settings.model, default=True)
         logger.info("model %s loaded from %s", default.model_id, default.bundle.path)
-        for model_id, path in store.registered_models().items():
-            if model_id in models:
-                continue
-            try:
-                models.load(Path(path))
-            except Exception as error:  # a bundle removed from disk must not stop the service
-                logger.error(
-                    "registered model %s at %s cannot be loaded: %s", model_id, path, error
-                )
+        bundles = bundle_directory(settings)
+        keep_default(bundles, default)
+        load_registered(models, bundles, store)
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
         generated = ensure_admin_key(store, admin)
         engine = GalleryEngine(settings, store, models, metrics)
         engine.build_indexes()
+        migrations = MigrationManager(settings, store, models, engine)
+        migrations.resume_pending()
     except BaseException:
+        models.close()
         store.close()
         raise
     return AppState(
@@ -73,6 +80,8 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
         models=models,
         engine=engine,
         metrics=metrics,
+        bundles=bundles,
+        migrations=migrations,
         generated_admin_key=generated,
         indexes_built=True,
     )

@@ -5,10 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from models.bundle import BundleError
+from service.bundles import register_bundle
 from service.deps import AdminKey, ClientKey, State
-from service.errors import ApiError
-from service.registry import DuplicateModel
 from service.schemas import ModelList, ModelOut, ModelRegister, ModelRegistered
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -38,18 +36,14 @@ async def list_models(state: State, _: ClientKey) -> ModelList:
     status_code=201,
     response_model=ModelRegistered,
     summary="Register a bundle from the server's disk (verified: checksum and schema)",
+    description="`path` is an absolute bundle directory on the server's disk. The bundle is "
+    "verified, copied into the service's data directory (it survives a restart and the "
+    "removal of the source) and loaded; an invalid bundle is a 422 and changes nothing, an "
+    "already registered name@version a 409.",
 )
 async def register_model(body: ModelRegister, state: State, _: AdminKey) -> ModelRegistered:
-    def load() -> str:
-        try:
-            model = state.models.load(body.path)
-        except BundleError as error:
-            raise ApiError(422, "invalid_bundle", str(error)) from None
-        except DuplicateModel as error:
-            raise ApiError(409, "already_exists", str(error)) from None
-        except (OSError, ValueError, RuntimeError) as error:  # onnxruntime refuses the graph
-            raise ApiError(422, "invalid_bundle", f"{body.path}: {error}") from None
-        state.store.register_model(model.model_id, str(model.bundle.path))
+    def register() -> str:
+        model = register_bundle(state.models, state.bundles, state.store, body.path)
         return model.model_id
 
-    return ModelRegistered(model=await run_in_threadpool(load))
+    return ModelRegistered(model=await run_in_threadpool(register))

@@ -1,0 +1,284 @@
+"""Gallery migrations: re-embed a gallery's kept images with another model, then switch.
+
+A migration is a persisted job (table `jobs`) run by a background thread:
+
+1. Shadow embeddings: every sample without an embedding by the target model is re-embedded
+   from its kept image, in chunks, each chunk committed to the store (`embeddings` rows keyed
+   by (sample, model), so the shadow rows never touch the live index). Identify keeps using
+   the gallery's current (model, index) pair meanwhile.
+2. The switch, under the gallery's mutation lock (enrolments and deletions wait; identify does
+   not): embed the delta (samples enrolled since step 1 scanned past them), build the shadow
+   index from the store, then ONE transaction points the gallery at the target model, drops
+   the old embeddings and marks the job succeeded; finally the in-memory (model, index) pair
+   is replaced by one reference assignment. A request snapshots that pair once, so each
+   answer's `model` is the model that embedded both its probe and the index it searched.
+
+Enrolments during a migration are never lost: those committed before the switch are picked up
+by the delta; one that embedded its images with the old model but reaches the commit after the
+switch is embedded again with the new model (GalleryEngine.enrol).
+
+Failure: any error marks the job failed with its reason; the gallery stays on its old model
+(the switch transaction is all or nothing). Restart: a job left `running` (the process died or
+stopped) is resumed at start; shadow embeddings already committed are kept, so it continues
+where it stopped (`attempts` counts the runs).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from service.engine import ActiveModel, GalleryEngine, GalleryRuntime
+from service.errors import ApiError, not_found
+from service.images import ImageRejected, decode_image
+from service.registry import LoadedModel, ModelRegistry
+from service.settings import Settings
+from service.store.base import JobRecord, NotFoundError, Store, StoreConflict
+
+logger = logging.getLogger("opengallery.service")
+
+MIGRATE = "migrate"
+
+
+class JobStopped(Exception):
+    """The service is shutting down: the job stays `running` and resumes at the next start."""
+
+
+class MigrationManager:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        models: ModelRegistry,
+        engine: GalleryEngine,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = models
+        self.engine = engine
+        self._stop = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    # -- API --
+    def start(self, gallery: str, model_id: str) -> JobRecord:
+        """Validate and start a migration of `gallery` to `model_id` (ApiError otherwise)."""
+        runtime = self.engine._runtime(gallery)
+        target = self.models.get(model_id)
+        if target is None:
+            known = ", ".join(model.model_id for model in self.models.all())
+            raise ApiError(
+                422, "unknown_model", f"model {model_id!r} is not registered (registered: {known})"
+            )
+        source = runtime.active.model
+        if source.model_id == target.model_id:
+            raise ApiError(
+                409, "already_on_model", f"gallery {gallery!r} already uses {target.model_id}"
+            )
+        total, without_image = self.store.count_samples_without_image(gallery)
+        if without_image:
+            why = (
+                "the gallery does not keep enrolled images"
+                if not runtime.record.keep_images
+                else "they were enrolled as embeddings"
+            )
+            raise ApiError(
+                409,
+                "cannot_migrate",
+                f"gallery {gallery!r} cannot migrate to {target.model_id}: {without_image} of "
+                f"its {total} samples have no stored image to re-embed ({why}); re-enrol "
+                "them from images or create a new gallery on the new model",
+            )
+        job_id = uuid.uuid4().hex
+        try:
+            job = self.store.create_job(job_id, MIGRATE, gallery, source.model_id, model_id)
+        except StoreConflict as error:
+            raise ApiError(409, "migration_running", str(error)) from None
+        # Shadow rows left by an earlier failed job of the same target are recomputed: a fresh
+        # job trusts nothing it did not write itself.
+        self.store.drop_embeddings(gallery, target.model_id)
+        self._launch(job.job_id)
+        logger.info("job %s: migrating gallery %r %s -> %s", job_id, gallery, source, model_id)
+        return job
+
+    def get(self, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        return job
+
+    def resume_pending(self) -> list[str]:
+        """At start: resume every job left `running` by a previous process."""
+        resumed = []
+        for job in self.store.list_jobs(status="running"):
+            self.store.update_job(job.job_id, attempt=True)
+            logger.warning(
+                "job %s: resuming the migration of gallery %r to %s (left running)",
+                job.job_id,
+                job.gallery,
+                job.target_model,
+            )
+            self._launch(job.job_id)
+            resumed.append(job.job_id)
+        return resumed
+
+    def wait(self, job_id: str, timeout: float | None = None) -> bool:
+        """Wait for a job's thread to end (tests, shutdown); True if it has ended."""
+        with self._lock:
+            thread = self._threads.get(job_id)
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop between chunks; running jobs stay `running` and resume at the next start."""
+        self._stop.set()
+        with self._lock:
+            threads = list(self._threads.values())
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # -- the job --
+    def _launch(self, job_id: str) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(job_id,), name=f"migration-{job_id[:8]}", daemon=True
+        )
+        with self._lock:
+            self._threads[job_id] = thread
+        thread.start()
+
+    def _run(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job is None:
+            return
+        try:
+            self._migrate(job)
+        except JobStopped:
+            logger.info("job %s: stopped by shutdown; it resumes at the next start", job_id)
+        except Exception as error:
+            reason = _reason(error)
+            logger.error(
+                "job %s failed; gallery %r stays on %s: %s",
+                job_id,
+                job.gallery,
+                job.source_model,
+                reason,
+            )
+            try:
+                self.store.update_job(job_id, status="failed", error=reason)
+            except Exception:  # the store is closing: the job resumes at the next start
+                logger.exception("job %s: could not record the failure", job_id)
+        finally:
+            with self._lock:
+                self._threads.pop(job_id, None)
+
+    def _migrate(self, job: JobRecord) -> None:
+        target = self.models.get(job.target_model)
+        if target is None:
+            raise RuntimeError(f"model {job.target_model} is not loaded")
+        try:
+            runtime = self.engine._runtime(job.gallery)
+        except ApiError as error:
+            raise RuntimeError(error.message) from None
+        if runtime.active.model.model_id != job.source_model:
+            raise RuntimeError(
+                f"gallery {job.gallery!r} is on {runtime.active.model.model_id}, "
+                f"not {job.source_model}"
+            )
+        total = self.engine.get_gallery(job.gallery).sample_count
+        done = total - self.store.count_samples_missing_embedding(job.gallery, target.model_id)
+        self.store.update_job(job.job_id, done=done, total=total)
+        # 1. Shadow embeddings, chunk by chunk, without blocking the gallery.
+        after_id = 0
+        while True:
+            if self._stop.is_set():
+                raise JobStopped
+            embedded, after_id = self._embed_chunk(job, target, after_id)
+            if not embedded:
+                break
+            done += embedded
+            total = max(total, done)
+            self.store.update_job(job.job_id, done=done, total=total)
+            if self.settings.migration_pause_ms > 0:
+                self._stop.wait(self.settings.migration_pause_ms / 1000.0)
+        # 2. The delta and the switch, with gallery mutations held off.
+        with runtime.lock:
+            after_id = 0
+            while True:
+                embedded, after_id = self._embed_chunk(job, target, after_id)
+                if not embedded:
+                    break
+            self._switch(job, runtime, target)
+
+    def _embed_chunk(self, job: JobRecord, target: LoadedModel, after_id: int) -> tuple[int, int]:
+        """Embed the next chunk of samples lacking a target embedding: (count, last id)."""
+        chunk = self.store.images_missing_embedding(
+            job.gallery, target.model_id, after_id, self.settings.migration_chunk_size
+        )
+        if not chunk:
+            return 0, after_id
+        images = []
+        for item in chunk:
+            if item.image is None:
+                raise RuntimeError(
+                    f"sample {item.sample_id} has no stored image to re-embed (enrolled as an "
+                    "embedding during the migration)"
+                )
+            try:
+                images.append(
+                    decode_image(
+                        item.image,
+                        max_bytes=self.settings.max_image_bytes,
+                        max_pixels=self.settings.max_image_pixels,
+                    )
+                )
+            except ImageRejected as error:
+                raise RuntimeError(f"sample {item.sample_id}: {error}") from None
+        vectors = target.embedder.embed_images(images)
+        self.store.put_embeddings(target.model_id, [item.sample_id for item in chunk], vectors)
+        return len(chunk), chunk[-1].sample_id
+
+    def _switch(self, job: JobRecord, runtime: GalleryRuntime, target: LoadedModel) -> None:
+        """Caller holds runtime.lock. The store switches in one transaction, then memory."""
+        record = runtime.record
+        index = self.engine._build_index(record, target)
+        version = self.store.switch_gallery_model(
+            job.gallery, job.source_model, target.model_id, job.job_id
+        )
+        index.version = version
+        fresh = self.store.get_gallery(job.gallery)
+        if fresh is None:  # deleted meanwhile: impossible while we hold its lock
+            raise NotFoundError("gallery", job.gallery)
+        # Thresholds for the new pair before it serves, so no request pays for them.
+        try:
+            self.engine.calibrator.for_fpir(
+                fresh.name, target.model_id, index, target.calibration, fresh.fpir
+            )
+        except Exception as error:  # an unsupported FPIR is reported per request anyway
+            logger.warning("job %s: thresholds not precomputed: %s", job.job_id, error)
+        runtime.record = fresh
+        runtime.active = ActiveModel(target, index)  # the atomic switch for readers
+        logger.info(
+            "job %s: gallery %r now answers with %s (%d samples)",
+            job.job_id,
+            job.gallery,
+            target.model_id,
+            index.sample_count,
+        )
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, ApiError):
+        return error.message
+    text = str(error) or type(error).__name__
+    if isinstance(error, RuntimeError | StoreConflict):
+        return text
+    return f"{type(error).__name__}: {text}"
+
+
+def job_progress(job: JobRecord) -> dict[str, int]:
+    return {"done": int(job.done), "total": int(job.total)}
