@@ -1,6 +1,6 @@
 """Forward+backward time of every loss in training.losses, side by side with the references.
 
-    .venv/bin/python bench/losses.py [--threads T] [--repeats R] [--skip-margin]
+    .venv/bin/python bench/losses.py [--threads T] [--repeats R] [--clock wall|cpu] [--skip-margin]
 
 Classification losses run at N=8192, C=1000 (features D=512 for ObjectoSphere); the margin
 heads at N=512, C=100000, D=512. References, when importable (they are NOT dependencies of
@@ -178,22 +178,24 @@ def margin_rows(n: int, c: int, d: int) -> list[Row]:
     return rows
 
 
-def time_step(step: Step) -> float:
-    start = time.perf_counter()
+def time_step(step: Step, clock: Callable[[], float]) -> float:
+    start = clock()
     step()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def measure(row: Row, warmup: int, repeats: int) -> tuple[float, float | None]:
+def measure(
+    row: Row, warmup: int, repeats: int, clock: Callable[[], float]
+) -> tuple[float, float | None]:
     for _ in range(warmup):
         row.ours()
         if row.reference is not None:
             row.reference()
     ours, reference = [], []
     for _ in range(repeats):  # alternate: the same machine load for both
-        ours.append(time_step(row.ours))
+        ours.append(time_step(row.ours, clock))
         if row.reference is not None:
-            reference.append(time_step(row.reference))
+            reference.append(time_step(row.reference, clock))
     return statistics.median(ours), (statistics.median(reference) if reference else None)
 
 
@@ -206,8 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--negative-share", type=float, default=0.1)
     parser.add_argument("--skip-margin", action="store_true", help="skip the C=100000 heads")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: CPU time of this process (all threads), steadier on a "
+        "shared machine (use with --threads 1)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.manual_seed(0)
 
     rows = [
@@ -232,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU: {platform.processor() or platform.machine()}, {args.threads} torch threads; "
         f"{', '.join(versions)}; float32; {args.negative_share:.0%} negatives in mixed "
         f"batches; median of {args.repeats} (heads: {args.margin_repeats}) steps after "
-        f"{args.warmup} warm-up; step = forward + backward.\n"
+        f"{args.warmup} warm-up; step = forward + backward; {args.clock} clock.\n"
     )
     print("| loss | shape | ours (ms) | reference | reference (ms) | ratio (ref/ours) |")
     print("|---|---|---:|---|---:|---:|")
     for row, repeats in rows:
         print(f"measuring {row.name} ...", file=sys.stderr, flush=True)
-        ours, reference = measure(row, args.warmup, repeats)
+        ours, reference = measure(row, args.warmup, repeats, clock)
         if reference is None:
             ref_cells = f"{row.reference_name if row.reference_name != '—' else '—'} | — | —"
             if row.reference_name != "—":
