@@ -90,7 +90,7 @@ def enrol_images(client: Any, gallery: str, images: dict[str, list[bytes]]) -> N
             assert statuses == {"enrolled"}, response.text
 
 
-def identify_images(client: Any, gallery: str, probes: list[bytes], **data: str) -> Any:
+def identify_images(client: Any, gallery: str, probes: list[bytes], **data: Any) -> Any:
     return client.post(
         f"/v1/galleries/{gallery}/identify",
         json={"images": [base64.b64encode(p).decode() for p in probes], "top_k": 1, **data},
