@@ -143,13 +143,6 @@ def enroll_main(argv: Sequence[str]) -> int:
 
 
 def push_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="opengallery push", description="Register a local bundle with a running service."
-    )
-    parser.parse_args(list(argv))
-    print(
-        "opengallery push: comes with issue 5 (model registry); meanwhile an admin can "
-        'POST /v1/models {"path": DIR} with a bundle on the server\'s disk',
-        file=sys.stderr,
-    )
-    return 2
+    from service.push import main
+
+    return main(argv)

@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 
+from service.calibrator import UnsupportedFPIR, check_fpir_supported
 from service.engine import ActiveModel, GalleryEngine, GalleryRuntime
 from service.errors import ApiError, not_found
 from service.images import ImageRejected, decode_image
@@ -77,6 +78,15 @@ class MigrationManager:
             raise ApiError(
                 409, "already_on_model", f"gallery {gallery!r} already uses {target.model_id}"
             )
+        try:
+            check_fpir_supported(runtime.record.fpir, len(target.calibration))
+        except UnsupportedFPIR as error:
+            raise ApiError(
+                409,
+                "unsupported_fpir",
+                f"gallery {gallery!r} answers at fpir {runtime.record.fpir} by default, which "
+                f"{target.model_id} cannot calibrate: {error}",
+            ) from None
         total, without_image = self.store.count_samples_without_image(gallery)
         if without_image:
             why = (

@@ -155,7 +155,7 @@ def test_migration_under_identify_traffic_switches_atomically(
         admin.close()
 
 
-def test_migration_refusals(client: TestClient, new_bundle: Path) -> None:
+def test_migration_refusals(client: TestClient, new_bundle: Path, tmp_path: Path) -> None:
     assert client.post("/v1/models", json={"path": str(new_bundle)}).status_code == 201
     client.post("/v1/galleries", json={"name": "vectors"})
     client.put("/v1/galleries/vectors/subjects/a")
@@ -175,6 +175,13 @@ def test_migration_refusals(client: TestClient, new_bundle: Path) -> None:
     same = client.post("/v1/galleries/g/migrate", json={"model": OLD})
     assert same.status_code == 409 and same.json()["error"]["code"] == "already_on_model"
     assert client.post("/v1/galleries/nope/migrate", json={"model": NEW}).status_code == 404
+    # A model whose calibration set (50 searches) cannot calibrate the gallery's fpir 0.01.
+    small = make_random_bundle(tmp_path / "small", seed=4, version="small", calibration_size=50)
+    assert client.post("/v1/models", json={"path": str(small.path)}).status_code == 201
+    response = client.post("/v1/galleries/g/migrate", json={"model": "random@small"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "unsupported_fpir"
+    assert "fpir >= 0.2" in response.json()["error"]["message"]
     assert client.get("/v1/jobs/0123456789abcdef").status_code == 404
     key = client.post("/v1/keys", json={"scope": "client"}).json()["key"]
     forbidden = client.post(

@@ -1,0 +1,153 @@
+"""`opengallery push BUNDLE`: register a bundle with a running service, optionally migrate.
+
+The service reads bundles from its own disk (`POST /v1/models {"path"}`), so push sends a
+path, not the files: the bundle directory must be visible to the server, at the same path
+(same machine) or at the path given with `--server-path` (e.g. a Docker volume mounted
+elsewhere). Push verifies the bundle locally first (checksum and schema), so a broken
+export fails before anything is sent; the server verifies it again and copies it into its
+data directory, after which the source may be deleted.
+
+    opengallery push runs/mel/bundle --url http://127.0.0.1:8000 --api-key $ADMIN_KEY \
+        --migrate faces            # then follow the migration with a progress bar
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PROG = "opengallery push"
+
+
+class PushError(Exception):
+    """A problem to report to the user (message) with exit status 1."""
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return f"{error['message']} ({response.status_code} {error['code']})"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+def register(client: httpx.Client, server_path: str) -> tuple[str | None, str]:
+    """POST /v1/models: (model id or None if already there, message)."""
+    response = client.post("/v1/models", json={"path": server_path})
+    if response.status_code == 201:
+        model_id = response.json()["model"]
+        return model_id, f"registered {model_id}"
+    if response.status_code == 409:
+        message = _error_message(response)
+        if "different model file" in message:
+            raise PushError(message)
+        return None, f"already registered: {message}"
+    raise PushError(f"the service refused the bundle: {_error_message(response)}")
+
+
+def migrate(
+    client: httpx.Client, gallery: str, model_id: str, *, wait: bool, progress: bool
+) -> dict[str, Any]:
+    response = client.post(f"/v1/galleries/{gallery}/migrate", json={"model": model_id})
+    if response.status_code != 202:
+        raise PushError(f"gallery {gallery!r} cannot migrate: {_error_message(response)}")
+    job_id = response.json()["job_id"]
+    print(f"{PROG}: migrating gallery {gallery!r} to {model_id}: job {job_id}", file=sys.stderr)
+    if not wait:
+        return {"job_id": job_id, "status": "running"}
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"re-embedding {gallery}", unit="sample", disable=not progress)
+    try:
+        while True:
+            job_response = client.get(f"/v1/jobs/{job_id}")
+            if job_response.status_code != 200:
+                raise PushError(f"job {job_id}: {_error_message(job_response)}")
+            job = job_response.json()
+            bar.total = job["progress"]["total"]
+            bar.n = job["progress"]["done"]
+            bar.refresh()
+            if job["status"] != "running":
+                break
+            time.sleep(0.2)
+    finally:
+        bar.close()
+    if job["status"] == "failed":
+        raise PushError(
+            f"migration of {gallery!r} failed; it stays on {job['from_model']}: {job['error']}"
+        )
+    print(f"{PROG}: gallery {gallery!r} now answers with {model_id}", file=sys.stderr)
+    return job
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Register a model bundle with a running service (it reads the bundle from "
+        "its own disk: the directory must be visible to the server), then optionally migrate "
+        "galleries to it.",
+    )
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="exported bundle")
+    parser.add_argument("--url", default=os.environ.get("OPENGALLERY_URL", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENGALLERY_API_KEY"),
+        help="an admin key (default: $OPENGALLERY_API_KEY)",
+    )
+    parser.add_argument(
+        "--server-path",
+        help="the bundle's path as the server sees it (default: BUNDLE_DIR made absolute)",
+    )
+    parser.add_argument(
+        "--migrate",
+        action="append",
+        default=[],
+        metavar="GALLERY",
+        help="migrate this gallery to the bundle (repeatable)",
+    )
+    parser.add_argument("--no-wait", action="store_true", help="start migrations, do not wait")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    args = parser.parse_args(list(argv))
+    if not args.api_key:
+        print(f"{PROG}: give an admin key with --api-key or OPENGALLERY_API_KEY", file=sys.stderr)
+        return 2
+
+    from models.bundle import BundleError, load_bundle
+
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as error:
+        print(f"{PROG}: not a valid bundle: {error}", file=sys.stderr)
+        return 2
+    model_id = bundle.manifest.model_id
+    server_path = args.server_path or str(args.bundle.resolve())
+    try:
+        with httpx.Client(
+            base_url=args.url, headers={"X-API-Key": args.api_key}, timeout=args.timeout
+        ) as client:
+            _, message = register(client, server_path)
+            print(f"{PROG}: {message}", file=sys.stderr)
+            for gallery in args.migrate:
+                migrate(
+                    client,
+                    gallery,
+                    model_id,
+                    wait=not args.no_wait,
+                    progress=not args.no_progress,
+                )
+    except PushError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as error:
+        print(f"{PROG}: cannot reach the service at {args.url}: {error}", file=sys.stderr)
+        return 1
+    print(model_id)
+    return 0
