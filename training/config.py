@@ -70,6 +70,8 @@ class TrainConfig:
     # reproducibility and hardware
     seed: int = 0
     deterministic: bool = True
+    threads: int | None = None  # CPU threads of torch (None: its default); 1 is reproducible
+    # across machines and fastest on a busy shared machine
     device: str = "auto"  # "auto", "cpu", "cuda"
     amp: bool = True  # mixed precision; used on CUDA only
 
@@ -96,6 +98,10 @@ class TrainConfig:
             not isinstance(self.max_steps, int) or self.max_steps <= 0
         ):
             raise ConfigError(f"max_steps must be a positive integer or null; got {self.max_steps}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ConfigError(f"threads must be a positive integer or null; got {self.threads!r}")
         if not isinstance(self.lr, int | float) or self.lr <= 0:
             raise ConfigError(f"lr must be a positive number; got {self.lr!r}")
         if (

@@ -4,8 +4,9 @@ Steps: the run's network -> ``model.onnx`` (torch.onnx, dynamo exporter; input `
 float32 [N, C, H, W] with a dynamic batch axis, output ``"embedding"`` [N, D], the raw
 embedding) -> parity check: onnxruntime and PyTorch on a batch of validation images, the
 largest absolute difference goes into the manifest and above ``tolerance`` the export fails
--> calibration embeddings (validation negatives + validation unknowns, embedded by the ONNX
-model, i.e. exactly as the service will embed) -> the calibration table against the
+-> calibration embeddings (validation unknowns, see
+:func:`training.galleries.calibration_split`, embedded by the ONNX model, i.e. exactly as
+the service will embed) -> the calibration table against the
 closed-world gallery (known classes, training samples) -> closed-world evaluation metrics ->
 :func:`models.bundle.write_bundle` (atomic; verifies the bundle loads).
 """
@@ -27,6 +28,7 @@ import torch
 from models.bundle import Bundle, Manifest, write_bundle
 from training.calibration import SmallCalibrationWarning
 from training.galleries import (
+    CALIBRATION_SET,
     FPIRS,
     OnnxEmbedder,
     calibration_split,
@@ -105,7 +107,7 @@ def export_run(
         embedder = OnnxEmbedder(onnx_path)
         calibration = embedder(calibration_split(data))
         if len(calibration) == 0:
-            raise ExportError("no validation negatives or unknowns to calibrate with")
+            raise ExportError("no validation unknowns or negatives to calibrate with")
         with warnings.catch_warnings():
             # unsupported FPIR rows are kept and marked in the manifest
             warnings.simplefilter("ignore", SmallCalibrationWarning)
@@ -130,7 +132,7 @@ def export_run(
             onnx_sha256="",
             parity_max_abs_diff=diff,
             extra={
-                "calibration_set": "validation negatives + validation unknowns "
+                "calibration_set": f"{CALIBRATION_SET} of protocol {data.protocol.name} "
                 "(non-mated searches against the known classes' training samples)",
                 "calibration_searches": len(calibration),
                 "training": _training_summary(run),

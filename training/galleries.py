@@ -3,7 +3,8 @@
 - **closed world**: the gallery enrols the *known* (training) classes with their training
   samples; mated probes are the test samples of the known classes; non-mated probes are the
   test negatives ("negative") and the test unknowns ("unknown"); the calibration set is the
-  validation negatives + validation unknowns (the same set a bundle ships in calibration.npz).
+  validation unknowns (the set a bundle ships in calibration.npz, see
+  :func:`calibration_split`).
 - **open world**: the gallery enrols subjects the network never saw: the *unknown* classes,
   with their validation samples; mated probes are their test samples; non-mated probes are the
   test negatives ("negative") and the test samples of the known training classes, which are not
@@ -112,9 +113,18 @@ def _stack(embedder: Embedder, *splits: Split) -> np.ndarray:
     return np.concatenate([embedder(s) for s in splits if len(s)])
 
 
+CALIBRATION_SET = "validation unknowns"
+
+
 def calibration_split(data: ProtocolData) -> Split:
-    """The bundle's calibration set: validation negatives + validation unknowns."""
-    return data.val.with_roles(NEGATIVE, UNKNOWN)
+    """The bundle's calibration set: the validation unknowns (validation negatives if none).
+
+    Not the negatives when there are unknowns: the losses that train on negatives learn to
+    score exactly those classes low, so thresholds calibrated on them accept too many real
+    unknowns (measured in docs/training.md).
+    """
+    unknowns = data.val.with_roles(UNKNOWN)
+    return unknowns if len(unknowns) else data.val.with_roles(NEGATIVE)
 
 
 def closed_world(data: ProtocolData, embedder: Embedder) -> GallerySetting:

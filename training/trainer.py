@@ -20,7 +20,8 @@ import math
 import os
 import random
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,15 @@ def closed_set_accuracy(module: TrainModule, split: Split, device: torch.device)
 # Checkpoints
 
 
+@torch.no_grad()
+def _average_buffers(module: nn.Module, world_size: int) -> None:
+    """Average batch-norm running statistics over ranks (DDP keeps each rank's own)."""
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer /= world_size
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -325,8 +335,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     data: ProtocolData | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainedRun:
-    """Train (or continue) a run in ``out_dir`` and return it."""
+    """Train (or continue) a run in ``out_dir`` and return it.
+
+    ``on_epoch_end(epoch)`` is called after each epoch's checkpoint is written (1-based).
+    """
     out = Path(out_dir)
     context = init_distributed(config.device)
     device = resolve_device(config.device)
@@ -343,6 +357,8 @@ def train(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
 
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed, config.deterministic)
     data = data or load_from_config(config)
     module = build_model(config, data).to(device)
@@ -369,6 +385,8 @@ def train(
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler") is not None:
             scheduler.load_state_dict(checkpoint["scheduler"])
+            if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                scheduler.T_max = config.epochs  # --epochs may lengthen a resumed run
         if checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         _set_rng_state(checkpoint["rng"])
@@ -403,6 +421,7 @@ def train(
             dynamic_ncols=True,
         )
         total_loss, total_correct, total_known, total_seen = 0.0, 0, 0, 0
+        epoch_started = time.perf_counter()
         for step, batch in enumerate(sampler.batches(epoch)):
             if step >= steps:
                 break
@@ -430,6 +449,8 @@ def train(
             )
             bar.update()
         bar.close()
+        if context.enabled:
+            _average_buffers(module, context.world_size)
         if scheduler is not None:
             scheduler.step()
         record = {
@@ -438,6 +459,7 @@ def train(
             "train_accuracy": total_correct / max(total_known, 1),
             "val_accuracy": closed_set_accuracy(module, data.val, device),
             "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - epoch_started,
         }
         history.append(record)
         if context.is_main:
@@ -465,5 +487,7 @@ def train(
             (out / HISTORY).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
         if context.enabled:
             dist.barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
     module.eval()
     return TrainedRun(out, config, data, module.cpu() if device.type != "cpu" else module, history)

@@ -1,0 +1,113 @@
+"""The commands' exit codes and messages for good and bad input."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from opengallery.cli import main
+from training.trainer import load_checkpoint
+
+TINY = [
+    "--width",
+    "4",
+    "--embedding-dim",
+    "8",
+    "--epochs",
+    "1",
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--set",
+    "threads=1",
+]
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err
+
+
+def test_unknown_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--loss", "triplet", "--out", str(tmp_path / "r"), *TINY]) == 2
+    err = _err(capsys)
+    assert "opengallery train: error: loss must be one of" in err and "'triplet'" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_set_and_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--out", str(tmp_path), "--set", "colour=L"]) == 2
+    assert "unknown configuration field 'colour'" in _err(capsys)
+    assert main(["train", "--out", str(tmp_path), "--set", "no-equals"]) == 2
+    assert "FIELD=VALUE" in _err(capsys)
+
+
+def test_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["train", "--protocol", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"), *TINY]
+    )
+    assert code == 2
+    assert "nowhere: data folder does not exist" in _err(capsys)
+
+
+def _folder(root: Path) -> None:
+    for subject in ("a", "b"):
+        for i in range(3):
+            path = root / "known" / subject / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (20, 20), 40 * i).save(path)
+    (root / "negative").mkdir()
+    Image.new("L", (20, 20), 9).save(root / "negative" / "n.png")
+
+
+def test_empty_class_and_corrupt_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _folder(tmp_path / "d")
+    (tmp_path / "d" / "known" / "c").mkdir()
+    assert (
+        main(["train", "--protocol", str(tmp_path / "d"), "--out", str(tmp_path / "r"), *TINY]) == 2
+    )
+    assert "known/c: empty class" in _err(capsys)
+    (tmp_path / "d" / "known" / "c" / "x.jpg").write_bytes(b"not a jpeg at all")
+    assert (
+        main(["train", "--protocol", str(tmp_path / "d"), "--out", str(tmp_path / "r"), *TINY]) == 2
+    )
+    assert "x.jpg: cannot read this image" in _err(capsys)
+
+
+def test_folder_training_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _folder(tmp_path / "d")
+    args = [
+        "train",
+        "--protocol",
+        str(tmp_path / "d"),
+        "--loss",
+        "garbage",
+        "--network",
+        "resnet",
+        "--set",
+        "image_size=16",
+        "--set",
+        "color=L",
+        "--out",
+        str(tmp_path / "r"),
+        *TINY,
+    ]
+    assert main(args) == 0
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 1
+    assert main(args) == 2  # the run exists
+    assert "--resume" in _err(capsys)
+    assert (
+        main(["train", "--out", str(tmp_path / "r"), "--resume", "--epochs", "2", "--no-progress"])
+        == 0
+    )
+    assert load_checkpoint(tmp_path / "r")["epoch"] == 2
+
+
+def test_evaluate_and_export_missing_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(tmp_path / "none")]) == 2
+    assert "no such run or bundle directory" in _err(capsys)
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "no checkpoint" in _err(capsys)

@@ -1,0 +1,104 @@
+"""Tiny run -> export -> onnxruntime parity -> models.load_bundle, and the bundle's contents."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from models.bundle import BundleError, load_bundle
+from models.calibration import realised_fpir
+from training.cli import evaluate_main
+from training.config import TrainConfig
+from training.data import ProtocolData
+from training.export import ExportError, export_run
+from training.trainer import load_run, train
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, small_data: ProtocolData):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("export")
+    config = TrainConfig(loss="mel", width=4, embedding_dim=8, epochs=1, batch_size=16, max_steps=6)
+    train(config, root / "run", progress=False, data=small_data)
+    run = load_run(root / "run", data=small_data)
+    bundle = export_run(root / "run", root / "bundle", version="7", run=run)
+    return run, bundle
+
+
+def test_bundle_loads_and_describes_the_run(exported) -> None:  # type: ignore[no-untyped-def]
+    _, bundle = exported
+    loaded = load_bundle(bundle.path)
+    m = loaded.manifest
+    assert m.model_id == "lenetpp-mel@7"
+    assert m.embedding_dim == 8 and m.loss == "mel" and m.output == "embedding"
+    assert m.input.shape == (1, 28, 28) and m.input.color == "L"
+    assert m.protocol["known"] == [0, 1, 2, 3, 4, 5]
+    assert m.protocol["negative"] == [6, 7] and m.protocol["unknown"] == [8, 9]
+    assert 0 <= m.parity_max_abs_diff <= 1e-4
+    # calibration set: the validation unknowns (12 per class in small_data)
+    assert loaded.load_calibration().shape == (24, 8)
+    assert m.extra["calibration_searches"] == 24
+    assert [row["fpir"] for row in m.calibration] == [0.001, 0.01, 0.1, 1.0]
+    assert "closed_set_accuracy" in m.metrics["closed_world"]
+
+
+def test_onnx_matches_torch_for_any_batch_size(exported) -> None:  # type: ignore[no-untyped-def]
+    run, bundle = exported
+    session = onnxruntime.InferenceSession(
+        str(bundle.onnx_path), providers=["CPUExecutionProvider"]
+    )
+    assert session.get_inputs()[0].name == "input"
+    for n in (1, 5, 33):
+        x = run.data.test.inputs(slice(0, n))
+        (onnx_out,) = session.run(["embedding"], {"input": x})
+        with torch.no_grad():
+            torch_out = run.network.eval().embedding(torch.from_numpy(x)).numpy()
+        assert onnx_out.shape == (n, 8)
+        np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=0)
+
+
+def test_calibration_table_holds_on_its_own_set(exported) -> None:  # type: ignore[no-untyped-def]
+    run, bundle = exported
+    from training.calibration import Gallery
+    from training.galleries import OnnxEmbedder, calibration_split
+
+    embedder = OnnxEmbedder(bundle.onnx_path)
+    known_train = run.data.train.with_roles(0)
+    gallery = Gallery(embedder(known_train), [str(c) for c in known_train.class_names()])
+    _, scores = gallery.top1(embedder(calibration_split(run.data)))
+    for row in bundle.manifest.calibration:
+        assert realised_fpir(scores, row["threshold"]) <= row["fpir"]
+
+
+def test_parity_failure_is_an_error(exported, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import training.export
+
+    run, bundle = exported
+    # a graph that does not match the network: the exported model of other weights
+    perturbed = load_run(run.path, data=run.data)
+    with torch.no_grad():
+        perturbed.network.embed.bias.add_(0.5)
+    monkeypatch.setattr(
+        training.export, "export_onnx", lambda net, shape, path: shutil.copy(bundle.onnx_path, path)
+    )
+    with pytest.raises(ExportError, match=r"differ by up to 5\.0"):
+        export_run(run.path, tmp_path / "b", run=perturbed)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_with_wrong_checksum_is_refused(exported, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    _, bundle = exported
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle.path, copy)
+    with open(copy / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(copy)
+    assert evaluate_main([str(copy), "--out", str(tmp_path / "eval")]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()

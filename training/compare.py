@@ -1,0 +1,225 @@
+"""``opengallery compare``: every loss, same network and budget, several seeds -> docs/results.md.
+
+Each (loss, seed) run trains with the base configuration (``configs/compare.yaml``) and only
+``loss`` and ``seed`` changed, is evaluated in the closed-world gallery setting with the
+PyTorch network, and leaves ``result.json`` in its run directory: an interrupted comparison
+continues where it stopped. The table gives mean ± std over seeds; the plot overlays the
+mean DIR-vs-FPIR curves (against the held-out unknowns) of all losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import LOSSES, TrainConfig, load_config
+
+TARGET_FPIRS = (1e-2, 1e-1)
+CURVE_GRID = np.logspace(-3, 0, 61)
+
+
+def _row(result: dict[str, Any]) -> dict[str, float]:
+    """The figures of one run that go into the table."""
+    unknown = result["open_set"]["unknown"]
+    row = {
+        "accuracy": result["closed_set_accuracy"],
+        "auroc": unknown["auroc"],
+        "oscr": unknown["oscr_area"],
+    }
+    for target in TARGET_FPIRS:
+        oracle = next(r for r in unknown["dir"] if np.isclose(r["fpir"], target))
+        point = next(p for p in result["operating_points"] if np.isclose(p["fpir"], target))
+        row[f"dir@{target:g}"] = oracle["dir"]
+        row[f"realised@{target:g}"] = point["realised_fpir"]["unknown"]
+    return row
+
+
+def _curve_on_grid(result: dict[str, Any]) -> np.ndarray:
+    """DIR at each FPIR of CURVE_GRID from a step curve (best DIR with FPIR <= grid point)."""
+    curve = result["open_set"]["unknown"]["dir_fpir_curve"]
+    fpir = np.asarray(curve["fpir"])
+    dir_ = np.asarray(curve["dir"])
+    out = np.zeros_like(CURVE_GRID)
+    for i, g in enumerate(CURVE_GRID):
+        ok = fpir <= g + 1e-12
+        out[i] = dir_[ok].max() if ok.any() else 0.0
+    return out
+
+
+def run_one(base: TrainConfig, loss: str, seed: int, out: Path, data: Any) -> dict[str, Any]:
+    """Train (or continue) one run and evaluate it; cached in ``out/result.json``.
+
+    A cached result made with another calibration-set definition is re-evaluated from the
+    run's checkpoint (keeping its training time) instead of retrained.
+    """
+    from training.galleries import CALIBRATION_SET, TorchEmbedder, closed_world
+    from training.trainer import train
+
+    result_path = out / "result.json"
+    cached = json.loads(result_path.read_text("utf-8")) if result_path.is_file() else None
+    if cached is not None and cached.get("calibration_set") == CALIBRATION_SET:
+        return cached
+    config = base.replace(loss=loss, seed=seed)
+    started = time.perf_counter()
+    run = train(config, out, resume=(out / "checkpoint.pt").is_file(), progress=False, data=data)
+    seconds = time.perf_counter() - started
+    if cached is not None:
+        seconds = cached["train_seconds"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = closed_world(data, TorchEmbedder(run.network)).evaluate()
+    result = {
+        "loss": loss,
+        "seed": seed,
+        "train_seconds": seconds,
+        "calibration_set": CALIBRATION_SET,
+        "closed_set_accuracy": report["closed_set_accuracy"],
+        "open_set": {
+            kind: {k: v for k, v in m.items() if k != "oscr_curve"}
+            for kind, m in report["open_set"].items()
+        },
+        "operating_points": report["operating_points"],
+        "counts": report["counts"],
+    }
+    result_path.write_text(json.dumps(result) + "\n", encoding="utf-8")
+    return result
+
+
+def _mean_std(values: list[float]) -> str:
+    array = np.asarray(values, dtype=np.float64)
+    return f"{array.mean():.3f} ± {array.std(ddof=1) if len(array) > 1 else 0.0:.3f}"
+
+
+def write_results(
+    results: dict[str, list[dict[str, Any]]],
+    base: TrainConfig,
+    seeds: Sequence[int],
+    markdown: Path,
+    plot: Path,
+    command: str,
+) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.5), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    for loss, runs in results.items():
+        curves = np.stack([_curve_on_grid(r) for r in runs])
+        axes.plot(CURVE_GRID, curves.mean(axis=0), label=loss, drawstyle="steps-post")
+    axes.set_xscale("log")
+    axes.set_xlabel("FPIR (held-out unknowns)")
+    axes.set_ylabel("DIR (mean over seeds)")
+    axes.set_ylim(0, 1.0)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize="small", ncol=3, loc="lower right")
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(plot)
+
+    columns = ["accuracy", "auroc", "oscr"]
+    for target in TARGET_FPIRS:
+        columns += [f"dir@{target:g}", f"realised@{target:g}"]
+    header = (
+        "| loss | accuracy | AUROC | OSCR area | DIR @ FPIR 1e-2 | realised FPIR (target 1e-2) "
+        "| DIR @ FPIR 1e-1 | realised FPIR (target 1e-1) | train s/run |"
+    )
+    lines = [header, "|---" * 9 + "|"]
+    rows = {loss: [_row(r) for r in runs] for loss, runs in results.items()}
+    for loss, loss_rows in rows.items():
+        cells = [_mean_std([r[c] for r in loss_rows]) for c in columns]
+        seconds = np.mean([r["train_seconds"] for r in results[loss]])
+        lines.append(f"| {loss} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    counts = next(iter(results.values()))[0]["counts"]
+    table = "\n".join(lines)
+    ranking = sorted(rows, key=lambda loss: -np.mean([r["dir@0.01"] for r in rows[loss]]))
+    text = RESULTS_TEMPLATE.format(
+        command=command,
+        loss_list=", ".join(results),
+        seeds=", ".join(str(s) for s in seeds),
+        network=base.network,
+        width=base.width,
+        embedding_dim=base.embedding_dim,
+        epochs=base.epochs,
+        batch_size=base.batch_size,
+        optimizer=base.optimizer,
+        lr=base.lr,
+        schedule=base.schedule,
+        gallery=counts["gallery_samples"],
+        mated=counts["mated"],
+        unknown=counts["unknown"],
+        calibration=counts["calibration"],
+        table=table,
+        ranking=" > ".join(ranking),
+        plot=plot.name,
+    )
+    markdown.write_text(text, encoding="utf-8")
+
+
+RESULTS_TEMPLATE = """# Comparison of losses on mnist5k
+
+Generated by `{command}` (training/compare.py); do not edit by hand: the discussion below
+the generated part lives in docs/training.md.
+
+Setup: protocol `mnist5k` (known 0-5, negatives 6-7, unknown 8-9; split 60/20/20, split seed
+0), network `{network}` (width {width}, embedding {embedding_dim}), {epochs} epochs, batch
+{batch_size}, {optimizer} lr {lr}, {schedule} schedule; seeds {seeds}; losses with their
+default parameters. Evaluation: closed-world gallery (the {gallery} training samples of the
+known classes, mean template, cosine), {mated} mated probes (test knowns) and {unknown} held-out
+unknown probes (test 8-9). DIR @ FPIR is the oracle value (threshold from the test unknowns);
+the realised FPIR is what the threshold calibrated on the {calibration} calibration searches
+(validation unknowns) gives on the test unknowns. Mean ± std over seeds; the training time is
+wall-clock seconds on a shared, busy 2-core machine (one torch thread), for orientation only.
+
+{table}
+
+![DIR vs FPIR of every loss]({plot})
+
+Ranking by mean DIR @ FPIR 1e-2: {ranking}.
+"""
+
+
+def compare_command(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="opengallery compare",
+        description="Train every loss on mnist5k with the same network and budget over "
+        "several seeds; write docs/results.md and the DIR-FPIR plot.",
+    )
+    p.add_argument("--config", default="configs/compare.yaml", help="base configuration")
+    p.add_argument("--losses", default=",".join(LOSSES), help="comma-separated loss names")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--epochs", type=int, help="override the base configuration's epochs")
+    p.add_argument("--runs", default="runs/compare", help="directory of the individual runs")
+    p.add_argument("--results", default="docs/results.md", help="markdown file to write")
+    p.add_argument("--plot", default="docs/results_dir_fpir.png", help="PNG file to write")
+    args = p.parse_args(list(argv))
+
+    from tqdm import tqdm
+
+    from training.data import load_from_config
+
+    config_path = Path(args.config)
+    base = load_config(config_path if config_path.is_file() else None, {"epochs": args.epochs})
+    losses = [name.strip() for name in args.losses.split(",") if name.strip()]
+    unknown = sorted(set(losses) - set(LOSSES))
+    if unknown:
+        raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    data = load_from_config(base)
+    runs_dir = Path(args.runs) / f"{base.network}-w{base.width}-e{base.epochs}"
+    results: dict[str, list[dict[str, Any]]] = {}
+    jobs = [(loss, seed) for loss in losses for seed in seeds]
+    with tqdm(jobs, desc="compare", file=sys.stderr, dynamic_ncols=True) as bar:
+        for loss, seed in bar:
+            bar.set_postfix(loss=loss, seed=seed)
+            result = run_one(base, loss, seed, runs_dir / f"{loss}-seed{seed}", data)
+            results.setdefault(loss, []).append(result)
+    command = "opengallery compare " + " ".join(argv) if argv else "opengallery compare"
+    write_results(results, base, seeds, Path(args.results), Path(args.plot), command.strip())
+    print(f"wrote {args.results} and {args.plot}")
+    return 0
