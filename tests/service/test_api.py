@@ -301,6 +301,6 @@ def test_auth_scopes(client: TestClient) -> None:
     assert forbidden.json()["error"]["code"] == "forbidden"
     assert client.delete("/v1/galleries/g", headers=as_client).status_code == 403
     assert client.post("/v1/keys", json={"scope": "admin"}, headers=as_client).status_code == 403
-    # No key needed for probes of liveness, readiness and metrics.
-    for path in ("/healthz", "/readyz", "/metrics"):
+    # No key needed for liveness, readiness, metrics and the API documentation.
+    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
         assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
