@@ -49,10 +49,10 @@ class _EntropicNLL(torch.autograd.Function):
             work.scatter_(1, index, new_target.unsqueeze(1))
             target_logit = new_target
         probabilities = torch.softmax(work, dim=1)
-        # log Σ exp(z) = max z - log(softmax at the argmax): there softmax is exp(0)/S = 1/S,
+        # log Σ exp(z) = max z - log(max softmax): at the argmax softmax is exp(0)/S = 1/S,
         # so no second exp pass is needed and nothing underflows (max softmax >= 1/C).
-        row_max, argmax = work.max(dim=1)
-        log_sum_exp = row_max - probabilities.gather(1, argmax.unsqueeze(1)).squeeze(1).log()
+        # (Two amax passes are ~3x faster than one max with indices.)
+        log_sum_exp = work.amax(dim=1) - probabilities.amax(dim=1).log()
         loss = log_sum_exp - target_logit
         negative_rows = None
         if has_negatives:
