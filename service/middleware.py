@@ -80,9 +80,9 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "(unmatched)"
             status = int(status_holder["status"])
             self.metrics.observe_request(scope.get("method", "?"), template, status, seconds)
+            # The request id is in the record (RequestIdFilter) while the contextvar is set.
             logger.info(
-                '%s "%s %s" %d %.1fms',
-                request_id,
+                '"%s %s" %d %.1fms',
                 scope.get("method"),
                 scope.get("path"),
                 status,
