@@ -149,7 +149,7 @@ class BatchingEmbedder(Embedder):
         threads: int = 0,
         batch_size: int = 64,
         max_batch_size: int = 32,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
     ) -> None:
         super().__init__(bundle, threads=threads, batch_size=batch_size)
         self.batcher = DynamicBatcher(

@@ -43,7 +43,7 @@ class ModelRegistry:
         batch_size: int = 64,
         batching: bool = False,
         batch_max_size: int = 32,
-        batch_max_wait_ms: float = 2.0,
+        batch_max_wait_ms: float = 0.0,
     ) -> None:
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}

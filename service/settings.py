@@ -49,10 +49,15 @@ class Settings(BaseSettings):
     inference_batch_size: int = Field(64, gt=0)
 
     # Dynamic batching (issue 5): concurrent requests' images share one onnxruntime call.
+    # Off by default: on 2 CPU cores with the shipped network it did not win (bench/batching.py,
+    # docs/redeploy.md), and a positive wait only delays lone requests.
     batching: bool = Field(False, description="queue small inference calls into shared batches")
     batch_max_size: int = Field(32, gt=0, description="most images in one batched call")
     batch_max_wait_ms: float = Field(
-        2.0, ge=0.0, description="longest a request waits for others to fill a batch"
+        0.0,
+        ge=0.0,
+        description="extra wait for more requests after the first (0: take what queued while "
+        "the previous batch ran)",
     )
 
     # Migrations (issue 5).

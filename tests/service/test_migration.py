@@ -259,3 +259,28 @@ def test_a_stopped_migration_resumes_at_the_next_start(
         answers = identify_images(client, "g", probes).json()
         assert answers["model"] == NEW
         assert [r["candidates"][0]["subject_id"] for r in answers["results"]] == new_expected
+
+
+def test_an_embedding_enrolled_during_a_migration_fails_the_job_not_the_gallery(
+    settings: Settings, new_bundle: Path
+) -> None:
+    # Slow enough (3 chunks, 300 ms apart) that the enrolment below lands during the job.
+    paced = settings.model_copy(update={"migration_chunk_size": 1, "migration_pause_ms": 300})
+    with open_client(paced) as client:
+        client.post("/v1/models", json={"path": str(new_bundle)})
+        client.post("/v1/galleries", json={"name": "g"})
+        images = enrolled_images(1, 3)
+        enrol_images(client, "g", images)
+        job_id = client.post("/v1/galleries/g/migrate", json={"model": NEW}).json()["job_id"]
+        vector = np.random.default_rng(0).standard_normal(DIM).tolist()
+        response = client.post("/v1/galleries/g/subjects/s0/samples", json={"embeddings": [vector]})
+        assert response.status_code == 201  # acknowledged, and kept
+        job = wait_job(client, job_id)
+        assert job["status"] == "failed" and "no stored image" in job["error"]
+        gallery = client.get("/v1/galleries/g").json()
+        assert gallery["model"] == OLD and gallery["sample_count"] == 4
+        answer = client.post(
+            "/v1/galleries/g/identify", json={"embeddings": [vector], "top_k": 1}
+        ).json()
+        assert answer["model"] == OLD
+        assert answer["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
