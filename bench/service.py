@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.bundle import Bundle, load_bundle  # noqa: E402
+from service.calibrator import default_fpir  # noqa: E402
 from service.embedder import Embedder, check_embedding  # noqa: E402
 from service.images import decode_image  # noqa: E402
 from service.index.flat import set_search_threads  # noqa: E402
@@ -83,7 +84,8 @@ def fill_gallery(data_dir: Path, bundle: Bundle, vectors: np.ndarray) -> float:
     started = time.perf_counter()
     store = SQLiteStore(data_dir / "opengallery.sqlite3")
     try:
-        store.create_gallery(GALLERY, bundle.model_id, 0.01, "max", True)
+        fpir = default_fpir(0.01, len(bundle.load_calibration()))  # what the API would choose
+        store.create_gallery(GALLERY, bundle.model_id, fpir, "max", True)
         chunk = 50_000
         for start in range(0, len(vectors), chunk):
             items = []

@@ -44,6 +44,15 @@ def check_fpir_supported(fpir: float, num_searches: int) -> None:
         )
 
 
+def default_fpir(configured: float, num_searches: int) -> float:
+    """The FPIR a gallery gets when its creator names none: the configured default, raised to
+    the smallest FPIR the model's calibration set supports (10 / M) when it is too small to
+    calibrate the default. An FPIR asked for explicitly is never raised: it is refused."""
+    if num_searches >= min_searches_for_fpir(configured):
+        return configured
+    return min(1.0, 10.0 / num_searches)
+
+
 class Calibrator:
     """Thread-safe cache of non-mated top-1 scores per (gallery, model, version)."""
 

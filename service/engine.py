@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from service.calibrator import Calibration, Calibrator, UnsupportedFPIR, check_fpir_supported
+from service.calibrator import (
+    Calibration,
+    Calibrator,
+    UnsupportedFPIR,
+    check_fpir_supported,
+    default_fpir,
+)
 from service.embedder import EmbeddingRejected, check_embedding
 from service.errors import ApiError, not_found
 from service.images import ImageRejected, decode_base64, decode_image
@@ -199,7 +205,8 @@ class GalleryEngine:
             raise ApiError(
                 422, "unknown_model", f"model {model_id!r} is not registered (registered: {known})"
             )
-        fpir = self.settings.default_fpir if fpir is None else fpir
+        if fpir is None:
+            fpir = default_fpir(self.settings.default_fpir, len(model.calibration))
         try:
             check_fpir_supported(fpir, len(model.calibration))
         except UnsupportedFPIR as error:

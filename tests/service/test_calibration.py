@@ -101,3 +101,29 @@ def test_requested_fpir_changes_threshold(client: TestClient) -> None:
     loose = identify(client, probe, fpir=0.2)[0]
     assert (strict["fpir"], loose["fpir"]) == (0.005, 0.2)
     assert strict["threshold"] > loose["threshold"]
+
+
+def test_default_fpir_follows_a_small_calibration_set(tmp_path: Path) -> None:
+    from models.testing import make_random_bundle
+    from service.app import create_app
+    from service.settings import Settings
+
+    from .conftest import ADMIN_KEY
+
+    bundle = make_random_bundle(tmp_path / "small", embedding_dim=DIM, calibration_size=500)
+    settings = Settings(data_dir=tmp_path / "data", model=bundle.path, admin_key=ADMIN_KEY)
+    with TestClient(create_app(settings)) as small:
+        small.headers["X-API-Key"] = ADMIN_KEY
+        # 500 non-mated searches support an FPIR of 10/500 = 0.02 at best: an unnamed FPIR
+        # becomes that, a named 0.01 is refused with the reason.
+        created = small.post("/v1/galleries", json={"name": "g"})
+        assert created.status_code == 201 and created.json()["fpir"] == 0.02
+        refused = small.post("/v1/galleries", json={"name": "h", "fpir": 0.01})
+        assert refused.status_code == 422
+        assert "1000" in refused.json()["error"]["message"]
+        small.put("/v1/galleries/g/subjects/a")
+        small.post("/v1/galleries/g/subjects/a/samples", json={"embeddings": [[1.0] * DIM]})
+        result = small.post("/v1/galleries/g/identify", json={"embeddings": [[1.0] * DIM]}).json()[
+            "results"
+        ][0]
+        assert result["fpir"] == 0.02 and result["decision"] == "known"
