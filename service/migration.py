@@ -254,6 +254,12 @@ class MigrationManager:
 
     def _switch(self, job: JobRecord, runtime: GalleryRuntime, target: LoadedModel) -> None:
         """Caller holds runtime.lock. The store switches in one transaction, then memory."""
+        try:
+            current = self.engine._runtime(job.gallery)
+        except ApiError:
+            current = None
+        if current is not runtime:  # deleted (and perhaps re-created) since the job started
+            raise RuntimeError(f"gallery {job.gallery!r} was deleted during the migration")
         record = runtime.record
         index = self.engine._build_index(record, target)
         version = self.store.switch_gallery_model(

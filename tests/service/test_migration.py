@@ -284,3 +284,23 @@ def test_an_embedding_enrolled_during_a_migration_fails_the_job_not_the_gallery(
         ).json()
         assert answer["model"] == OLD
         assert answer["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_deleting_the_gallery_fails_its_migration(settings: Settings, new_bundle: Path) -> None:
+    paced = settings.model_copy(update={"migration_chunk_size": 1, "migration_pause_ms": 300})
+    with open_client(paced) as client:
+        client.post("/v1/models", json={"path": str(new_bundle)})
+        client.post("/v1/galleries", json={"name": "g"})
+        enrol_images(client, "g", enrolled_images(1, 3))
+        job_id = client.post("/v1/galleries/g/migrate", json={"model": NEW}).json()["job_id"]
+        assert client.delete("/v1/galleries/g").status_code == 204
+        # A new gallery under the same name is not the one the job was migrating.
+        client.post("/v1/galleries", json={"name": "g"})
+        images = enrolled_images(2, 2, offset=500)
+        enrol_images(client, "g", images)
+        job = wait_job(client, job_id)
+        assert job["status"] == "failed" and "'g'" in job["error"]
+        assert client.get("/v1/galleries/g").json()["model"] == OLD
+        answer = identify_images(client, "g", images["s1"]).json()
+        assert answer["model"] == OLD
+        assert [r["candidates"][0]["subject_id"] for r in answer["results"]] == ["s1", "s1"]
