@@ -102,3 +102,18 @@ def test_bundle_with_wrong_checksum_is_refused(exported, tmp_path: Path, capsys)
     assert evaluate_main([str(copy), "--out", str(tmp_path / "eval")]) == 2
     assert "sha256" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_a_bundle_writes_both_gallery_reports(exported, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    _, bundle = exported
+    assert evaluate_main([str(bundle.path), "--out", str(tmp_path / "eval")]) == 0
+    closed = json.loads((tmp_path / "eval" / "report.json").read_text())
+    opened = json.loads((tmp_path / "eval" / "open_world" / "report.json").read_text())
+    # closed world: the 6 known digits enrolled; open world: the 2 unknown digits
+    assert closed["counts"]["gallery_subjects"] == 6
+    assert opened["counts"]["gallery_subjects"] == 2
+    assert closed["counts"]["unknown"] == 500 and closed["counts"]["calibration"] == 500
+    assert (tmp_path / "eval" / "dir_fpir.png").stat().st_size > 0
+    assert "open_world/report.md" in (tmp_path / "eval" / "report.md").read_text()
