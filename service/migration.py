@@ -110,7 +110,9 @@ class MigrationManager:
         # job trusts nothing it did not write itself.
         self.store.drop_embeddings(gallery, target.model_id)
         self._launch(job.job_id)
-        logger.info("job %s: migrating gallery %r %s -> %s", job_id, gallery, source, model_id)
+        logger.info(
+            "job %s: migrating gallery %r %s -> %s", job_id, gallery, source.model_id, model_id
+        )
         return job
 
     def get(self, job_id: str) -> JobRecord:
@@ -133,15 +135,6 @@ class MigrationManager:
             self._launch(job.job_id)
             resumed.append(job.job_id)
         return resumed
-
-    def wait(self, job_id: str, timeout: float | None = None) -> bool:
-        """Wait for a job's thread to end (tests, shutdown); True if it has ended."""
-        with self._lock:
-            thread = self._threads.get(job_id)
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop between chunks; running jobs stay `running` and resume at the next start."""
