@@ -7,6 +7,7 @@ missing folder, corrupt image, bad bundle, ...) with a one-line message on stder
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -118,6 +119,8 @@ def train_main(argv: Sequence[str]) -> int:
             config = load_config(args.config, overrides)
         run = train(config, args.out, resume=args.resume, progress=not args.no_progress)
         last = run.history[-1] if run.history else {}
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # under torchrun only rank 0 reports
         print(
             f"trained {config.loss} on {config.protocol} for {config.epochs} epochs -> "
             f"{Path(args.out)} (val accuracy {last.get('val_accuracy', float('nan')):.3f})"

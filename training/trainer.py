@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,6 +396,9 @@ def train(
 
     wrapped: nn.Module = module
     if context.enabled:
+        # 1-channel 5x5 convolutions get gradients in another (equivalent) memory layout than
+        # DDP's buckets; harmless, and said once per step otherwise.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
         wrapped = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None
         )
