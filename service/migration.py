@@ -8,10 +8,11 @@ A migration is a persisted job (table `jobs`) run by a background thread:
    the gallery's current (model, index) pair meanwhile.
 2. The switch, under the gallery's mutation lock (enrolments and deletions wait; identify does
    not): embed the delta (samples enrolled since step 1 scanned past them), build the shadow
-   index from the store, then ONE transaction points the gallery at the target model, drops
-   the old embeddings and marks the job succeeded; finally the in-memory (model, index) pair
-   is replaced by one reference assignment. A request snapshots that pair once, so each
-   answer's `model` is the model that embedded both its probe and the index it searched.
+   index from the store, then ONE transaction points the gallery at the target model and
+   drops the old embeddings; then the in-memory (model, index) pair is replaced by one
+   reference assignment, and only then is the job marked succeeded. A request snapshots that
+   pair once, so each answer's `model` is the model that embedded both its probe and the
+   index it searched.
 
 Enrolments during a migration are never lost: those committed before the switch are picked up
 by the delta; one that embedded its images with the old model but reaches the commit after the
@@ -25,6 +26,7 @@ where it stopped (`attempts` counts the runs).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -187,6 +189,11 @@ class MigrationManager:
             runtime = self.engine._runtime(job.gallery)
         except ApiError as error:
             raise RuntimeError(error.message) from None
+        if runtime.active.model.model_id == job.target_model:
+            # The switch committed, then the process died before recording the job's end.
+            total = self.engine.get_gallery(job.gallery).sample_count
+            self.store.update_job(job.job_id, status="succeeded", done=total, total=total)
+            return
         if runtime.active.model.model_id != job.source_model:
             raise RuntimeError(
                 f"gallery {job.gallery!r} is on {runtime.active.model.model_id}, "
@@ -215,7 +222,12 @@ class MigrationManager:
                 embedded, after_id = self._embed_chunk(job, target, after_id)
                 if not embedded:
                     break
+                done += embedded
             self._switch(job, runtime, target)
+        # Recorded only once the new model answers: a client that sees "succeeded" gets
+        # answers from it. (A crash just before this is settled at the next start, above.)
+        total = max(total, done)
+        self.store.update_job(job.job_id, status="succeeded", done=total, total=total)
 
     def _embed_chunk(self, job: JobRecord, target: LoadedModel, after_id: int) -> tuple[int, int]:
         """Embed the next chunk of samples lacking a target embedding: (count, last id)."""
@@ -253,23 +265,26 @@ class MigrationManager:
             current = None
         if current is not runtime:  # deleted (and perhaps re-created) since the job started
             raise RuntimeError(f"gallery {job.gallery!r} was deleted during the migration")
-        record = runtime.record
-        index = self.engine._build_index(record, target)
-        version = self.store.switch_gallery_model(
-            job.gallery, job.source_model, target.model_id, job.job_id
-        )
-        index.version = version
-        fresh = self.store.get_gallery(job.gallery)
-        if fresh is None:  # deleted meanwhile: impossible while we hold its lock
+        record = self.store.get_gallery(job.gallery)
+        if record is None:  # impossible while we hold its lock
             raise NotFoundError("gallery", job.gallery)
-        # Thresholds for the new pair before it serves, so no request pays for them.
+        index = self.engine._build_index(record, target)
+        # Thresholds for the new pair before it serves, so no request pays for them: keyed on
+        # the version the switch commits (nothing else writes this gallery while we hold its
+        # lock; were it otherwise, the first request would just compute them).
+        index.version = record.version + 1
         try:
             self.engine.calibrator.for_fpir(
-                fresh.name, target.model_id, index, target.calibration, fresh.fpir
+                record.name, target.model_id, index, target.calibration, record.fpir
             )
         except Exception as error:  # an unsupported FPIR is reported per request anyway
             logger.warning("job %s: thresholds not precomputed: %s", job.job_id, error)
-        runtime.record = fresh
+        version = self.store.switch_gallery_model(
+            job.gallery, job.source_model, target.model_id, None
+        )
+        # Committed: from here on nothing may fail before memory follows the store.
+        index.version = version
+        runtime.record = dataclasses.replace(record, model_id=target.model_id, version=version)
         runtime.active = ActiveModel(target, index)  # the atomic switch for readers
         logger.info(
             "job %s: gallery %r now answers with %s (%d samples)",
@@ -287,7 +302,3 @@ def _reason(error: Exception) -> str:
     if isinstance(error, RuntimeError | StoreConflict):
         return text
     return f"{type(error).__name__}: {text}"
-
-
-def job_progress(job: JobRecord) -> dict[str, int]:
-    return {"done": int(job.done), "total": int(job.total)}

@@ -304,3 +304,23 @@ def test_deleting_the_gallery_fails_its_migration(settings: Settings, new_bundle
         answer = identify_images(client, "g", images["s1"]).json()
         assert answer["model"] == OLD
         assert [r["candidates"][0]["subject_id"] for r in answer["results"]] == ["s1", "s1"]
+
+
+def test_a_job_whose_switch_committed_before_a_crash_is_settled_at_start(
+    settings: Settings, new_bundle: Path
+) -> None:
+    from service.store.sqlite import SQLiteStore
+
+    with open_client(settings) as client:
+        client.post("/v1/models", json={"path": str(new_bundle)})
+        client.post("/v1/galleries", json={"name": "g"})
+    # What a crash right after the switch transaction leaves: the gallery on the new model,
+    # the job still "running".
+    store = SQLiteStore(settings.database_path)
+    store.create_job("crashed", "migrate", "g", OLD, NEW)
+    store.switch_gallery_model("g", OLD, NEW, None)
+    store.close()
+    with open_client(settings) as client:
+        job = wait_job(client, "crashed")
+        assert job["status"] == "succeeded" and job["attempts"] == 2 and job["error"] is None
+        assert client.get("/v1/galleries/g").json()["model"] == NEW
