@@ -95,7 +95,11 @@ def main(argv: Sequence[str]) -> int:
         "galleries to it.",
     )
     parser.add_argument("bundle", type=Path, metavar="BUNDLE_DIR", help="exported bundle")
-    parser.add_argument("--url", default=os.environ.get("OPENGALLERY_URL", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("OPENGALLERY_URL", "http://127.0.0.1:8000"),
+        help="the service (default: $OPENGALLERY_URL or http://127.0.0.1:8000)",
+    )
     parser.add_argument(
         "--api-key",
         default=os.environ.get("OPENGALLERY_API_KEY"),
