@@ -48,8 +48,10 @@ ADMIN_KEY = "bench-admin-key-0123456789"  # the key bench/service.py's RawClient
 DEFAULT_WAIT_MS = Settings().batch_max_wait_ms
 
 
-def run_clients(clients: int, total: int, call_factory) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """`clients` threads share `total` calls; throughput and latency percentiles."""
+def run_clients(clients: int, total: int, call_factory, cpu_seconds=time.process_time):  # type: ignore[no-untyped-def]
+    """`clients` threads share `total` calls: throughput, latency percentiles, and the CPU
+    time per call of the process `cpu_seconds` reads (steadier than throughput on a machine
+    shared with other work)."""
     per_client = max(1, total // clients)
     latencies: list[list[float]] = [[] for _ in range(clients)]
     barrier = threading.Barrier(clients + 1)
@@ -67,13 +69,14 @@ def run_clients(clients: int, total: int, call_factory) -> dict[str, float]:  # 
     for thread in threads:
         thread.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), cpu_seconds()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_before
     ordered = sorted(x for per in latencies for x in per)
     return {
         "per_s": len(ordered) / wall,
+        "cpu_ms": 1000 * cpu / len(ordered),
         "p50_ms": 1000 * statistics.median(ordered),
         "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
     }
@@ -110,10 +113,11 @@ def start_server(bundle: Bundle, workdir: Path, batching: bool, env: dict[str, s
     return server
 
 
-def http_cells(bundle: Bundle, clients: list[int], args: argparse.Namespace, env: dict) -> dict:
+def http_cells(bundle: Bundle, clients: list[int], requests: int, rounds: int, env: dict) -> dict:
     """Both servers up at once; cells alternate off/on so drift in the machine's load hits
     both alike. Returns {batching: {clients: [round results]}}."""
-    raw_client = _load_service_bench().RawClient
+    service_bench = _load_service_bench()
+    raw_client = service_bench.RawClient
     side = bundle.manifest.input.shape[1:]
     body = json.dumps(
         {
@@ -127,7 +131,7 @@ def http_cells(bundle: Bundle, clients: list[int], args: argparse.Namespace, env
         servers = {b: start_server(bundle, Path(workdir), b, env) for b in (False, True)}
         try:
             for n in clients:
-                for _ in range(args.rounds):
+                for _ in range(rounds):
                     for batching, server in servers.items():
 
                         def factory(url: str = server.url):  # type: ignore[no-untyped-def]
@@ -136,7 +140,14 @@ def http_cells(bundle: Bundle, clients: list[int], args: argparse.Namespace, env
                                 "/v1/galleries/bench/identify", body, "application/json"
                             )
 
-                        cell = run_clients(n, args.requests, factory)
+                        assert server.process is not None
+                        pid = server.process.pid
+                        cell = run_clients(
+                            n,
+                            requests,
+                            factory,
+                            lambda pid=pid: service_bench.process_cpu_seconds(pid),
+                        )
                         results[batching].setdefault(n, []).append(cell)
                 print(f"  {bundle.model_id} HTTP {n} clients done", file=sys.stderr, flush=True)
         finally:
@@ -146,7 +157,7 @@ def http_cells(bundle: Bundle, clients: list[int], args: argparse.Namespace, env
 
 
 def in_process_cells(
-    bundle: Bundle, clients: list[int], args: argparse.Namespace, env: dict
+    bundle: Bundle, clients: list[int], requests: int, rounds: int, env: dict
 ) -> dict:
     max_size = int(env.get("OPENGALLERY_BATCH_MAX_SIZE", 32))
     max_wait = float(env.get("OPENGALLERY_BATCH_MAX_WAIT_MS", DEFAULT_WAIT_MS))
@@ -160,10 +171,10 @@ def in_process_cells(
     results: dict[bool, dict[int, list]] = {False: {}, True: {}}
     try:
         for n in clients:
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 for batching, embedder in embedders.items():
                     cell = run_clients(
-                        n, args.requests, lambda e=embedder: lambda: e.embed_images([image])
+                        n, requests, lambda e=embedder: lambda: e.embed_images([image])
                     )
                     results[batching].setdefault(n, []).append(cell)
     finally:
@@ -175,6 +186,50 @@ def median_of(cells: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(cell[key] for cell in cells) for key in cells[0]}
 
 
+def compare(
+    bundles: list[Bundle],
+    *,
+    clients: list[int],
+    requests: int,
+    rounds: int,
+    env: dict[str, str],
+    http: bool = True,
+) -> dict:
+    """Batching off vs on for each bundle (in process, and over HTTP unless `http` is False);
+    `env` holds OPENGALLERY_BATCH_* overrides. Also used by bench/service.py --batching."""
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    rows = []
+    paths = [("in-process", in_process_cells)]
+    if http:
+        paths.append(("HTTP", http_cells))
+    for bundle in bundles:
+        for path_name, measure in paths:
+            results = measure(bundle, clients, requests, rounds, env)
+            for n in clients:
+                rows.append(
+                    {
+                        "bundle": bundle.model_id,
+                        "path": path_name,
+                        "clients": n,
+                        "off": median_of(results[False][n]),
+                        "on": median_of(results[True][n]),
+                    }
+                )
+    return {
+        "load_before": load_before,
+        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "settings": {
+            "max_size": int(env.get("OPENGALLERY_BATCH_MAX_SIZE", 32)),
+            "max_wait_ms": float(env.get("OPENGALLERY_BATCH_MAX_WAIT_MS", DEFAULT_WAIT_MS)),
+        },
+        "rounds": rounds,
+        "requests": requests,
+        "rows": rows,
+    }
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"Batching settings: {report['settings']}; {report['rounds']} rounds, "
@@ -182,8 +237,8 @@ def markdown(report: dict) -> str:
         f"{report['load_before']} before, {report['load_after']} after",
         "",
         "| bundle | path | clients | off req/s | on req/s | on/off | off p50/p99 ms "
-        "| on p50/p99 ms |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| on p50/p99 ms | CPU ms/req off | on |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         off, on = row["off"], row["on"]
@@ -191,8 +246,13 @@ def markdown(report: dict) -> str:
             f"| {row['bundle']} | {row['path']} | {row['clients']} | {off['per_s']:.0f} "
             f"| {on['per_s']:.0f} | {on['per_s'] / off['per_s']:.2f} "
             f"| {off['p50_ms']:.1f} / {off['p99_ms']:.1f} | {on['p50_ms']:.1f} / "
-            f"{on['p99_ms']:.1f} |"
+            f"{on['p99_ms']:.1f} | {off['cpu_ms']:.2f} | {on['cpu_ms']:.2f} |"
         )
+    lines += [
+        "",
+        "CPU ms/req: CPU time of the server process (HTTP) or of this process (in-process) "
+        "per request.",
+    ]
     return "\n".join(lines)
 
 
@@ -218,7 +278,6 @@ def main() -> int:
         env["OPENGALLERY_BATCH_MAX_SIZE"] = str(args.max_size)
     if args.max_wait_ms is not None:
         env["OPENGALLERY_BATCH_MAX_WAIT_MS"] = str(args.max_wait_ms)
-    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="bench-bundle-") as workdir:
         bundles = []
         for path in args.model or [Path("random")]:
@@ -229,36 +288,14 @@ def main() -> int:
                 bundles.append(make_random_bundle(random_dir, seed=0, embedding_dim=64))
             else:
                 bundles.append(load_bundle(path))
-        rows = []
-        paths = [("in-process", in_process_cells)]
-        if not args.skip_http:
-            paths.append(("HTTP", http_cells))
-        for bundle in bundles:
-            for path_name, measure in paths:
-                results = measure(bundle, clients, args, env)
-                for n in clients:
-                    rows.append(
-                        {
-                            "bundle": bundle.model_id,
-                            "path": path_name,
-                            "clients": n,
-                            "off": median_of(results[False][n]),
-                            "on": median_of(results[True][n]),
-                        }
-                    )
-    report = {
-        "load_before": load_before,
-        "load_after": " ".join(f"{x:.1f}" for x in os.getloadavg()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
-        "settings": {
-            "max_size": args.max_size or 32,
-            "max_wait_ms": args.max_wait_ms if args.max_wait_ms is not None else DEFAULT_WAIT_MS,
-        },
-        "rounds": args.rounds,
-        "requests": args.requests,
-        "rows": rows,
-    }
+        report = compare(
+            bundles,
+            clients=clients,
+            requests=args.requests,
+            rounds=args.rounds,
+            env=env,
+            http=not args.skip_http,
+        )
     print(markdown(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
