@@ -318,6 +318,12 @@ def main() -> int:
     parser.add_argument("--random-bundle", action="store_true", help="ignore models/default")
     parser.add_argument("--embedding-dim", type=int, default=64, help="of the random bundle")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="also compare dynamic batching off/on at 1, 8 and 32 clients (bench/batching.py; "
+        "OPENGALLERY_BATCH_MAX_SIZE/_MAX_WAIT_MS from the environment)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     report: dict = {
@@ -366,10 +372,30 @@ def main() -> int:
                 "ceiling": ceiling,
                 "enrolment": enrol,
             }
+        if args.batching:
+            print("dynamic batching off/on ...", file=sys.stderr, flush=True)
+            batching = _bench_batching()
+            overrides = {k: v for k, v in os.environ.items() if k.startswith("OPENGALLERY_BATCH_")}
+            report["batching"] = batching.compare(
+                [bundle], clients=[1, 8, 32], requests=400, rounds=3, env=overrides
+            )
     print(markdown(report))
+    if "batching" in report:
+        print("\nDynamic batching:\n\n" + batching.markdown(report["batching"]))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _bench_batching():  # type: ignore[no-untyped-def]
+    """bench/batching.py as a module (bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_batching", ROOT / "bench" / "batching.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def markdown(report: dict) -> str:
