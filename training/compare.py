@@ -42,13 +42,13 @@ def _row(result: dict[str, Any]) -> dict[str, float]:
     return row
 
 
-def _curve_on_grid(result: dict[str, Any]) -> np.ndarray:
-    """DIR at each FPIR of CURVE_GRID from a step curve (best DIR with FPIR <= grid point)."""
+def _curve_on_grid(result: dict[str, Any], grid: np.ndarray) -> np.ndarray:
+    """DIR at each FPIR of ``grid`` from a step curve (best DIR with FPIR <= grid point)."""
     curve = result["open_set"]["unknown"]["dir_fpir_curve"]
     fpir = np.asarray(curve["fpir"])
     dir_ = np.asarray(curve["dir"])
-    out = np.zeros_like(CURVE_GRID)
-    for i, g in enumerate(CURVE_GRID):
+    out = np.zeros_like(grid)
+    for i, g in enumerate(grid):
         ok = fpir <= g + 1e-12
         out[i] = dir_[ok].max() if ok.any() else 0.0
     return out
@@ -110,11 +110,15 @@ def write_results(
 
     figure = Figure(figsize=(7.0, 4.5), dpi=100, layout="constrained")
     axes = figure.add_subplot()
+    counts = next(iter(results.values()))[0]["counts"]
+    # below one false accept in n unknown probes the empirical FPIR is 0: not plottable
+    smallest = 1.0 / counts["unknown"]
+    grid = CURVE_GRID[np.greater_equal(CURVE_GRID, smallest)]
     for loss, runs in results.items():
-        curves = np.stack([_curve_on_grid(r) for r in runs])
-        axes.plot(CURVE_GRID, curves.mean(axis=0), label=loss, drawstyle="steps-post")
+        curves = np.stack([_curve_on_grid(r, grid) for r in runs])
+        axes.plot(grid, curves.mean(axis=0), label=loss, drawstyle="steps-post")
     axes.set_xscale("log")
-    axes.set_xlabel("FPIR (held-out unknowns)")
+    axes.set_xlabel(f"FPIR ({counts['unknown']} held-out unknown probes)")
     axes.set_ylabel("DIR (mean over seeds)")
     axes.set_ylim(0, 1.0)
     axes.grid(True, which="both", alpha=0.3)
@@ -135,7 +139,6 @@ def write_results(
         cells = [_mean_std([r[c] for r in loss_rows]) for c in columns]
         seconds = np.mean([r["train_seconds"] for r in results[loss]])
         lines.append(f"| {loss} | " + " | ".join(cells) + f" | {seconds:.0f} |")
-    counts = next(iter(results.values()))[0]["counts"]
     table = "\n".join(lines)
     ranking = sorted(rows, key=lambda loss: -np.mean([r["dir@0.01"] for r in rows[loss]]))
     text = RESULTS_TEMPLATE.format(
