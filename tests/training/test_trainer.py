@@ -65,7 +65,10 @@ def test_resume_continues_exactly(
     assert [h["epoch"] for h in run.history] == [1, 2, 3]
     full, cut = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
     _assert_same(full["network"], cut["network"])
-    assert full["optimizer"]["state"].keys() == cut["optimizer"]["state"].keys()
+    for key, state in full["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = cut["optimizer"]["state"][key][name]
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (key, name)
     assert full["scheduler"] == cut["scheduler"]
     for a, b in zip(full["history"], cut["history"], strict=True):
         assert {k: v for k, v in a.items() if k != "seconds"} == {
@@ -141,3 +144,15 @@ def test_balanced_sampler_draws_classes_equally() -> None:
     assert np.allclose(shares, 1 / 3, atol=0.06)
     plain = EpochSampler(targets, 10, seed=0).order(0)
     assert np.bincount(targets[plain] + 1)[1] == 900
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision runs on CUDA only")
+def test_mixed_precision_on_gpu(
+    tmp_path: Path, small_data: ProtocolData, tiny_config: TrainConfig
+) -> None:
+    config = tiny_config.replace(device="cuda", amp=True)
+    run = train(config, tmp_path, progress=False, data=small_data)
+    assert all(np.isfinite(h["loss"]) for h in run.history)
+    assert load_checkpoint(tmp_path)["scaler"] is not None  # the grad scaler was in use
+    train(config.replace(epochs=3), tmp_path, resume=True, progress=False, data=small_data)
+    assert load_checkpoint(tmp_path)["epoch"] == 3
