@@ -504,7 +504,7 @@ def write_bundle(
         calibration_embeddings, manifest.embedding_dim, "calibration_embeddings"
     )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.writing-", dir=target.parent))
+    staging = staging_directory(target.parent, prefix=f".{target.name}.writing-")
     try:
         onnx_target = staging / ONNX_FILE
         if isinstance(onnx_file, bytes):
@@ -524,6 +524,19 @@ def write_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load_bundle(target)
+
+
+def staging_directory(parent: Path, prefix: str) -> Path:
+    """A fresh directory beside the final one, to be renamed into place when complete.
+
+    mkdtemp makes it 0700; a published bundle gets the mode a plain mkdir would give it
+    (umask applied), so that a service running as another user can still read it.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    return staging
 
 
 def _fsync(path: Path) -> None:

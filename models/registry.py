@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from models.bundle import (
     BundleError,
     is_model_id,
     load_bundle,
+    staging_directory,
 )
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class ModelRegistry:
         with self._lock:
             if target.exists():
                 raise DuplicateModelError(self._duplicate_message(source, target))
-            staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
+            staging = staging_directory(self.root, prefix=_STAGING_PREFIX)
             try:
                 for name in (MANIFEST_FILE, ONNX_FILE, CALIBRATION_FILE):
                     shutil.copyfile(source.path / name, staging / name)

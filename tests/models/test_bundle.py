@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ import pytest
 
 import models.bundle as bundle_module
 from models.bundle import Bundle, BundleError, InputSpec, Manifest, load_bundle, write_bundle
-from models.testing import random_onnx_model_bytes
+from models.testing import make_random_bundle, random_onnx_model_bytes
 
 
 def manifest_dict(**changes: Any) -> dict[str, Any]:
@@ -338,3 +339,13 @@ def test_write_into_an_empty_directory(tmp_path: Path, bundle: Bundle) -> None:
     (tmp_path / "empty").mkdir()
     written = write_bundle(tmp_path / "empty", bundle.manifest, bundle.onnx_path, np.ones((1, 16)))
     assert written.manifest == bundle.manifest
+
+
+def test_published_bundle_is_readable_by_others(tmp_path: Path) -> None:
+    # mkdtemp makes 0700 directories; a bundle must get plain mkdir permissions instead.
+    umask = os.umask(0o022)
+    try:
+        bundle = make_random_bundle(tmp_path / "bundle", calibration_size=20)
+    finally:
+        os.umask(umask)
+    assert (bundle.path.stat().st_mode & 0o777) == 0o755
