@@ -7,7 +7,7 @@ SERVICE_VENV := .venv-service
 # later pulls a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: test lint serve model compare bench clean
+.PHONY: test lint serve model compare bench examples clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,24 @@ test: lint
 serve: $(SERVICE_VENV)/.installed
 	$(SERVICE_VENV)/bin/opengallery serve --host 127.0.0.1 --port 8000 --data-dir ./var --model models/default
 
+# The shipped bundle, reproducibly: a fixed seed, deterministic kernels, one thread
+# (configs/default.yaml). About a minute on 2 quiet cores.
+model: $(VENV)/.installed
+	rm -rf runs/default
+	$(VENV)/bin/opengallery train --config configs/default.yaml --out runs/default --no-progress
+	$(VENV)/bin/opengallery export runs/default --out models/default --name opengallery-mnist5k --version 1 --overwrite
+
+# Every loss over 3 seeds -> docs/results.md (cached under runs/compare; reruns resume).
+compare: $(VENV)/.installed
+	$(VENV)/bin/opengallery compare
+
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/losses.py
+	$(VENV)/bin/python bench/service.py --model models/default
+	$(VENV)/bin/python bench/batching.py --model models/default
+
+examples: $(VENV)/.installed
+	$(VENV)/bin/python examples/make_examples.py
 
 clean:
 	rm -rf $(VENV) $(SERVICE_VENV) .pytest_cache .ruff_cache
