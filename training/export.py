@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from models.bundle import Bundle, Manifest, write_bundle
@@ -65,6 +66,26 @@ def export_onnx(network: EmbeddingNetwork, input_shape: tuple[int, int, int], pa
             verbose=False,
         )
         program.save(str(path), external_data=False)
+    _strip_source_locations(path)
+
+
+def _strip_source_locations(path: Path) -> None:
+    """Drop the exporter's per-node stack traces and doc strings.
+
+    They name files on the exporting machine (its checkout and venv paths): the bundle would
+    leak them and differ byte for byte between two checkouts of the same run.
+    """
+    model = onnx.load(str(path))
+    node_lists = [model.graph.node, *(function.node for function in model.functions)]
+    while node_lists:
+        for node in node_lists.pop():
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attribute in node.attribute:  # control flow nodes carry subgraphs
+                if attribute.HasField("g"):
+                    node_lists.append(attribute.g.node)
+                node_lists.extend(graph.node for graph in attribute.graphs)
+    onnx.save(model, str(path))
 
 
 @torch.no_grad()

@@ -58,6 +58,14 @@ def test_onnx_matches_torch_for_any_batch_size(exported) -> None:  # type: ignor
         np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=0)
 
 
+def test_onnx_names_no_local_path_and_is_reproducible(exported, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run, bundle = exported
+    checkout = str(Path(__file__).resolve().parents[2])
+    assert checkout.encode() not in bundle.onnx_path.read_bytes()
+    again = export_run(run.path, tmp_path / "again", version="7", run=run)
+    assert again.manifest.onnx_sha256 == bundle.manifest.onnx_sha256
+
+
 def test_calibration_table_holds_on_its_own_set(exported) -> None:  # type: ignore[no-untyped-def]
     run, bundle = exported
     from training.calibration import Gallery
