@@ -46,6 +46,17 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
+def http_stack() -> tuple[str, str]:
+    """The event loop and HTTP parser uvicorn's "auto" picks: uvloop and httptools when
+    importable (about 0.15 ms less server CPU per request, bench/http_stack.py), otherwise
+    asyncio and h11, so the service runs without them."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
 def serve_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="opengallery serve",
@@ -85,9 +96,11 @@ def serve_main(argv: Sequence[str]) -> int:
 
     configure_logging(settings.log_level)
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    loop, http = http_stack()
     print(
         f"opengallery: serving {bundle.manifest.model_id} on http://{settings.host}:{settings.port}"
-        f"  (docs: http://{shown_host}:{settings.port}/docs, data: {settings.data_dir})",
+        f"  (docs: http://{shown_host}:{settings.port}/docs, data: {settings.data_dir}; "
+        f"{loop} + {http})",
         file=sys.stderr,
         flush=True,
     )
@@ -96,6 +109,8 @@ def serve_main(argv: Sequence[str]) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        loop=loop,
+        http=http,
         access_log=False,  # our middleware logs each request with its request id
     )
     return 0
