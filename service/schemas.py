@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from service.ids import Identifier
 
@@ -57,8 +58,28 @@ class GalleryList(BaseModel):
 
 
 # -- subjects --
+MAX_METADATA_DEPTH = 32
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Bounded nesting (deeper JSON cannot be serialised back) and finite numbers only."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"is nested more than {MAX_METADATA_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("must not contain NaN or infinite numbers")
+    return value
+
+
 class SubjectPut(Strict):
-    metadata: dict[str, Any] | None = Field(None, description="free JSON object")
+    metadata: Annotated[dict[str, Any], AfterValidator(check_metadata)] | None = Field(
+        None, description=f"free JSON object, at most {MAX_METADATA_DEPTH} levels deep"
+    )
 
 
 class SubjectOut(BaseModel):

@@ -246,3 +246,45 @@ def test_unsupported_fpir_says_why(limited: TestClient) -> None:
     # The random bundle has 2000 calibration embeddings; fpir 0.001 needs 10 / 0.001 = 10000.
     assert "10000" in error["message"] and "2000" in error["message"]
     assert_error(limited.post("/v1/galleries", json={"name": "h", "fpir": 0.001}), 422)
+
+
+def nested_lists(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def test_deep_metadata_is_refused_before_it_is_stored(client: TestClient) -> None:
+    assert client.post("/v1/galleries", json={"name": "g"}).status_code == 201
+    # The metadata object is level 1, so 31 nested lists inside it make 32 levels: the limit.
+    deepest_allowed = f'{{"metadata": {{"a": {nested_lists(31)}}}}}'
+    headers = {"content-type": "application/json"}
+    ok = client.put("/v1/galleries/g/subjects/ok", content=deepest_allowed, headers=headers)
+    assert ok.status_code == 201, ok.text
+    too_deep = f'{{"metadata": {{"a": {nested_lists(300)}}}}}'
+    error = assert_error(
+        client.put("/v1/galleries/g/subjects/poison", content=too_deep, headers=headers), 422
+    )
+    assert "32 levels" in error["message"]
+    one_too_deep = f'{{"metadata": {{"a": {nested_lists(32)}}}}}'
+    assert_error(
+        client.put("/v1/galleries/g/subjects/poison", content=one_too_deep, headers=headers), 422
+    )
+    assert_error(client.get("/v1/galleries/g/subjects/poison"), 404, "not_found")
+    listing = client.get("/v1/galleries/g/subjects")
+    assert listing.status_code == 200, listing.text
+    assert [s["subject_id"] for s in listing.json()["subjects"]] == ["ok"]
+    assert client.get("/v1/galleries/g/subjects/ok").status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_metadata(client: TestClient, bad: str) -> None:
+    assert client.post("/v1/galleries", json={"name": "g"}).status_code == 201
+    headers = {"content-type": "application/json"}
+    for body in (
+        f'{{"metadata": {{"x": {bad}}}}}',
+        f'{{"metadata": {{"x": [1, {{"y": {bad}}}]}}}}',
+    ):
+        error = assert_error(
+            client.put("/v1/galleries/g/subjects/s", content=body, headers=headers), 422
+        )
+        assert "NaN or infinite" in error["message"]
+    assert_error(client.get("/v1/galleries/g/subjects/s"), 404, "not_found")
