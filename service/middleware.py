@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -105,9 +106,17 @@ class RequestContextMiddleware:
 
         # An encoded '/' in an id would be decoded into the path and silently route elsewhere.
         raw_path: bytes = scope.get("raw_path") or b""
-        if scope.get("path", "").startswith("/v1/") and b"%2f" in raw_path.lower():
-            await reply(422, "invalid_id", "ids must not contain '/' (found %2F in the path)")
-            return
+        if scope.get("path", "").startswith("/v1/"):
+            if b"%2f" in raw_path.lower():
+                await reply(422, "invalid_id", "ids must not contain '/' (found %2F in the path)")
+                return
+            # The server decodes invalid UTF-8 to U+FFFD, so "%FF" and "%EF%BF%BD" would name
+            # the same id and neither would round-trip: refuse it instead.
+            try:
+                unquote_to_bytes(raw_path).decode("utf-8")
+            except UnicodeDecodeError:
+                await reply(422, "invalid_id", "the path's percent-encoding is not valid UTF-8")
+                return
         length = headers.get(b"content-length")
         if length is not None:
             try:

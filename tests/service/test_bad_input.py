@@ -288,3 +288,23 @@ def test_non_finite_metadata(client: TestClient, bad: str) -> None:
         )
         assert "NaN or infinite" in error["message"]
     assert_error(client.get("/v1/galleries/g/subjects/s"), 404, "not_found")
+
+
+@pytest.mark.parametrize("raw_id", ["%FF", "a%C3", "%C0%AF", "%ED%A0%80"])
+def test_ids_with_invalid_utf8_in_paths(limited: TestClient, raw_id: str) -> None:
+    error = assert_error(limited.put(f"/v1/galleries/g/subjects/{raw_id}"), 422, "invalid_id")
+    assert "UTF-8" in error["message"]
+    assert_error(limited.get(f"/v1/galleries/{raw_id}"), 422, "invalid_id")
+    subjects = limited.get("/v1/galleries/g/subjects").json()["subjects"]
+    assert [s["subject_id"] for s in subjects] == ["a"]
+
+
+def test_percent_encoded_utf8_id_round_trips(limited: TestClient) -> None:
+    created = limited.put("/v1/galleries/g/subjects/Jos%C3%A9")
+    assert created.status_code == 201, created.text
+    assert created.json()["subject_id"] == "José"
+    assert limited.get("/v1/galleries/g/subjects/Jos%C3%A9").json()["subject_id"] == "José"
+    # U+FFFD itself, validly encoded, is an ordinary printable id (not a stand-in for %FF).
+    replacement = limited.put("/v1/galleries/g/subjects/%EF%BF%BD")
+    assert replacement.status_code == 201, replacement.text
+    assert replacement.json()["subject_id"] == "\ufffd"
