@@ -162,6 +162,12 @@ class VerifyJson(Strict):
     subject_id: Identifier
     image: str | None = Field(None, description="base64-encoded probe image")
     embedding: list[float] | None = Field(None, description="probe embedding")
+    images: list[str] | None = Field(
+        None, description="as in identify, with exactly one item (instead of image)"
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="as in identify, with exactly one item (instead of embedding)"
+    )
     fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     threshold: float | None = Field(None, allow_inf_nan=False)
 

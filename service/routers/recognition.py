@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import ClientKey, Engine, State
+from service.engine import Upload
 from service.errors import ApiError
 from service.ids import Identifier
 from service.routers.galleries import GalleryName
@@ -84,12 +85,45 @@ async def identify(
     )
 
 
+def verify_probe(body: VerifyJson) -> list[Upload]:
+    """The one probe of a verify: `image`/`embedding`, or a one-item `images`/`embeddings`."""
+    given = {
+        name: value
+        for name, value in (
+            ("image", body.image),
+            ("embedding", body.embedding),
+            ("images", body.images),
+            ("embeddings", body.embeddings),
+        )
+        if value is not None
+    }
+    if len(given) != 1:
+        names = ", ".join(given) or "none"
+        raise ApiError(
+            422,
+            "validation_error",
+            f"give exactly one of image, embedding, images or embeddings (got {names})",
+        )
+    if body.images is not None or body.embeddings is not None:
+        count = len(body.images if body.images is not None else body.embeddings or [])
+        if count != 1:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"verify takes exactly one probe, got {count}; use identify for several",
+            )
+    images = [body.image] if body.image is not None else body.images
+    embeddings = [body.embedding] if body.embedding is not None else body.embeddings
+    return uploads_from_json(images, embeddings)
+
+
 @router.post(
     "/verify",
     response_model=VerifyOut,
     summary="Verify a probe against one subject",
     description=(
-        "JSON `{subject_id, image | embedding}` or multipart (`subject_id` field, `image` "
+        "JSON `{subject_id, image | embedding}` (or a one-item `images` | `embeddings` list, "
+        "as in identify) or multipart (`subject_id` field, `image` "
         "file). `match` uses the same calibrated threshold as identify."
     ),
     openapi_extra=request_body(
@@ -104,12 +138,7 @@ async def verify(
 ) -> VerifyOut:
     if media_type(request) == "application/json":
         body = await parse_json(request, VerifyJson)
-        if (body.image is None) == (body.embedding is None):
-            raise ApiError(422, "validation_error", "give exactly one of image or embedding")
-        uploads = uploads_from_json(
-            [body.image] if body.image is not None else None,
-            [body.embedding] if body.embedding is not None else None,
-        )
+        uploads = verify_probe(body)
         subject_id, fpir, threshold = body.subject_id, body.fpir, body.threshold
     else:
         form, uploads = await read_form(request, state.settings, "image", _VerifyForm)

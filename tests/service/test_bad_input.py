@@ -308,3 +308,35 @@ def test_percent_encoded_utf8_id_round_trips(limited: TestClient) -> None:
     replacement = limited.put("/v1/galleries/g/subjects/%EF%BF%BD")
     assert replacement.status_code == 201, replacement.text
     assert replacement.json()["subject_id"] == "\ufffd"
+
+
+def test_verify_takes_one_probe_in_identify_form(limited: TestClient) -> None:
+    enrolled = [0.3] * DIM
+    assert (
+        limited.post(
+            "/v1/galleries/g/subjects/a/samples", json={"embeddings": [enrolled]}
+        ).status_code
+        == 201
+    )
+    path = "/v1/galleries/g/verify"
+    probe_vector = [0.3] * (DIM // 2) + [0.1] * (DIM // 2)
+    probe_image = base64.b64encode(png_bytes(7)).decode()
+    for singular, plural in (
+        ({"embedding": probe_vector}, {"embeddings": [probe_vector]}),
+        ({"image": probe_image}, {"images": [probe_image]}),
+    ):
+        one = limited.post(path, json={"subject_id": "a", **singular})
+        listed = limited.post(path, json={"subject_id": "a", **plural})
+        assert one.status_code == 200, one.text
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == one.json()
+    vector_answer = limited.post(path, json={"subject_id": "a", "embeddings": [probe_vector]})
+    assert vector_answer.json()["match"] is True  # cosine 0.89 with the enrolled vector
+    for many in ({"embeddings": [probe_vector] * 2}, {"images": [probe_image] * 2}):
+        error = assert_error(limited.post(path, json={"subject_id": "a", **many}), 422)
+        assert "verify takes exactly one probe, got 2" in error["message"]
+    assert_error(limited.post(path, json={"subject_id": "a", "embeddings": []}), 422)
+    both = {"subject_id": "a", "embedding": probe_vector, "embeddings": [probe_vector]}
+    error = assert_error(limited.post(path, json=both), 422)
+    assert "exactly one of" in error["message"]
+    assert_error(limited.post(path, json={"subject_id": "a"}), 422)
