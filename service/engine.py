@@ -27,7 +27,7 @@ from service.calibrator import (
 )
 from service.embedder import EmbeddingRejected, check_embedding
 from service.errors import ApiError, not_found
-from service.images import ImageRejected, decode_base64, decode_image
+from service.images import ImageRejected, check_not_blank, decode_base64, decode_image
 from service.index.subjects import SubjectIndex
 from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry
@@ -310,6 +310,7 @@ class GalleryEngine:
                     max_bytes=self.settings.max_image_bytes,
                     max_pixels=self.settings.max_image_pixels,
                 )
+                check_not_blank(image, model.bundle.manifest.input.color)
                 images.append(image)
                 image_slots.append((slot, data, hashlib.sha256(data).hexdigest()))
             except (ImageRejected, EmbeddingRejected) as rejection:

@@ -84,3 +84,20 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         code = "truncated_image" if "truncated" in reason.lower() else "invalid_image"
         raise ImageRejected(code, f"image could not be decoded: {reason}") from None
     return image
+
+
+def check_not_blank(image: Image.Image, color: str) -> None:
+    """ImageRejected when every pixel is the same in the model's color mode ("L" or "RGB").
+
+    A blank image carries no identity, yet its embedding can land near an enrolled subject and
+    be identified with a high score.
+    """
+    # Pillow's convert() clips wide grey values to 8 bits, which would make a varied 16-bit
+    # image look blank: those single-band modes are checked on their own values.
+    wide = image.mode.startswith("I") or image.mode == "F"
+    extrema = (image if wide else image.convert(color)).getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if all(low == high for low, high in bands):
+        raise ImageRejected(
+            "blank_image", "the image has no content (all pixels are the same value)"
+        )

@@ -340,3 +340,53 @@ def test_verify_takes_one_probe_in_identify_form(limited: TestClient) -> None:
     error = assert_error(limited.post(path, json=both), 422)
     assert "exactly one of" in error["message"]
     assert_error(limited.post(path, json={"subject_id": "a"}), 422)
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+BLANK_IMAGES = {
+    "1x1 black": Image.new("L", (1, 1)),
+    "28x28 black": Image.new("L", (28, 28)),
+    "28x28 grey RGB": Image.new("RGB", (28, 28), (90, 90, 90)),
+    "transparent RGBA": Image.new("RGBA", (28, 28), (0, 0, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLANK_IMAGES))
+def test_blank_images_are_rejected(limited: TestClient, name: str) -> None:
+    blank = image_bytes(BLANK_IMAGES[name])
+    good = png_bytes(3)
+    assert enrol_files(limited, good).status_code == 201
+    message = "the image has no content (all pixels are the same value)"
+    error = assert_error(identify_files(limited, blank), 422, "blank_image")
+    assert message in error["message"]
+    encoded = base64.b64encode(blank).decode()
+    assert_error(
+        limited.post("/v1/galleries/g/identify", json={"images": [encoded]}), 422, "blank_image"
+    )
+    assert_error(
+        limited.post("/v1/galleries/g/verify", json={"subject_id": "a", "image": encoded}),
+        422,
+        "blank_image",
+    )
+    mixed = enrol_files(limited, png_bytes(4), blank)
+    assert mixed.status_code == 201, mixed.text
+    outcomes = mixed.json()["samples"]
+    assert [(s["status"], s["code"]) for s in outcomes] == [
+        ("enrolled", None),
+        ("rejected", "blank_image"),
+    ]
+    assert outcomes[1]["reason"] == message
+    assert limited.get("/v1/galleries/g/subjects/a").json()["sample_count"] == 2
+
+
+def test_one_differing_pixel_is_not_blank(limited: TestClient) -> None:
+    almost_black = Image.new("L", (28, 28))
+    almost_black.putpixel((5, 5), 1)
+    response = enrol_files(limited, image_bytes(almost_black))
+    assert response.status_code == 201, response.text
+    assert response.json()["samples"][0]["status"] == "enrolled"
