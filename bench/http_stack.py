@@ -4,8 +4,9 @@
         asyncio:h11 uvloop:httptools uvloop:httptools:omp-unset
 
 One server process per configuration ("loop:http", uvicorn's names; a third part "omp-unset"
-leaves OMP_NUM_THREADS unset, as `opengallery serve` did before it set it from
-OPENGALLERY_SEARCH_THREADS), all serving the same gallery at once; rounds alternate between
+leaves OMP_NUM_THREADS unset. That arm measured the per-thread OpenMP bug of commit d4b1846;
+since service/index/flat.py applies the search thread count in every searching thread, it
+should match the plain arm), all serving the same gallery at once; rounds alternate between
 them so that the load of a shared machine falls on every configuration alike. Each round sends
 single embedding probes from one keep-alive client (as bench/service.py's "embedding x1"),
 then the same number from 4 concurrent clients, and reads the server's CPU time per request,

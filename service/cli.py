@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,11 +90,6 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"opengallery serve: cannot load the model bundle: {error}", file=sys.stderr)
         return 2
 
-    # omp_set_num_threads (what state.py calls) only sets the calling thread's count; each
-    # threadpool worker searching FAISS would use every core, and their OpenMP threads
-    # spin-wait: 1.8 instead of 1.05 ms of server CPU per single probe at 100k
-    # (bench/http_stack.py). The environment sets it for all threads, before FAISS loads.
-    os.environ["OMP_NUM_THREADS"] = str(settings.search_threads)
     import uvicorn
 
     from service.app import create_app

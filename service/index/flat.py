@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import threading
+
 import faiss
 import numpy as np
 
 from service.index.base import VectorIndex, check_vectors
 
+_search_threads = 1
+_applied = threading.local()
+
 
 def set_search_threads(threads: int) -> None:
-    """FAISS's OpenMP thread count (process-wide)."""
-    faiss.omp_set_num_threads(threads)
+    """The OpenMP thread count of every FAISS search from now on, in any thread."""
+    global _search_threads
+    _search_threads = threads
+    _apply_search_threads()
+
+
+def _apply_search_threads() -> None:
+    # omp_set_num_threads only sets the *calling* thread's count: each worker thread that
+    # searches must set it itself, or it searches with every core and the idle OpenMP threads
+    # spin (measured: 1.8 instead of 1.05 ms of server CPU per probe at 100k).
+    if getattr(_applied, "threads", None) != _search_threads:
+        faiss.omp_set_num_threads(_search_threads)
+        _applied.threads = _search_threads
 
 
 class FlatIPIndex(VectorIndex):
@@ -42,6 +58,7 @@ class FlatIPIndex(VectorIndex):
                 np.full((len(queries), max(k, 0)), -np.inf, dtype=np.float32),
                 np.full((len(queries), max(k, 0)), -1, dtype=np.int64),
             )
+        _apply_search_threads()
         scores, ids = self._index.search(queries, k)
         return scores, ids
 

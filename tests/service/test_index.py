@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
+import faiss
 import numpy as np
 import pytest
 
 from service.index import FlatIPIndex, SubjectIndex
+from service.index.flat import set_search_threads
 
 DIM = 8
 
@@ -79,3 +83,20 @@ def test_remove_subject_and_empty_index() -> None:
     assert [name for name, _ in index.search(unit(rng, 1), 5)[0]] == ["b"]
     assert index.sample_count == 1 and index.subject_count == 1
     assert index.subject_scores(unit(rng, 1), "a") is None
+
+
+def test_search_threads_apply_in_every_searching_thread() -> None:
+    # OpenMP thread counts are per thread: a worker thread that searches must get the setting.
+    index = FlatIPIndex(DIM)
+    index.add(np.arange(8), unit(np.random.default_rng(0), 8))
+    seen: list[int] = []
+
+    def search_in_a_new_thread() -> None:
+        index.search(unit(np.random.default_rng(1), 1), 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    set_search_threads(1)
+    worker = threading.Thread(target=search_in_a_new_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1]
