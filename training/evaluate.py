@@ -8,7 +8,7 @@ The caller embeds the data (with the network or the ONNX bundle) and hands over 
         gallery_embeddings, gallery_subjects,      # [G, D], [G]: the enrolled samples
         probe_embeddings, probe_subjects, probe_kind,  # [P, D], [P], [P]
         calibration_embeddings,                    # [M, D]: non-mated, none enrolled
-        fpirs=(1e-3, 1e-2, 1e-1, 1.0), template="mean", tpr=0.95,
+        fpirs=(1e-3, 1e-2, 1e-1, 1.0), scoring="max", tpr=0.95,
     )
     paths = write_report(report, "runs/NAME/eval")  # report.json, report.md, *.png
 
@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from models.calibration import min_searches_for_fpir, realised_fpir
-from training.calibration import DEFAULT_FPIRS, Gallery, Template, calibrate_gallery
+from models.scoring import DEFAULT_SCORING, Scoring, SubjectScorer
+from training.calibration import DEFAULT_FPIRS, calibrate_gallery
 from training.metrics import (
     auroc,
     closed_set_accuracy,
@@ -87,7 +88,7 @@ def evaluate_gallery(
     calibration_embeddings: Any,
     fpirs: Sequence[float] = DEFAULT_FPIRS,
     *,
-    template: Template = "mean",
+    scoring: Scoring = DEFAULT_SCORING,
     tpr: float = 0.95,
     histogram_bins: int = 50,
 ) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def evaluate_gallery(
     Raises ValueError for mismatched shapes, non-finite embeddings, an unknown probe kind,
     no mated probe, no non-mated probe, or a mated probe whose subject is not enrolled.
     """
-    gallery = Gallery(gallery_embeddings, gallery_subjects, template)
+    gallery = SubjectScorer(gallery_embeddings, gallery_subjects, scoring)
     kinds = np.asarray(probe_kind)
     subjects = np.asarray(probe_subjects)
     probes = np.asarray(probe_embeddings)
@@ -149,7 +150,7 @@ def evaluate_gallery(
         histogram[kind] = [int(c) for c in np.histogram(scores, bins=edges)[0]]
 
     return {
-        "settings": {"template": template, "fpirs": [r["fpir"] for r in calibration], "tpr": tpr},
+        "settings": {"scoring": scoring, "fpirs": [r["fpir"] for r in calibration], "tpr": tpr},
         "counts": {
             "gallery_subjects": int(gallery.subjects.size),
             "gallery_samples": int(gallery.num_samples),
@@ -298,7 +299,7 @@ def _markdown(report: dict[str, Any], paths: dict[str, Path]) -> str:
         "# Open-set evaluation",
         "",
         f"Gallery: {counts['gallery_subjects']} subjects, {counts['gallery_samples']} samples "
-        f"(template: {report['settings']['template']}). Probes: {counts['mated']} mated, "
+        f"(scoring: {report['settings']['scoring']}). Probes: {counts['mated']} mated, "
         f"{counts['unknown']} unknown, {counts['negative']} negative. "
         f"Calibration set: {counts['calibration']} non-mated searches.",
         "",

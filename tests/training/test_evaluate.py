@@ -117,14 +117,14 @@ def test_missing_kind_is_left_out() -> None:
     assert report["counts"]["negative"] == 0
 
 
-def test_string_subjects_and_max_template() -> None:
+def test_string_subjects_and_max_scoring() -> None:
     report = run(
         gallery_embeddings=np.vstack([GALLERY, [[0.0, 0.0, 0.0, 1.0]]]),
         gallery_subjects=np.array(["José", "Zoë", "José"]),
         probe_subjects=np.array(["José", "Zoë", "José", "José"] + ["?"] * 6),
-        template="max",
+        scoring="max",
     )
-    assert report["settings"]["template"] == "max"
+    assert report["settings"]["scoring"] == "max"
     assert report["counts"]["gallery_samples"] == 3
     # José's second sample is the unknowns' spare axis: with "max" they all score 1.0 or more.
     assert report["open_set"]["unknown"]["auroc"] < 0.5
