@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.bundle import Bundle, load_bundle  # noqa: E402
-from service.batching import BatchingEmbedder  # noqa: E402
-from service.embedder import Embedder  # noqa: E402
+from service.core.batching import BatchingEmbedder  # noqa: E402
+from service.core.embedder import Embedder  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.testing import ServerProcess, png_bytes  # noqa: E402
 

@@ -39,7 +39,7 @@ from service.testing import free_port, wait_ready  # noqa: E402
 CLIENTS = 4
 SERVER = """
 import sys, uvicorn
-from service.app import create_app
+from service.api.app import create_app
 from service.cli import configure_logging
 from service.settings import Settings
 data_dir, model, port, loop, http = sys.argv[1:6]

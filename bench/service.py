@@ -33,11 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models.bundle import Bundle, load_bundle  # noqa: E402
-from service.calibrator import default_fpir  # noqa: E402
-from service.embedder import Embedder, check_embedding  # noqa: E402
-from service.images import decode_image  # noqa: E402
-from service.index.flat import set_search_threads  # noqa: E402
-from service.index.subjects import SubjectIndex  # noqa: E402
+from service.core.calibration import default_fpir  # noqa: E402
+from service.core.embedder import Embedder, check_embedding  # noqa: E402
+from service.core.images import decode_image  # noqa: E402
+from service.index import IndexContents, open_index  # noqa: E402
 from service.store.base import NewSample  # noqa: E402
 from service.store.sqlite import SQLiteStore  # noqa: E402
 from service.testing import ServerProcess, png_bytes  # noqa: E402
@@ -218,8 +217,9 @@ def in_process_ceiling(bundle: Bundle, vectors: np.ndarray, probes: dict, n: int
     dim = vectors.shape[1]
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
     subjects = {int(i): f"s{int(i) - 1:07d}" for i in ids}
-    index = SubjectIndex.build(dim, "max", ids, ids, vectors, subjects, version=1)
-    set_search_threads(1)  # as the server does by default (OPENGALLERY_SEARCH_THREADS)
+    # One search thread, as the server does by default (OPENGALLERY_SEARCH_THREADS).
+    backend = open_index(None, search_threads=1)
+    index = backend.build(dim, "max", IndexContents(ids, ids, vectors, subjects))
     embedder = Embedder(bundle, threads=1)
     limits = {"max_bytes": 16 << 20, "max_pixels": 25_000_000}
 

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from models.scoring import EmbeddingError, l2_normalise
+
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 CALIBRATION_FILE = "calibration.npz"
@@ -399,13 +401,10 @@ def _check_embeddings(array: Any, embedding_dim: int, where: str) -> np.ndarray:
             f"{where}: embeddings must have shape [M, {embedding_dim}] with M >= 1 "
             f"(embedding_dim from the manifest), got {list(array.shape)}"
         )
-    if not np.isfinite(array).all():
-        raise BundleError(f"{where}: embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(array.astype(np.float64), axis=1)
-    if (norms == 0).any():
-        raise BundleError(
-            f"{where}: embedding row {int(np.argmin(norms))} is all zeros (cannot be normalised)"
-        )
+    try:
+        l2_normalise(array, "embeddings")
+    except EmbeddingError as error:
+        raise BundleError(f"{where}: {error}") from None
     return array
 
 
@@ -423,9 +422,7 @@ def _load_calibration(path: Path, embedding_dim: int) -> np.ndarray:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise BundleError(f"{path}: not a readable .npz file: {error}") from None
-    array = _check_embeddings(array, embedding_dim, str(path)).astype(np.float64)
-    array /= np.linalg.norm(array, axis=1, keepdims=True)
-    return array.astype(np.float32)
+    return l2_normalise(_check_embeddings(array, embedding_dim, str(path)), "embeddings")
 
 
 def file_sha256(path: Path) -> str:

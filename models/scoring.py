@@ -44,11 +44,12 @@ def l2_normalise(
     if array.ndim != 2:
         raise EmbeddingError(f"{what} must be a 2-D array [N, D], got shape {list(array.shape)}")
     if not np.isfinite(array).all():
-        raise EmbeddingError(f"{what} contain NaN or infinite values")
+        raise EmbeddingError(f"{what} are not finite (NaN or infinite values)")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     bad = (norms == 0) | ~np.isfinite(norms)  # a finite row can still overflow its norm
     if bad.any() and not allow_zero:
-        raise EmbeddingError(f"{what}: row {int(np.flatnonzero(bad)[0])} has zero norm")
+        where = "" if array.shape[0] == 1 else f": row {int(np.flatnonzero(bad)[0])}"
+        raise EmbeddingError(f"{what}{where} is all zeros (or its norm overflows)")
     return (array / np.where(bad, np.inf, norms)).astype(np.float32)
 
 

@@ -35,7 +35,7 @@ def _settings_or_exit(prog: str, overrides: dict[str, object]) -> Settings | Non
 
 
 def configure_logging(level: str) -> None:
-    from service.middleware import RequestIdFilter
+    from service.api.middleware import RequestIdFilter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
@@ -92,7 +92,7 @@ def serve_main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     configure_logging(settings.log_level)
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
@@ -130,7 +130,7 @@ def keys_main(argv: Sequence[str]) -> int:
     if settings is None:
         return 2
 
-    from service.auth import create_key
+    from service.core.keys import create_key
     from service.store.sqlite import SQLiteStore
 
     try:

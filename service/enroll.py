@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 from tqdm import tqdm
 
-from service.ids import check_id
+from service.core.ids import check_id
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 RETRY_STATUSES = {429, 502, 503, 504}

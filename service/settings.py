@@ -46,9 +46,12 @@ class Settings(BaseSettings):
     # OpenMP pool on 2 loaded cores, 8 microseconds with one thread).
     inference_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads; 0 = auto")
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")
+    index_url: str | None = Field(
+        None, description="vector index backend: faiss:// (the default, in process memory)"
+    )
     inference_batch_size: int = Field(64, gt=0)
 
-    # Dynamic batching (issue 5): concurrent requests' images share one onnxruntime call.
+    # Dynamic batching: concurrent requests' images share one onnxruntime call.
     # Off by default: on 2 CPU cores with the shipped network it did not win (bench/batching.py,
     # docs/redeploy.md), and a positive wait only delays lone requests.
     batching: bool = Field(False, description="queue small inference calls into shared batches")
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
         "the previous batch ran)",
     )
 
-    # Migrations (issue 5).
+    # Migrations.
     migration_chunk_size: int = Field(64, gt=0, description="images re-embedded per commit")
     migration_pause_ms: float = Field(
         0.0, ge=0.0, description="pause between chunks, to leave CPU to live traffic"

@@ -1,50 +1,90 @@
-"""The vector index interface: exact or approximate inner-product search over int64 ids.
+"""The subject-level search protocol that every vector backend implements.
 
-The index is derived state: the database is the source of truth and an index is rebuilt from
-it at start. FAISS is the default implementation (`FlatIPIndex`); a Milvus-backed one can
-follow by implementing this class.
+A gallery's index answers in subjects, never in samples: the top-k subjects with their score
+under the gallery's scoring rule (models.scoring: "max" over a subject's samples or its "mean"
+template), exactly as :class:`models.scoring.SubjectScorer` would. The database is the source
+of truth; an index is derived from it and rebuilt at start. Implementations are thread-safe:
+searches run concurrently, mutations are serialised by the caller per gallery.
+
+`vectors_version` counts changes to the vectors (and so to the scores) only: a subject created
+without samples does not change it, so caches of scores (the calibrator's) survive it.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 
-class VectorIndex(ABC):
-    """Inner-product search; vectors are float32 and L2-normalised by the caller (cosine)."""
-
-    def __init__(self, dim: int) -> None:
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        self.dim = dim
-
-    @abstractmethod
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add int64 ids [N] with float32 vectors [N, dim]; ids must be new."""
-
-    @abstractmethod
-    def remove(self, ids: np.ndarray) -> int:
-        """Remove ids (absent ones are ignored); returns how many were removed."""
-
-    @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: scores float32 [Q, k] descending, ids int64 [Q, k].
-
-        Missing entries (fewer than k vectors) have id -1.
-        """
-
-    @abstractmethod
-    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of `ids` as float32 [N, dim]."""
-
-    @abstractmethod
-    def __len__(self) -> int: ...
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    subject_id: str
+    score: float
 
 
-def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
-    array = np.ascontiguousarray(vectors, dtype=np.float32)
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"expected vectors of shape [N, {dim}], got {list(array.shape)}")
-    return array
+@dataclass(frozen=True)
+class IndexContents:
+    """What an index is built from: the samples of one gallery embedded by one model."""
+
+    sample_ids: np.ndarray  # int64 [N]
+    subject_pks: np.ndarray  # int64 [N]
+    vectors: np.ndarray  # float32 [N, D], L2-normalised
+    subjects: dict[int, str] = field(default_factory=dict)  # pk -> subject_id (all subjects)
+
+    @classmethod
+    def empty(cls, dim: int) -> IndexContents:
+        return cls(
+            np.zeros(0, dtype=np.int64),
+            np.zeros(0, dtype=np.int64),
+            np.zeros((0, dim), dtype=np.float32),
+        )
+
+
+class SubjectSearch(Protocol):
+    """One gallery's index for one model."""
+
+    dim: int
+    scoring: str
+
+    @property
+    def vectors_version(self) -> int: ...
+
+    @property
+    def subject_count(self) -> int: ...
+
+    @property
+    def sample_count(self) -> int: ...
+
+    def search(self, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        """Per query, up to `top_k` subjects, best first, each subject once."""
+
+    def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
+        """Best subject score per query (float64 [Q]; -inf for an empty gallery) and the
+        `vectors_version` those scores reflect."""
+
+    def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
+        """Scores of `queries` against one subject (float64 [Q]); None if it has no samples."""
+
+    def set_subject(self, pk: int, subject_id: str) -> None: ...
+
+    def add_samples(
+        self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
+    ) -> None: ...
+
+    def remove_samples(self, sample_ids: np.ndarray) -> None: ...
+
+    def remove_subject(self, pk: int, sample_ids: np.ndarray) -> None: ...
+
+
+class IndexBackend(Protocol):
+    """Makes the indexes of one kind (chosen by OPENGALLERY_INDEX_URL)."""
+
+    name: str
+
+    def build(self, dim: int, scoring: str, contents: IndexContents) -> SubjectSearch: ...
+
+
+class IndexConfigError(ValueError):
+    """An index URL this build cannot serve."""

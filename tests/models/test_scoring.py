@@ -9,7 +9,7 @@ from models.scoring import SubjectScorer, decide, l2_normalise
 
 def test_l2_normalise() -> None:
     np.testing.assert_allclose(l2_normalise([[3.0, 4.0], [0.0, -2.0]]), [[0.6, 0.8], [0, -1]])
-    with pytest.raises(ValueError, match="row 1 has zero norm"):
+    with pytest.raises(ValueError, match="row 1 is all zeros"):
         l2_normalise([[1.0, 0.0], [0.0, 0.0]])
     np.testing.assert_array_equal(
         l2_normalise([[0.0, 2.0], [0.0, 0.0]], allow_zero=True), [[0, 1], [0, 0]]
@@ -66,7 +66,7 @@ def test_chunked_scores_match_brute_force(scoring: str, monkeypatch: pytest.Monk
 def test_zero_probe_scores_zero_but_zero_gallery_sample_is_refused() -> None:
     gallery = SubjectScorer(GALLERY, ["a", "a", "b"])
     np.testing.assert_array_equal(gallery.scores([[0.0, 0.0]]), [[0.0, 0.0]])
-    with pytest.raises(ValueError, match="gallery embeddings: row 1 has zero norm"):
+    with pytest.raises(ValueError, match="gallery embeddings: row 1 is all zeros"):
         SubjectScorer([[1.0, 0.0], [0.0, 0.0]], ["a", "b"])
 
 

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.testing import make_random_bundle
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from service import cli
-from service.app import create_app
-from service.auth import hash_key
+from service.api.app import create_app
+from service.core.keys import hash_key
 from service.settings import Settings
 from service.store.sqlite import SQLiteStore
 from service.testing import ServerThread, png_bytes

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -17,8 +19,8 @@ def test_service_imports_without_torch_onnx_or_prometheus_client() -> None:
         "import sys\n"
         "for name in ('torch', 'onnx', 'prometheus_client', 'training'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import service.app, service.cli, service.enroll\n"
-        "service.app.create_app()\n"
+        "import service.api.app, service.cli, service.enroll\n"
+        "service.api.app.create_app()\n"
         "print('ok')\n"
     )
     result = subprocess.run(
@@ -66,3 +68,35 @@ def test_metrics_count_requests_decisions_and_sizes(client: TestClient) -> None:
     assert values[f'opengallery_http_request_duration_seconds_bucket{{{route},le="+Inf"}}'] == 2
     missing = 'method="GET",route="/v1/galleries/{gallery}",status="404"'
     assert values[f"opengallery_http_requests_total{{{missing}}}"] == 1
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_the_wings_import_only_downwards() -> None:
+    """FastAPI and Starlette live in service/api only; the domain, storage and index wings
+    never import the HTTP wing; storage and index never import the domain."""
+    service = Path(__file__).resolve().parents[2] / "service"
+    rules = {
+        "core": ("fastapi", "starlette", "service.api"),
+        "store": ("fastapi", "starlette", "service.api", "service.core"),
+        "storage": ("fastapi", "starlette", "service.api", "service.core"),
+        "index": ("fastapi", "starlette", "service.api", "service.core", "service.store"),
+    }
+    checked = 0
+    for wing, forbidden in rules.items():
+        for path in (service / wing).rglob("*.py"):
+            checked += 1
+            bad = {n for n in _imports(path) if n.split(".")[0] in forbidden or n in forbidden}
+            bad |= {n for n in _imports(path) for f in forbidden if n.startswith(f + ".")}
+            assert not bad, f"{path.relative_to(service)} imports {sorted(bad)}"
+    assert checked >= 15
+    for path in service.glob("*.py"):
+        assert not {n for n in _imports(path) if n.split(".")[0] in {"fastapi", "starlette"}}, path

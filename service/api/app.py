@@ -1,0 +1,114 @@
+"""The FastAPI application factory: `create_app(settings)`.
+
+The lifespan opens the store, loads the model bundle, makes sure an admin key exists (printing
+a generated one once), and builds every gallery's index from the database before the first
+request is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.errors import install_error_handlers
+from service.api.middleware import RequestContextMiddleware
+from service.api.routers import (
+    galleries,
+    health,
+    jobs,
+    keys,
+    migrations,
+    models,
+    recognition,
+    samples,
+    subjects,
+)
+from service.api.schemas import ErrorResponse
+from service.core.metrics import Metrics
+from service.core.state import open_state
+from service.settings import Settings
+
+logger = logging.getLogger("opengallery.service")
+
+API_DESCRIPTION = """\
+Open-set recognition over galleries: enrol subjects, then identify probes as "subject X" or
+"unknown" at a chosen false positive identification rate (FPIR), or verify a probe against
+one subject. Send an API key in the `X-API-Key` header. Every error is
+`{"error": {"code", "message"}}`.
+"""
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [
+        (401, "missing or invalid API key"),
+        (403, "the key's scope does not allow this"),
+        (404, "not found"),
+        (409, "conflict"),
+        (413, "too large"),
+        (415, "unsupported media type"),
+        (422, "invalid input"),
+    ]
+}
+
+
+def announce_admin_key(key: str) -> None:
+    banner = (
+        "\n"
+        "  opengallery: generated the first admin API key (shown once; it is stored hashed):\n"
+        f"    {key}\n"
+        "  Send it as the X-API-Key header. Set OPENGALLERY_ADMIN_KEY to choose your own.\n"
+    )
+    print(banner, file=sys.stderr, flush=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await run_in_threadpool(open_state, settings, metrics)
+        app.state.opengallery = state
+        if state.generated_admin_key:
+            announce_admin_key(state.generated_admin_key)
+        logger.info(
+            "ready: model %s, %d galleries, docs at /docs",
+            state.models.default_model_id,
+            len(state.live.sizes()),
+        )
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(
+        title="opengallery",
+        version="1",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        responses=_ERRORS,  # type: ignore[arg-type]
+    )
+    install_error_handlers(app)
+    for router in (
+        galleries.router,
+        subjects.router,
+        samples.router,
+        recognition.router,
+        models.router,
+        migrations.router,
+        jobs.router,
+        keys.router,
+    ):
+        app.include_router(router)
+    app.include_router(health.router)
+    app.add_middleware(
+        RequestContextMiddleware,  # type: ignore[arg-type]
+        max_body_bytes=settings.max_request_bytes,
+        metrics=metrics,
+    )
+    return app

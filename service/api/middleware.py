@@ -1,0 +1,160 @@
+"""ASGI middleware: request ids in logs and headers, body size limit, metrics per route.
+
+Written as plain ASGI (not BaseHTTPMiddleware) so that streaming bodies are counted as they
+arrive and a too-large upload is refused before it is read in full.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import error_body, status_for
+from service.core.errors import ServiceError
+from service.core.metrics import Metrics
+
+logger = logging.getLogger("opengallery.access")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every log record (for formats that use %(request_id)s)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class BodyTooLarge(ServiceError):
+    """Raised from `receive`: the app's error handler answers it with a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("payload_too_large", f"request body exceeds {limit} bytes")
+
+
+async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+    body = json.dumps(error_body(code, message)).encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status_holder: dict[str, Any] = {"status": 500, "started": False}
+        try:
+            await self._handle(scope, receive, send, headers, request_id, status_holder)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "(unmatched)"
+            status = int(status_holder["status"])
+            self.metrics.observe_request(scope.get("method", "?"), template, status, seconds)
+            # The request id is in the record (RequestIdFilter) while the contextvar is set.
+            logger.info(
+                '"%s %s" %d %.1fms',
+                scope.get("method"),
+                scope.get("path"),
+                status,
+                seconds * 1000,
+            )
+            request_id_var.reset(token)
+
+    async def _handle(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        request_id: str,
+        status_holder: dict[str, Any],
+    ) -> None:
+        async def reply(code: str, message: str) -> None:
+            status = status_for(code)
+            status_holder["status"] = status
+            await _send_error(send, status, code, message, request_id)
+
+        # An encoded '/' in an id would be decoded into the path and silently route elsewhere.
+        raw_path: bytes = scope.get("raw_path") or b""
+        if scope.get("path", "").startswith("/v1/"):
+            if b"%2f" in raw_path.lower():
+                await reply("invalid_id", "ids must not contain '/' (found %2F in the path)")
+                return
+            # The server decodes invalid UTF-8 to U+FFFD, so "%FF" and "%EF%BF%BD" would name
+            # the same id and neither would round-trip: refuse it instead.
+            try:
+                unquote_to_bytes(raw_path).decode("utf-8")
+            except UnicodeDecodeError:
+                await reply("invalid_id", "the path's percent-encoding is not valid UTF-8")
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await reply("bad_request", "invalid Content-Length header")
+                return
+            if declared > self.max_body_bytes:
+                await reply(
+                    "payload_too_large",
+                    f"request body is {declared} bytes; the limit is {self.max_body_bytes}",
+                )
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["started"] = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not status_holder["started"]:
+                await reply(
+                    "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes"
+                )

@@ -1,0 +1,84 @@
+"""Samples: enrol images or embeddings for a subject; delete one sample."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict
+
+from service.api.deps import ClientKey, GalleriesDep, State
+from service.api.routers.galleries import GalleryName
+from service.api.routers.subjects import SubjectId
+from service.api.schemas import SampleOutcomeOut, SamplesJson, SamplesOut
+from service.api.uploads import media_type, parse_json, read_form, request_body, uploads_from_json
+from service.core.errors import ServiceError
+
+router = APIRouter(prefix="/v1/galleries/{gallery}/subjects/{subject_id}/samples", tags=["samples"])
+
+
+class _NoFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SamplesOut,
+    summary="Enrol samples (multipart `images`, JSON base64 `images`, or JSON `embeddings`)",
+    description=(
+        "Each sample is enrolled or rejected with a reason; enrolled samples are committed "
+        "before the response. When every sample is rejected the answer is a 422 that lists "
+        "the reasons. Re-sending content already enrolled for the subject returns the "
+        "existing sample (`duplicate: true`)."
+    ),
+    openapi_extra=request_body(SamplesJson, "images", {}, many=True),
+)
+async def add_samples(
+    request: Request,
+    gallery: GalleryName,
+    subject_id: SubjectId,
+    galleries: GalleriesDep,
+    state: State,
+    _: ClientKey,
+) -> SamplesOut:
+    if media_type(request) == "application/json":
+        body = await parse_json(request, SamplesJson)
+        uploads = uploads_from_json(body.images, body.embeddings)
+    else:
+        _fields, uploads = await read_form(request, state.settings, "images", _NoFields)
+    enrolment = await run_in_threadpool(galleries.enrol, gallery, subject_id, uploads)
+    outcomes = enrolment.outcomes
+    samples = [
+        SampleOutcomeOut(
+            sample_id=o.sample_id,
+            status=o.status,  # type: ignore[arg-type]
+            reason=o.reason,
+            code=o.code,
+            content_sha256=o.content_sha256,
+            duplicate=o.duplicate,
+        )
+        for o in outcomes
+    ]
+    if not any(o.status == "enrolled" for o in outcomes):
+        reasons = "; ".join(f"sample {i}: {o.reason}" for i, o in enumerate(outcomes))
+        codes = {o.code for o in outcomes}
+        raise ServiceError(
+            codes.pop() if len(codes) == 1 else "all_samples_rejected",
+            f"no sample enrolled: {reasons}",
+            details={"samples": [s.model_dump() for s in samples]},
+        )
+    return SamplesOut(subject_id=subject_id, model=enrolment.model_id, samples=samples)
+
+
+@router.delete("/{sample_id}", status_code=204, summary="Delete one sample")
+async def delete_sample(
+    gallery: GalleryName,
+    subject_id: SubjectId,
+    sample_id: Annotated[int, Path(ge=1, le=2**62)],
+    galleries: GalleriesDep,
+    _: ClientKey,
+) -> Response:
+    await run_in_threadpool(galleries.delete_sample, gallery, subject_id, sample_id)
+    return Response(status_code=204)

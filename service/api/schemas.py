@@ -1,0 +1,255 @@
+"""Request and response bodies of the HTTP API (separate from the storage records)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from service.core.ids import Identifier
+
+Scoring = Literal["max", "mean"]
+Fpir = float
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors --
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable reason, e.g. not_found, invalid_image")
+    message: str = Field(description="what went wrong, for people")
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# -- galleries --
+class GalleryCreate(Strict):
+    name: Identifier
+    model: str | None = Field(None, description="model id name@version; the default model if unset")
+    fpir: float | None = Field(
+        None, gt=0.0, le=1.0, allow_inf_nan=False, description="default FPIR of identify"
+    )
+    scoring: Scoring = Field("max", description="subject score: max over samples or mean template")
+    keep_images: bool | None = Field(
+        None, description="keep enrolled image bytes (needed to migrate to a new model)"
+    )
+
+
+class GalleryOut(BaseModel):
+    name: str
+    model: str
+    fpir: float
+    scoring: Scoring
+    keep_images: bool
+    subject_count: int
+    sample_count: int
+    version: int
+    created: str
+
+
+class GalleryList(BaseModel):
+    galleries: list[GalleryOut]
+
+
+# -- subjects --
+MAX_METADATA_DEPTH = 32
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Bounded nesting (deeper JSON cannot be serialised back) and finite numbers only."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"is nested more than {MAX_METADATA_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("must not contain NaN or infinite numbers")
+    return value
+
+
+class SubjectPut(Strict):
+    metadata: Annotated[dict[str, Any], AfterValidator(check_metadata)] | None = Field(
+        None, description=f"free JSON object, at most {MAX_METADATA_DEPTH} levels deep"
+    )
+
+
+class SubjectOut(BaseModel):
+    subject_id: str
+    metadata: dict[str, Any]
+    sample_count: int
+    created: str
+    updated: str
+
+
+class SampleInfo(BaseModel):
+    sample_id: int
+    model: str = Field(description="the model that made this sample's embedding")
+    source: Literal["image", "embedding"]
+    content_sha256: str = Field(description="sha256 of the image bytes or the float32 embedding")
+    has_image: bool
+    created: str
+
+
+class SubjectDetail(SubjectOut):
+    samples: list[SampleInfo]
+
+
+class SubjectPage(BaseModel):
+    subjects: list[SubjectOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
+# -- samples --
+class SamplesJson(Strict):
+    images: list[str] | None = Field(None, description="base64-encoded image files")
+    embeddings: list[list[float]] | None = Field(None, description="embeddings of the model")
+
+
+class SampleOutcomeOut(BaseModel):
+    sample_id: int | None
+    status: Literal["enrolled", "rejected"]
+    reason: str | None = None
+    code: str | None = None
+    content_sha256: str | None = None
+    duplicate: bool = Field(False, description="the same content was already enrolled")
+
+
+class SamplesOut(BaseModel):
+    subject_id: str
+    model: str
+    samples: list[SampleOutcomeOut]
+
+
+# -- recognition --
+class IdentifyJson(Strict):
+    images: list[str] | None = Field(None, description="base64-encoded probe images")
+    embeddings: list[list[float]] | None = Field(None, description="probe embeddings")
+    top_k: int = Field(5, ge=1, description="candidates per probe, one per subject")
+    fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False, description="instead of fpir")
+
+
+class Candidate(BaseModel):
+    subject_id: str
+    score: float
+
+
+class IdentifyResultOut(BaseModel):
+    decision: Literal["known", "unknown"]
+    subject_id: str | None
+    score: float | None = Field(description="best candidate's score; null for an empty gallery")
+    threshold: float | None = Field(description="decision threshold; null for an empty gallery")
+    fpir: float = Field(description="the FPIR the threshold is calibrated for (or estimated at)")
+    candidates: list[Candidate]
+
+
+class IdentifyOut(BaseModel):
+    model: str
+    gallery: str
+    results: list[IdentifyResultOut]
+
+
+class VerifyJson(Strict):
+    subject_id: Identifier
+    image: str | None = Field(None, description="base64-encoded probe image")
+    embedding: list[float] | None = Field(None, description="probe embedding")
+    images: list[str] | None = Field(
+        None, description="as in identify, with exactly one item (instead of image)"
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="as in identify, with exactly one item (instead of embedding)"
+    )
+    fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    threshold: float | None = Field(None, allow_inf_nan=False)
+
+
+class VerifyOut(BaseModel):
+    model: str
+    subject_id: str
+    match: bool
+    score: float
+    threshold: float | None
+    fpir: float
+
+
+# -- models, keys, health --
+class ModelOut(BaseModel):
+    model: str
+    name: str
+    version: str
+    embedding_dim: int
+    calibration_size: int
+    default: bool
+    galleries: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class ModelRegister(Strict):
+    path: str = Field(min_length=1, description="bundle directory on the server's disk")
+
+
+class ModelRegistered(BaseModel):
+    model: str
+
+
+class KeyCreate(Strict):
+    scope: Literal["admin", "client"] = "client"
+    name: str | None = Field(None, max_length=256)
+
+
+class KeyCreated(BaseModel):
+    key: str = Field(description="the key; shown once, stored hashed")
+    key_id: int
+    scope: str
+    name: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_loaded: bool
+    indexes_built: bool
+    models: list[str]
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="samples embedded by the target model so far")
+    total: int = Field(description="samples to embed (grows if samples are enrolled meanwhile)")
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: Literal["migrate"]
+    status: Literal["running", "succeeded", "failed"]
+    gallery: str
+    from_model: str = Field(description="the model the gallery used when the job started")
+    to_model: str = Field(description="the model the gallery is migrating to")
+    progress: JobProgress
+    error: str | None = Field(None, description="why the job failed (failed jobs only)")
+    attempts: int = Field(description="runs of the job: more than 1 after a restart resumed it")
+    created: str
+    updated: str
+
+
+class MigrateRequest(Strict):
+    model: str = Field(min_length=1, max_length=300, description="target model, name@version")
+
+
+class MigrationAccepted(BaseModel):
+    job_id: str
+    status: Literal["running"] = "running"

@@ -1,0 +1,43 @@
+"""The domain's errors: a machine-readable code and a message for a person, never an HTTP status.
+
+The HTTP wing owns the one table from codes to statuses (service/api/errors.py); the CLIs and
+the tests read the codes. A code names what went wrong, so that one code means one thing
+wherever it is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from service.store.base import AlreadyExistsError, NotFoundError
+
+
+class ServiceError(Exception):
+    """An error the caller caused, or a state of a resource the caller must know about."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def not_found(what: str, name: object) -> ServiceError:
+    return ServiceError("not_found", f"{what} {name!r} does not exist")
+
+
+def invalid(message: str) -> ServiceError:
+    return ServiceError("validation_error", message)
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """The store's errors in the domain's words."""
+    try:
+        yield
+    except NotFoundError as error:
+        raise not_found(error.what, error.name) from None
+    except AlreadyExistsError as error:
+        raise ServiceError("already_exists", str(error)) from None

@@ -1,0 +1,132 @@
+"""Live galleries: each gallery's in-memory (model, index) pair, and the atomic model swap.
+
+The database is the source of truth; the indexes are derived from it at start and then kept
+equal to it: a gallery mutation commits to the store first, then applies the same change to
+the index, both under the gallery's mutation lock. A request snapshots `gallery.active` once,
+so the model that embedded its probe is the model of the index it searches, even while a
+migration swaps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.core.errors import ServiceError, not_found
+from service.core.models import LoadedModel, LoadedModels
+from service.index import IndexBackend, IndexContents, SubjectSearch
+from service.store.base import GalleryRecord, Store
+
+logger = logging.getLogger("opengallery.service")
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The model a gallery answers with and its index: replaced as one."""
+
+    model: LoadedModel
+    index: SubjectSearch
+
+
+@dataclass
+class LiveGallery:
+    record: GalleryRecord  # its settings (fpir, scoring, keep_images) and model
+    active: ActiveModel
+    lock: threading.Lock = field(default_factory=threading.Lock)  # serialises mutations
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+class LiveGalleries:
+    """Owns every gallery's in-memory index; the only place that assigns `active`."""
+
+    def __init__(self, store: Store, models: LoadedModels, backend: IndexBackend) -> None:
+        self.store = store
+        self.models = models
+        self.backend = backend
+        self._galleries: dict[str, LiveGallery] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> None:
+        """Build every gallery's index from the database."""
+        for record in self.store.list_galleries():
+            model = self.models.get(record.model_id)
+            if model is None:
+                logger.error(
+                    "gallery %r uses model %s, which is not loaded: it is unavailable until "
+                    "that bundle is registered",
+                    record.name,
+                    record.model_id,
+                )
+                continue
+            gallery = LiveGallery(record, ActiveModel(model, self.build_index(record, model)))
+            with self._lock:
+                self._galleries[record.name] = gallery
+            logger.info(
+                "gallery %r: %d subjects, %d samples indexed with %s",
+                record.name,
+                gallery.active.index.subject_count,
+                gallery.active.index.sample_count,
+                model.model_id,
+            )
+
+    def build_index(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
+        """The index of `record` for `model`, from the embeddings stored for that model."""
+        stored = self.store.load_embeddings(record.name, model.model_id)
+        if stored.vectors.size and stored.vectors.shape[1] != model.dim:
+            raise RuntimeError(
+                f"gallery {record.name!r}: stored embeddings have dimension "
+                f"{stored.vectors.shape[1]}, model {model.model_id} has {model.dim}"
+            )
+        vectors = stored.vectors.reshape(-1, model.dim).astype(np.float32, copy=False)
+        contents = IndexContents(stored.sample_ids, stored.subject_pks, vectors, stored.subjects)
+        return self.backend.build(model.dim, record.scoring, contents)
+
+    def get(self, name: str) -> LiveGallery:
+        with self._lock:
+            gallery = self._galleries.get(name)
+        if gallery is None:
+            if self.store.get_gallery(name) is not None:
+                raise ServiceError(
+                    "model_unavailable", f"gallery {name!r} exists but its model is not loaded"
+                )
+            raise not_found("gallery", name)
+        return gallery
+
+    def find(self, name: str) -> LiveGallery | None:
+        with self._lock:
+            return self._galleries.get(name)
+
+    def add(self, record: GalleryRecord, model: LoadedModel) -> LiveGallery:
+        """A new, empty gallery (the caller created it in the store)."""
+        index = self.backend.build(model.dim, record.scoring, IndexContents.empty(model.dim))
+        gallery = LiveGallery(record, ActiveModel(model, index))
+        with self._lock:
+            self._galleries[record.name] = gallery
+        return gallery
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._galleries.pop(name, None)
+
+    def swap(self, gallery: LiveGallery, record: GalleryRecord, active: ActiveModel) -> None:
+        """Point `gallery` at another (model, index) pair: one reference assignment, so a
+        request sees the old pair or the new one, never a mix. The caller holds its lock and
+        has committed the switch to the store (`record` is the committed state)."""
+        gallery.record = dataclasses.replace(record, model_id=active.model.model_id)
+        gallery.active = active
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """(subjects, samples) per gallery, as indexed."""
+        with self._lock:
+            galleries = list(self._galleries.values())
+        return {
+            gallery.name: (gallery.active.index.subject_count, gallery.active.index.sample_count)
+            for gallery in galleries
+        }
