@@ -108,7 +108,7 @@ def test_default_fpir_follows_a_small_calibration_set(tmp_path: Path) -> None:
     from service.api.app import create_app
     from service.settings import Settings
 
-    from .conftest import ADMIN_KEY
+    from ..conftest import ADMIN_KEY
 
     bundle = make_random_bundle(tmp_path / "small", embedding_dim=DIM, calibration_size=500)
     settings = Settings(data_dir=tmp_path / "data", model=bundle.path, admin_key=ADMIN_KEY)
