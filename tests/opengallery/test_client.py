@@ -393,12 +393,12 @@ def test_a_silent_server_is_a_timeout() -> None:
     assert (e.value.status, e.value.code) == (None, "timeout")
 
 
-def test_the_client_imports_without_service_or_torch() -> None:
+def test_the_client_and_http_commands_import_without_service_or_torch() -> None:
     code = (
         "import sys\n"
         "for name in ('service', 'torch', 'fastapi', 'starlette', 'training'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import opengallery.client\n"
+        "import opengallery.client, opengallery.enroll, opengallery.push\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from models.testing import make_random_bundle
+from opengallery.push import main as push_main
 from service.app import create_app
-from service.cli import push_main
 from service.settings import Settings
 from service.testing import ServerThread, free_port
 
