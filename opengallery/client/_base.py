@@ -110,12 +110,13 @@ def image_part(field: str, image: ImageInput, index: int) -> FilePart:
     raise TypeError(f"an image is a path, bytes or a binary file, not {type(image).__name__}")
 
 
-def image_parts(field: str, images: Sequence[ImageInput] | ImageInput) -> list[FilePart]:
+def image_parts(field: str, images: Sequence[ImageInput]) -> list[FilePart]:
+    # A path string or bytes is a sequence too: one image passed as `images` is a mistake.
     if isinstance(images, str | os.PathLike | bytes | bytearray | memoryview) or hasattr(
         images, "read"
     ):
         raise TypeError("images is a list (of paths, bytes or binary files), not one image")
-    return [image_part(field, image, index) for index, image in enumerate(images)]  # type: ignore[arg-type]
+    return [image_part(field, image, index) for index, image in enumerate(images)]
 
 
 def vector(embedding: Embedding) -> list[float]:
@@ -129,15 +130,11 @@ def vectors(embeddings: Sequence[Embedding]) -> list[list[float]]:
     return [vector(embedding) for embedding in embeddings]
 
 
-def exactly_one(**given: object) -> str:
-    """The name of the one argument that is not None; ValueError otherwise."""
-    names = [name for name, value in given.items() if value is not None]
-    if len(names) != 1:
-        raise ValueError(f"give exactly one of {' or '.join(given)} (got {len(names)})")
-    return names[0]
+def neither_or_both(first: str, second: str) -> ValueError:
+    return ValueError(f"give exactly one of {first} or {second}")
 
 
-def options(**values: float | int | None) -> dict[str, Any]:
+def options(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -154,9 +151,9 @@ def create_gallery(
     scoring: str | None,
     keep_images: bool | None,
 ) -> Call[Gallery]:
-    body = {"name": name} | options(fpir=fpir, model=model, scoring=scoring)  # type: ignore[arg-type]
-    if keep_images is not None:
-        body["keep_images"] = keep_images
+    body = {"name": name} | options(
+        fpir=fpir, model=model, scoring=scoring, keep_images=keep_images
+    )
     # A lost answer cannot be told from a name taken by someone else: never repeated.
     return Call("POST", path("v1", "galleries"), Gallery.from_json, json=body, repeatable=False)
 
@@ -216,9 +213,11 @@ def enroll(
     url = path("v1", "galleries", gallery, "subjects", subject_id, "samples")
     # The server answers content it already holds for the subject with the existing sample,
     # so sending the same request twice enrols once: repeatable.
-    if exactly_one(images=images, embeddings=embeddings) == "images":
-        return Call("POST", url, Enrolment.from_json, files=image_parts("images", images))  # type: ignore[arg-type]
-    return Call("POST", url, Enrolment.from_json, json={"embeddings": vectors(embeddings)})  # type: ignore[arg-type]
+    if images is not None and embeddings is None:
+        return Call("POST", url, Enrolment.from_json, files=image_parts("images", images))
+    if embeddings is not None and images is None:
+        return Call("POST", url, Enrolment.from_json, json={"embeddings": vectors(embeddings)})
+    raise neither_or_both("images", "embeddings")
 
 
 def delete_sample(gallery: str, subject_id: str, sample_id: int) -> Call[None]:
@@ -237,12 +236,14 @@ def identify(
     url = path("v1", "galleries", gallery, "identify")
     settings = options(top_k=top_k, fpir=fpir, threshold=threshold)
     # Identify changes nothing: repeatable.
-    if exactly_one(images=images, embeddings=embeddings) == "images":
+    if images is not None and embeddings is None:
         form = {name: str(value) for name, value in settings.items()}
-        files = image_parts("images", images)  # type: ignore[arg-type]
+        files = image_parts("images", images)
         return Call("POST", url, Identification.from_json, data=form, files=files)
-    body = {"embeddings": vectors(embeddings)} | settings  # type: ignore[arg-type]
-    return Call("POST", url, Identification.from_json, json=body)
+    if embeddings is not None and images is None:
+        body = {"embeddings": vectors(embeddings)} | settings
+        return Call("POST", url, Identification.from_json, json=body)
+    raise neither_or_both("images", "embeddings")
 
 
 def verify(
@@ -255,12 +256,14 @@ def verify(
 ) -> Call[Verification]:
     url = path("v1", "galleries", gallery, "verify")
     settings = options(fpir=fpir, threshold=threshold)
-    if exactly_one(image=image, embedding=embedding) == "image":
+    if image is not None and embedding is None:
         form = {"subject_id": subject_id} | {name: str(value) for name, value in settings.items()}
-        files = [image_part("image", image, 0)]  # type: ignore[arg-type]
+        files = [image_part("image", image, 0)]
         return Call("POST", url, Verification.from_json, data=form, files=files)
-    body = {"subject_id": subject_id, "embedding": vector(embedding)} | settings  # type: ignore[arg-type]
-    return Call("POST", url, Verification.from_json, json=body)
+    if embedding is not None and image is None:
+        body = {"subject_id": subject_id, "embedding": vector(embedding)} | settings
+        return Call("POST", url, Verification.from_json, json=body)
+    raise neither_or_both("image", "embedding")
 
 
 def list_models() -> Call[list[ModelInfo]]:

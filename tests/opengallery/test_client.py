@@ -224,6 +224,10 @@ def test_errors_carry_the_api_code_status_and_details(server: ServerThread) -> N
     assert (denied.value.status, denied.value.code) == (401, "unauthorized")
     with Client(server.url, ADMIN_KEY) as client, pytest.raises(ValueError):
         client.identify("g")  # neither images nor embeddings: a mistake, not a request
+    with Client(server.url, ADMIN_KEY) as client, pytest.raises(ValueError):
+        client.verify("g", "a", image=png_bytes(1), embedding=unit(0))
+    with Client(server.url, ADMIN_KEY) as client, pytest.raises(TypeError, match="not one image"):
+        client.enroll("g", "a", images="one.png")  # type: ignore[arg-type]
 
 
 # -- retries, deterministically: a mock transport and recorded waits --
