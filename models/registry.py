@@ -36,7 +36,16 @@ _STALE_SECONDS = 3600.0
 
 
 class DuplicateModelError(ValueError):
-    """A bundle with this model id is already registered."""
+    """A bundle with this model id is already registered.
+
+    `same_file` says whether the registered bundle holds the same ONNX file (a harmless
+    repeat) or a different one (a conflict: the new bundle needs another version).
+    """
+
+    def __init__(self, message: str, *, model_id: str, same_file: bool) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+        self.same_file = same_file
 
 
 class ModelNotFoundError(LookupError):
@@ -63,7 +72,7 @@ class ModelRegistry:
         target = self.root / model_id
         with self._lock:
             if target.exists():
-                raise DuplicateModelError(self._duplicate_message(source, target))
+                raise self._duplicate(source, target)
             staging = staging_directory(self.root, prefix=_STAGING_PREFIX)
             try:
                 for name in (MANIFEST_FILE, ONNX_FILE, CALIBRATION_FILE):
@@ -75,7 +84,7 @@ class ModelRegistry:
                     os.rename(staging, target)  # fails if another process got there first
                 except OSError:
                     if target.exists():
-                        raise DuplicateModelError(self._duplicate_message(source, target)) from None
+                        raise self._duplicate(source, target) from None
                     raise
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -110,15 +119,17 @@ class ModelRegistry:
         )
 
     @staticmethod
-    def _duplicate_message(source: Bundle, target: Path) -> str:
+    def _duplicate(source: Bundle, target: Path) -> DuplicateModelError:
         try:
             same = load_bundle(target).manifest.onnx_sha256 == source.manifest.onnx_sha256
         except BundleError:
             same = False
         detail = "the same model file" if same else "a different model file"
-        return (
+        return DuplicateModelError(
             f"model {source.model_id} is already registered ({detail}); "
-            f"give the new bundle another version"
+            f"give the new bundle another version",
+            model_id=source.model_id,
+            same_file=same,
         )
 
     def _remove_stale_staging(self) -> None:

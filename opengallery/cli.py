@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("training.cli:compare_main", "train", "train every loss and compare them"),
     "serve": ("service.cli:serve_main", "service", "run the recognition service"),
     "keys": ("service.cli:keys_main", "service", "create API keys"),
-    "enroll": ("service.cli:enroll_main", "service", "batch-enrol a folder over HTTP"),
-    "push": ("service.cli:push_main", "service", "register a local bundle with a service"),
+    "enroll": ("opengallery.enroll:main", "client", "batch-enrol a folder over HTTP"),
+    "push": ("opengallery.push:main", "client", "register a local bundle with a service"),
 }
 
 

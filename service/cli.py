@@ -1,4 +1,4 @@
-"""Commands of the service extra: `opengallery serve | keys | enroll | push`.
+"""Commands of the service extra: `opengallery serve | keys`.
 
 Each `*_main(argv)` returns an exit code (the dispatcher in opengallery/cli.py calls them).
 """
@@ -149,15 +149,3 @@ def keys_main(argv: Sequence[str]) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def enroll_main(argv: Sequence[str]) -> int:
-    from service.enroll import main
-
-    return main(argv)
-
-
-def push_main(argv: Sequence[str]) -> int:
-    from service.push import main
-
-    return main(argv)

@@ -82,7 +82,9 @@ def register_bundle(
     except BundleError as error:
         raise ServiceError("invalid_bundle", str(error)) from None
     except DuplicateModelError as error:
-        raise ServiceError("already_exists", str(error)) from None
+        # same_file tells a harmless repeat (push goes on) from a conflict (push stops).
+        details = {"model": error.model_id, "same_file": error.same_file}
+        raise ServiceError("already_exists", str(error), details=details) from None
     except OSError as error:
         raise ServiceError("invalid_bundle", f"{path}: {error.strerror or error}") from None
     try:

@@ -46,11 +46,15 @@ def test_duplicate_is_refused_and_changes_nothing(tmp_path: Path, sources: Path)
     registry = ModelRegistry(tmp_path / "models")
     registry.register(sources / "1")
     before = tree(tmp_path / "models")
-    with pytest.raises(DuplicateModelError, match=r"random@1 is already registered \(the same"):
+    with pytest.raises(
+        DuplicateModelError, match=r"random@1 is already registered \(the same"
+    ) as same:
         registry.register(sources / "1")
+    assert (same.value.model_id, same.value.same_file) == ("random@1", True)
     other = make_random_bundle(tmp_path / "other", seed=9, version="1", calibration_size=8)
-    with pytest.raises(DuplicateModelError, match="a different model file"):
+    with pytest.raises(DuplicateModelError, match="a different model file") as different:
         registry.register(other.path)
+    assert (different.value.model_id, different.value.same_file) == ("random@1", False)
     assert tree(tmp_path / "models") == before
 
 

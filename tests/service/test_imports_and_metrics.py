@@ -19,7 +19,7 @@ def test_service_imports_without_torch_onnx_or_prometheus_client() -> None:
         "import sys\n"
         "for name in ('torch', 'onnx', 'prometheus_client', 'training'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import service.api.app, service.cli, service.enroll\n"
+        "import service.api.app, service.cli\n"
         "service.api.app.create_app()\n"
         "print('ok')\n"
     )

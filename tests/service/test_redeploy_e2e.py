@@ -48,7 +48,7 @@ def onnx_top(bundle: Bundle, enrolled: dict[str, list[bytes]], probes: list[byte
 def test_retrain_export_push_migrate(
     tmp_path: Path, bundle_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import push_main
+    from opengallery.push import main as push_main
     from training.cli import export_main, train_main
 
     images = enrolled_images(6, 3)

@@ -62,6 +62,7 @@ def test_duplicates_are_409(client: TestClient, second_bundle: Path, bundle_path
     assert client.post("/v1/models", json={"path": str(second_bundle)}).status_code == 201
     again = client.post("/v1/models", json={"path": str(second_bundle)})
     assert again.status_code == 409 and again.json()["error"]["code"] == "already_exists"
+    assert again.json()["error"]["details"] == {"model": "random@2", "same_file": True}
     default = client.post("/v1/models", json={"path": str(bundle_path)})
     assert default.status_code == 409, default.text
     assert "random@1" in default.json()["error"]["message"]

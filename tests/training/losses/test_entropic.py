@@ -167,6 +167,7 @@ def test_cuda_matches_cpu() -> None:
 
 def test_same_values_as_openloss() -> None:
     import openloss  # the dev extra installs it: a missing reference fails, never skips
+
     logits, targets = mixed_batch(dtype=torch.float32)
     for reduction in ("mean", "sum", "none"):
         pairs = [

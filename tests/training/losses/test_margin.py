@@ -190,6 +190,7 @@ def test_bad_inputs() -> None:
 
 def test_same_values_as_pytorch_metric_learning() -> None:
     import pytorch_metric_learning.losses as pml  # in the dev extra: never skipped
+
     embeddings, targets = random_case()
     targets = targets.clamp_min(0)
     pairs = [

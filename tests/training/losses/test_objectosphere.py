@@ -95,6 +95,7 @@ def test_bad_inputs() -> None:
 
 def test_same_values_as_openloss() -> None:
     import openloss  # the dev extra installs it: a missing reference fails, never skips
+
     features = torch.randn(20, 6) * 5
     targets = torch.randint(-1, 4, (20,))
     for reduction in ("mean", "sum", "none"):

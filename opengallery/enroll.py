@@ -3,8 +3,10 @@
 Concurrent (a thread pool, one subject per task), with a progress bar, and resumable: each
 image's sha256 is compared with the `content_sha256` of the samples the subject already has,
 so a rerun sends only what is missing. The server is idempotent on content too, so a request
-retried after a lost response never enrols an image twice. Exit status: 0 when every image
-is enrolled (now or before), 1 when any was rejected or failed, 2 for bad arguments.
+retried after a lost response never enrols an image twice. A folder whose name the service
+refuses as a subject id has each of its files reported as failed with the service's reason.
+Exit status: 0 when every image is enrolled (now or before), 1 when any was rejected or
+failed, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -13,20 +15,17 @@ import argparse
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 from tqdm import tqdm
 
-from service.core.ids import check_id
+from opengallery.client import Client, OpenGalleryError, SampleOutcome
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-RETRY_STATUSES = {429, 502, 503, 504}
 
 
 @dataclass
@@ -44,86 +43,34 @@ class Summary:
         return sum(outcome.status == status for outcome in self.outcomes)
 
 
-class EnrolError(Exception):
-    pass
-
-
-def scan(root: Path) -> tuple[dict[str, list[Path]], list[Outcome]]:
-    """Subjects and their image files; folders whose names are not valid ids are reported."""
+def scan(root: Path) -> dict[str, list[Path]]:
+    """Subjects (folder names, checked by the service) and their image files."""
     subjects: dict[str, list[Path]] = {}
-    problems: list[Outcome] = []
     for folder in sorted(path for path in root.iterdir() if path.is_dir()):
         files = sorted(
             path
             for path in folder.iterdir()
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
         )
-        if not files:
-            continue
-        try:
-            check_id(folder.name)
-        except ValueError as error:
-            problems += [Outcome(path, "failed", f"invalid subject id: {error}") for path in files]
-            continue
-        subjects[folder.name] = files
-    return subjects, problems
+        if files:
+            subjects[folder.name] = files
+    return subjects
 
 
 class Enroller:
-    def __init__(
-        self,
-        client: httpx.Client,
-        gallery: str,
-        *,
-        batch_size: int,
-        retries: int = 3,
-    ) -> None:
+    def __init__(self, client: Client, gallery: str, *, batch_size: int) -> None:
         self.client = client
         self.gallery = gallery
         self.batch_size = batch_size
-        self.retries = retries
-
-    def _url(self, *parts: str) -> str:
-        return "/v1/galleries/" + "/".join(quote(part, safe="") for part in (self.gallery, *parts))
-
-    def _request(self, method: str, url: str, **kwargs: object) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
-            except httpx.TransportError as error:
-                if attempt == self.retries:
-                    raise EnrolError(f"{type(error).__name__}: {error}") from None
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.retries:
-                    return response
-            time.sleep(0.5 * 2**attempt)  # back off before retrying a transient failure
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _error_text(response: httpx.Response) -> str:
-        try:
-            error = response.json()["error"]
-            return f"HTTP {response.status_code} {error['code']}: {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            return f"HTTP {response.status_code}: {response.text[:200]}"
-
-    def check_gallery(self) -> None:
-        response = self._request("GET", self._url())
-        if response.status_code != 200:
-            raise EnrolError(f"gallery {self.gallery!r}: {self._error_text(response)}")
 
     def enrol_subject(self, subject: str, files: list[Path], progress: tqdm) -> list[Outcome]:
         outcomes: list[Outcome] = []
         try:
-            response = self._request("PUT", self._url("subjects", subject))
-            if response.status_code not in (200, 201):
-                raise EnrolError(self._error_text(response))
             known: set[str] = set()
-            if response.status_code == 200:  # an existing subject: what does it hold already?
-                detail = self._request("GET", self._url("subjects", subject))
-                if detail.status_code != 200:
-                    raise EnrolError(self._error_text(detail))
-                known = {sample["content_sha256"] for sample in detail.json()["samples"]}
+            if not self.client.put_subject(self.gallery, subject).new:
+                # An existing subject: what does it hold already?
+                detail = self.client.get_subject(self.gallery, subject)
+                known = {sample.content_sha256 for sample in detail.samples or []}
             pending: list[tuple[Path, bytes]] = []
             for path in files:
                 data = path.read_bytes()
@@ -136,7 +83,7 @@ class Enroller:
                 batch = pending[start : start + self.batch_size]
                 outcomes += self._post(subject, batch)
                 progress.update(len(batch))
-        except (EnrolError, OSError) as error:
+        except (OpenGalleryError, OSError) as error:
             done = {outcome.path for outcome in outcomes}
             rest = [path for path in files if path not in done]
             outcomes += [Outcome(path, "failed", str(error)) for path in rest]
@@ -144,25 +91,26 @@ class Enroller:
         return outcomes
 
     def _post(self, subject: str, batch: list[tuple[Path, bytes]]) -> list[Outcome]:
-        files = [("images", (path.name, data, "application/octet-stream")) for path, data in batch]
-        response = self._request("POST", self._url("subjects", subject, "samples"), files=files)
-        if response.status_code in (201, 422, 413):
-            body = response.json()
-            samples = (
-                body.get("samples")
-                if response.status_code == 201
-                else body.get("error", {}).get("details", {}).get("samples")
-            )
-            if samples is not None and len(samples) == len(batch):
-                return [
-                    Outcome(path, "enrolled")
-                    if sample["status"] == "enrolled"
-                    else Outcome(path, "rejected", sample.get("reason") or "rejected")
-                    for (path, _), sample in zip(batch, samples, strict=True)
-                ]
-        reason = self._error_text(response)
-        status = "rejected" if 400 <= response.status_code < 500 else "failed"
-        return [Outcome(path, status, reason) for path, _ in batch]
+        images = [data for _, data in batch]
+        try:
+            samples = self.client.enroll(self.gallery, subject, images=images).samples
+        except OpenGalleryError as error:
+            # Every sample rejected: the outcomes are in the error's details.
+            listed = (error.details or {}).get("samples") if error.status in (413, 422) else None
+            if not isinstance(listed, list) or len(listed) != len(batch):
+                client_side = error.status is not None and 400 <= error.status < 500
+                status = "rejected" if client_side else "failed"
+                return [Outcome(path, status, str(error)) for path, _ in batch]
+            samples = [SampleOutcome.from_json(item) for item in listed]
+        if len(samples) != len(batch):
+            reason = f"the service answered {len(samples)} outcomes for {len(batch)} images"
+            return [Outcome(path, "failed", reason) for path, _ in batch]
+        return [
+            Outcome(path, "enrolled")
+            if sample.enrolled
+            else Outcome(path, "rejected", sample.reason or "rejected")
+            for (path, _), sample in zip(batch, samples, strict=True)
+        ]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -196,27 +144,26 @@ def main(argv: Sequence[str]) -> int:
     if args.workers < 1 or args.batch_size < 1:
         print(f"{prog}: --workers and --batch-size must be at least 1", file=sys.stderr)
         return 2
-    subjects, problems = scan(args.directory)
+    subjects = scan(args.directory)
     total = sum(len(files) for files in subjects.values())
-    if not total and not problems:
+    if not total:
         print(f"{prog}: no images under {args.directory}/<subject_id>/", file=sys.stderr)
         return 1
-    summary = Summary(list(problems))
+    summary = Summary()
     limits = httpx.Limits(max_connections=args.workers, max_keepalive_connections=args.workers)
-    with httpx.Client(
-        base_url=args.url,
-        headers={"X-API-Key": args.api_key},
+    with Client(
+        args.url,
+        args.api_key,
         timeout=args.timeout,
+        retries=max(args.retries, 0),
         limits=limits,
     ) as client:
-        enroller = Enroller(
-            client, args.gallery, batch_size=args.batch_size, retries=max(args.retries, 0)
-        )
         try:
-            enroller.check_gallery()
-        except EnrolError as error:
-            print(f"{prog}: {error}", file=sys.stderr)
+            client.get_gallery(args.gallery)
+        except OpenGalleryError as error:
+            print(f"{prog}: gallery {args.gallery!r}: {error}", file=sys.stderr)
             return 1
+        enroller = Enroller(client, args.gallery, batch_size=args.batch_size)
         with (
             tqdm(total=total, unit="image", disable=args.no_progress, file=sys.stderr) as progress,
             ThreadPoolExecutor(max_workers=args.workers) as pool,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from models.testing import make_random_bundle
+from opengallery.client import Client
+from opengallery.push import main as push_main
 from service.api.app import create_app
-from service.cli import push_main
 from service.settings import Settings
-from service.testing import ServerThread, free_port
+from service.testing import ServerThread, free_port, png_bytes
 
 from .conftest import ADMIN_KEY, DIM
 
@@ -63,3 +64,17 @@ def test_push_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "cannot reach the service" in capsys.readouterr().err
     assert push_main([str(tmp_path / "missing"), "--api-key", "k"]) == 2
     assert "not a valid bundle" in capsys.readouterr().err
+
+
+def test_push_migrates_a_gallery_whose_name_needs_quoting(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gallery = "odd ?#% name"
+    with Client(server.url, ADMIN_KEY) as client:
+        client.create_gallery(gallery)
+        client.put_subject(gallery, "a")
+        client.enroll(gallery, "a", images=[png_bytes(1), png_bytes(2)])
+        bundle = make_random_bundle(tmp_path / "v2", seed=5, embedding_dim=DIM, version="2")
+        assert push(server, str(bundle.path), "--migrate", gallery) == 0
+        assert f"gallery {gallery!r} now answers with random@2" in capsys.readouterr().err
+        assert client.get_gallery(gallery).model == "random@2"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import httpx
+from tqdm import tqdm
+
+from opengallery.client import Client, Job, OpenGalleryError
 
 PROG = "opengallery push"
 
@@ -30,58 +30,62 @@ class PushError(Exception):
     """A problem to report to the user (message) with exit status 1."""
 
 
-def _error_message(response: httpx.Response) -> str:
+def _describe(error: OpenGalleryError) -> str:
+    return f"{error.message} ({error.status} {error.code})"
+
+
+def register(client: Client, server_path: str) -> tuple[str | None, str]:
+    """POST /v1/models: (model id or None if already there, message).
+
+    An answer that never came (status None) propagates: main reports the service unreachable.
+    """
     try:
-        error = response.json()["error"]
-        return f"{error['message']} ({response.status_code} {error['code']})"
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}: {response.text[:200]}"
-
-
-def register(client: httpx.Client, server_path: str) -> tuple[str | None, str]:
-    """POST /v1/models: (model id or None if already there, message)."""
-    response = client.post("/v1/models", json={"path": server_path})
-    if response.status_code == 201:
-        model_id = response.json()["model"]
-        return model_id, f"registered {model_id}"
-    if response.status_code == 409:
-        message = _error_message(response)
-        if "different model file" in message:
-            raise PushError(message)
-        return None, f"already registered: {message}"
-    raise PushError(f"the service refused the bundle: {_error_message(response)}")
+        model_id = client.register_model(server_path)
+    except OpenGalleryError as error:
+        if error.status is None:
+            raise
+        if error.code == "already_exists":
+            # The same name@version with a different network is a conflict; the same bundle
+            # registered before is harmless.
+            if (error.details or {}).get("same_file") is False:
+                raise PushError(_describe(error)) from None
+            return None, f"already registered: {_describe(error)}"
+        raise PushError(f"the service refused the bundle: {_describe(error)}") from None
+    return model_id, f"registered {model_id}"
 
 
 def migrate(
-    client: httpx.Client, gallery: str, model_id: str, *, wait: bool, progress: bool
-) -> dict[str, Any]:
-    response = client.post(f"/v1/galleries/{gallery}/migrate", json={"model": model_id})
-    if response.status_code != 202:
-        raise PushError(f"gallery {gallery!r} cannot migrate: {_error_message(response)}")
-    job_id = response.json()["job_id"]
+    client: Client, gallery: str, model_id: str, *, wait: bool, progress: bool
+) -> Job | None:
+    """Start the migration; with `wait`, follow it to the end (its final state)."""
+    try:
+        job_id = client.migrate(gallery, model_id)
+    except OpenGalleryError as error:
+        if error.status is None:
+            raise
+        raise PushError(f"gallery {gallery!r} cannot migrate: {_describe(error)}") from None
     print(f"{PROG}: migrating gallery {gallery!r} to {model_id}: job {job_id}", file=sys.stderr)
     if not wait:
-        return {"job_id": job_id, "status": "running"}
-    from tqdm import tqdm
+        return None
 
     bar = tqdm(desc=f"re-embedding {gallery}", unit="sample", disable=not progress)
+
+    def show(job: Job) -> None:
+        bar.total = job.progress.total
+        bar.n = job.progress.done
+        bar.refresh()
+
     try:
-        while True:
-            job_response = client.get(f"/v1/jobs/{job_id}")
-            if job_response.status_code != 200:
-                raise PushError(f"job {job_id}: {_error_message(job_response)}")
-            job = job_response.json()
-            bar.total = job["progress"]["total"]
-            bar.n = job["progress"]["done"]
-            bar.refresh()
-            if job["status"] != "running":
-                break
-            time.sleep(0.2)
+        job = client.wait_for_job(job_id, poll=0.2, on_progress=show)
+    except OpenGalleryError as error:
+        if error.status is None:
+            raise
+        raise PushError(f"job {job_id}: {_describe(error)}") from None
     finally:
         bar.close()
-    if job["status"] == "failed":
+    if job.status == "failed":
         raise PushError(
-            f"migration of {gallery!r} failed; it stays on {job['from_model']}: {job['error']}"
+            f"migration of {gallery!r} failed; it stays on {job.from_model}: {job.error}"
         )
     print(f"{PROG}: gallery {gallery!r} now answers with {model_id}", file=sys.stderr)
     return job
@@ -134,9 +138,7 @@ def main(argv: Sequence[str]) -> int:
     model_id = bundle.manifest.model_id
     server_path = args.server_path or str(args.bundle.resolve())
     try:
-        with httpx.Client(
-            base_url=args.url, headers={"X-API-Key": args.api_key}, timeout=args.timeout
-        ) as client:
+        with Client(args.url, args.api_key, timeout=args.timeout) as client:
             _, message = register(client, server_path)
             print(f"{PROG}: {message}", file=sys.stderr)
             for gallery in args.migrate:
@@ -150,8 +152,8 @@ def main(argv: Sequence[str]) -> int:
     except PushError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
-    except httpx.HTTPError as error:
-        print(f"{PROG}: cannot reach the service at {args.url}: {error}", file=sys.stderr)
+    except OpenGalleryError as error:  # no answer: connection refused, reset, timed out
+        print(f"{PROG}: cannot reach the service at {args.url}: {error.message}", file=sys.stderr)
         return 1
     print(model_id)
     return 0
