@@ -15,7 +15,7 @@ import threading
 import faiss
 import numpy as np
 
-from models.scoring import check_scoring
+from models.scoring import check_scoring, l2_normalise
 from service.index.base import Candidate, IndexContents
 from service.index.locks import RWLock
 
@@ -39,9 +39,9 @@ def _apply_search_threads() -> None:
         _applied.threads = _search_threads
 
 
-def _normalised(vector: np.ndarray) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return (vector / norm).astype(np.float32) if norm > 0 else vector.astype(np.float32)
+def _template(summed: np.ndarray) -> np.ndarray:
+    """A "mean" subject's template: its samples' sum, normalised (zero if they cancel out)."""
+    return l2_normalise(summed[None, :], "template", allow_zero=True)[0]
 
 
 class FlatIP:
@@ -146,7 +146,7 @@ class FaissSubjectIndex:
             if pk is None or not self._subject_samples.get(pk):
                 return None
             if self.scoring == "mean":
-                template = _normalised(self._subject_sums[pk])
+                template = _template(self._subject_sums[pk])
                 return (queries @ template).astype(np.float64)
             vectors = self._vectors.reconstruct(np.array(sorted(self._subject_samples[pk])))
             return (queries @ vectors.T).max(axis=1).astype(np.float64)
@@ -227,7 +227,7 @@ class FaissSubjectIndex:
     def _refresh_template(self, pk: int) -> None:
         self._vectors.remove(np.array([pk], dtype=np.int64))
         if self._subject_samples.get(pk):
-            template = _normalised(self._subject_sums[pk])
+            template = _template(self._subject_sums[pk])
             self._vectors.add(np.array([pk], dtype=np.int64), template[None, :])
 
     def remove_samples(self, sample_ids: np.ndarray) -> None:
