@@ -38,8 +38,8 @@ from service.embedder import Embedder, check_embedding  # noqa: E402
 from service.images import decode_image  # noqa: E402
 from service.index.flat import set_search_threads  # noqa: E402
 from service.index.subjects import SubjectIndex  # noqa: E402
-from service.store.base import NewSample  # noqa: E402
-from service.store.sqlite import SQLiteStore  # noqa: E402
+from service.storage import NewSample  # noqa: E402
+from service.storage.sqlite import SQLiteStore  # noqa: E402
 from service.testing import ServerProcess, png_bytes  # noqa: E402
 
 ADMIN_KEY = "bench-admin-key-0123456789"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from service.store.base import ApiKeyRecord, Store
+from service.storage import ApiKeyRecord, Store
 
 SCOPES = ("admin", "client")
 KEY_PREFIX = "og_"

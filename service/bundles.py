@@ -19,7 +19,7 @@ from models.registry import ModelRegistry as BundleDirectory
 from service.errors import ApiError
 from service.registry import DuplicateModel, LoadedModel, ModelRegistry
 from service.settings import Settings
-from service.store.base import Store
+from service.storage import Store
 
 logger = logging.getLogger("opengallery.service")
 

@@ -131,7 +131,7 @@ def keys_main(argv: Sequence[str]) -> int:
         return 2
 
     from service.auth import create_key
-    from service.store.sqlite import SQLiteStore
+    from service.storage.sqlite import SQLiteStore
 
     try:
         store = SQLiteStore(settings.database_path)

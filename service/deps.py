@@ -12,7 +12,7 @@ from service.auth import hash_key
 from service.engine import GalleryEngine
 from service.errors import ApiError
 from service.state import AppState
-from service.store.base import ApiKeyRecord
+from service.storage import ApiKeyRecord
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="an API key (scope admin or client)"

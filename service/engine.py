@@ -32,7 +32,7 @@ from service.index.subjects import SubjectIndex
 from service.metrics import Metrics
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
-from service.store.base import (
+from service.storage import (
     AddedSample,
     AlreadyExistsError,
     GalleryRecord,

@@ -38,7 +38,7 @@ from service.errors import ApiError, not_found
 from service.images import ImageRejected, decode_image
 from service.registry import LoadedModel, ModelRegistry
 from service.settings import Settings
-from service.store.base import JobRecord, NotFoundError, Store, StoreConflict
+from service.storage import JobRecord, NotFoundError, Store, StoreConflict
 
 logger = logging.getLogger("opengallery.service")
 

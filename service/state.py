@@ -15,8 +15,8 @@ from service.metrics import Metrics
 from service.migration import MigrationManager
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.store.base import ApiKeyRecord, Store
-from service.store.sqlite import SQLiteStore
+from service.storage import ApiKeyRecord, Store
+from service.storage.sqlite import SQLiteStore
 
 logger = logging.getLogger("opengallery.service")
 

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.deps import AdminKey, ClientKey, Engine
 from service.ids import Identifier
 from service.schemas import GalleryCreate, GalleryList, GalleryOut
-from service.store.base import GalleryRecord
+from service.storage import GalleryRecord
 
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
 

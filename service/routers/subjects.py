@@ -15,7 +15,7 @@ from service.errors import ApiError
 from service.ids import Identifier
 from service.routers.galleries import GalleryName
 from service.schemas import SampleInfo, SubjectDetail, SubjectOut, SubjectPage, SubjectPut
-from service.store.base import SampleRecord, SubjectRecord
+from service.storage import SampleRecord, SubjectRecord
 
 router = APIRouter(prefix="/v1/galleries/{gallery}/subjects", tags=["subjects"])
 

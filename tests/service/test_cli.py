@@ -12,7 +12,7 @@ from service import cli
 from service.app import create_app
 from service.auth import hash_key
 from service.settings import Settings
-from service.store.sqlite import SQLiteStore
+from service.storage.sqlite import SQLiteStore
 from service.testing import ServerThread, png_bytes
 
 from .conftest import ADMIN_KEY

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.store import AlreadyExistsError, NewSample, NotFoundError, SQLiteStore
+from service.storage import AlreadyExistsError, NewSample, NotFoundError
+from service.storage.sqlite import SQLiteStore
 
 
 def sample(vector: list[float]) -> NewSample:
