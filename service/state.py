@@ -15,8 +15,7 @@ from service.metrics import Metrics
 from service.migration import MigrationManager
 from service.registry import ModelRegistry
 from service.settings import Settings
-from service.storage import ApiKeyRecord, Store
-from service.storage.sqlite import SQLiteStore
+from service.storage import ApiKeyRecord, Store, open_store
 
 logger = logging.getLogger("opengallery.service")
 
@@ -49,7 +48,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> AppState:
     """Open the store, load the models, make sure an admin key exists, build the indexes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     set_search_threads(settings.search_threads)
-    store = SQLiteStore(settings.database_path)
+    store = open_store(settings.effective_database_url)
     metrics = metrics or Metrics()
     models = ModelRegistry(
         threads=settings.inference_threads,
