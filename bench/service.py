@@ -38,8 +38,7 @@ from service.embedder import Embedder, check_embedding  # noqa: E402
 from service.images import decode_image  # noqa: E402
 from service.index.flat import set_search_threads  # noqa: E402
 from service.index.subjects import SubjectIndex  # noqa: E402
-from service.storage import NewSample  # noqa: E402
-from service.storage.sqlite import SQLiteStore  # noqa: E402
+from service.storage import NewSample, open_store  # noqa: E402
 from service.testing import ServerProcess, png_bytes  # noqa: E402
 
 ADMIN_KEY = "bench-admin-key-0123456789"
@@ -82,7 +81,7 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def fill_gallery(data_dir: Path, bundle: Bundle, vectors: np.ndarray) -> float:
     started = time.perf_counter()
-    store = SQLiteStore(data_dir / "opengallery.sqlite3")
+    store = open_store(f"sqlite:///{data_dir / 'opengallery.sqlite3'}")  # what serve opens
     try:
         fpir = default_fpir(0.01, len(bundle.load_calibration()))  # what the API would choose
         store.create_gallery(GALLERY, bundle.model_id, fpir, "max", True)
