@@ -37,8 +37,7 @@ from service.core.calibration import default_fpir  # noqa: E402
 from service.core.embedder import Embedder, check_embedding  # noqa: E402
 from service.core.images import decode_image  # noqa: E402
 from service.index import IndexContents, open_index  # noqa: E402
-from service.store.base import NewSample  # noqa: E402
-from service.store.sqlite import SQLiteStore  # noqa: E402
+from service.storage import NewSample, open_store  # noqa: E402
 from service.testing import ServerProcess, png_bytes  # noqa: E402
 
 ADMIN_KEY = "bench-admin-key-0123456789"
@@ -81,7 +80,7 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def fill_gallery(data_dir: Path, bundle: Bundle, vectors: np.ndarray) -> float:
     started = time.perf_counter()
-    store = SQLiteStore(data_dir / "opengallery.sqlite3")
+    store = open_store(f"sqlite:///{data_dir / 'opengallery.sqlite3'}")  # what serve opens
     try:
         fpir = default_fpir(0.01, len(bundle.load_calibration()))  # what the API would choose
         store.create_gallery(GALLERY, bundle.model_id, fpir, "max", True)

@@ -131,12 +131,13 @@ def keys_main(argv: Sequence[str]) -> int:
         return 2
 
     from service.core.keys import create_key
-    from service.store.sqlite import SQLiteStore
+    from service.storage import open_store, redact_url
 
+    database = redact_url(settings.effective_database_url)
     try:
-        store = SQLiteStore(settings.database_path)
-    except (OSError, Exception) as error:  # sqlite3.Error, permissions
-        print(f"opengallery keys: cannot open {settings.database_path}: {error}", file=sys.stderr)
+        store = open_store(settings.effective_database_url)
+    except Exception as error:  # the database's own errors, permissions
+        print(f"opengallery keys: cannot open {database}: {error}", file=sys.stderr)
         return 1
     try:
         key, record = create_key(store, args.scope, args.name)
@@ -144,8 +145,7 @@ def keys_main(argv: Sequence[str]) -> int:
         store.close()
     print(key)
     print(
-        f"created {record.scope} key #{record.key_id} in {settings.database_path} "
-        "(shown once; stored hashed)",
+        f"created {record.scope} key #{record.key_id} in {database} (shown once; stored hashed)",
         file=sys.stderr,
     )
     return 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.storage import StoreConfigError, check_database_url
 
 MiB = 1024 * 1024
 
@@ -16,9 +18,18 @@ class Settings(BaseSettings):
     Precedence: explicit constructor arguments (the CLI flags) > environment > defaults.
     """
 
-    model_config = SettingsConfigDict(env_prefix="OPENGALLERY_", extra="ignore")
+    # Inputs stay out of error messages: a database URL may hold a password.
+    model_config = SettingsConfigDict(
+        env_prefix="OPENGALLERY_", extra="ignore", hide_input_in_errors=True
+    )
 
     data_dir: Path = Field(Path("var"), description="database, snapshots and stored images")
+    database_url: str | None = Field(
+        None,
+        repr=False,
+        description="the database: sqlite:///relative/path or sqlite:////absolute/path "
+        "(default sqlite:///<data-dir>/opengallery.sqlite3)",
+    )
     model: Path = Field(Path("models/default"), description="the default model bundle directory")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -69,6 +80,23 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="pause between chunks, to leave CPU to live traffic"
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _openable_database_url(cls, url: str | None) -> str | None:
+        if not url:  # an empty OPENGALLERY_DATABASE_URL means the default
+            return None
+        try:
+            check_database_url(url)
+        except StoreConfigError as error:
+            raise ValueError(str(error)) from None
+        return url
+
     @property
     def database_path(self) -> Path:
+        """The default database's file, under the data directory."""
         return self.data_dir / "opengallery.sqlite3"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The URL `open_store` opens: `database_url`, else SQLite under the data directory."""
+        return self.database_url or f"sqlite:///{self.database_path}"

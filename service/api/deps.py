@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader
 from service.core.galleries import Galleries
 from service.core.recognition import Recognition
 from service.core.state import ServiceState
-from service.store.base import ApiKeyRecord
+from service.storage import ApiKeyRecord
 
 api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="an API key (scope admin or client)"

@@ -19,7 +19,7 @@ from models.registry import ModelRegistry as BundleDirectory
 from service.core.errors import ServiceError
 from service.core.models import DuplicateModel, LoadedModel, LoadedModels
 from service.settings import Settings
-from service.store.base import Store
+from service.storage import Store
 
 logger = logging.getLogger("opengallery.service")
 

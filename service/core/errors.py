@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from service.store.base import AlreadyExistsError, NotFoundError
+from service.storage import AlreadyExistsError, NotFoundError
 
 
 class ServiceError(Exception):

@@ -23,7 +23,7 @@ from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.metrics import Metrics
 from service.core.models import LoadedModels
 from service.settings import Settings
-from service.store.base import (
+from service.storage import (
     AddedSample,
     GalleryRecord,
     NewSample,

@@ -8,7 +8,7 @@ import secrets
 import threading
 
 from service.core.errors import ServiceError
-from service.store.base import ApiKeyRecord, Store
+from service.storage import ApiKeyRecord, Store
 
 SCOPES = ("admin", "client")
 KEY_PREFIX = "og_"

@@ -19,7 +19,7 @@ import numpy as np
 from service.core.errors import ServiceError, not_found
 from service.core.models import LoadedModel, LoadedModels
 from service.index import IndexBackend, IndexContents, SubjectSearch
-from service.store.base import GalleryRecord, Store
+from service.storage import GalleryRecord, Store
 
 logger = logging.getLogger("opengallery.service")
 

@@ -38,7 +38,7 @@ from service.core.images import ImageRejected, decode_image
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.models import LoadedModel, LoadedModels
 from service.settings import Settings
-from service.store.base import JobRecord, NotFoundError, Store, StoreConflict
+from service.storage import JobRecord, NotFoundError, Store, StoreConflict
 
 logger = logging.getLogger("opengallery.service")
 

@@ -17,7 +17,7 @@ from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.metrics import Metrics
 from service.index import Candidate
 from service.settings import Settings
-from service.store.base import Store
+from service.storage import Store
 
 
 @dataclass(frozen=True)

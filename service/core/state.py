@@ -18,8 +18,7 @@ from service.core.models import LoadedModels
 from service.core.recognition import Recognition
 from service.index import open_index
 from service.settings import Settings
-from service.store.base import Store
-from service.store.sqlite import SQLiteStore
+from service.storage import Store, open_store
 
 logger = logging.getLogger("opengallery.service")
 
@@ -53,7 +52,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
     """Open the store, load the models, make sure an admin key exists, build the indexes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     backend = open_index(settings.index_url, search_threads=settings.search_threads)
-    store = SQLiteStore(settings.database_path)
+    store = open_store(settings.effective_database_url)
     metrics = metrics or Metrics()
     models = LoadedModels(
         threads=settings.inference_threads,

@@ -11,7 +11,7 @@ from service import cli
 from service.api.app import create_app
 from service.core.keys import hash_key
 from service.settings import Settings
-from service.store.sqlite import SQLiteStore
+from service.storage.sqlite import SQLiteStore
 from service.testing import ServerThread
 
 from .conftest import ADMIN_KEY

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.api.deps import AdminKey, ClientKey, GalleriesDep
 from service.api.schemas import GalleryCreate, GalleryList, GalleryOut
 from service.core.ids import Identifier
-from service.store.base import GalleryRecord
+from service.storage import GalleryRecord
 
 router = APIRouter(prefix="/v1/galleries", tags=["galleries"])
 

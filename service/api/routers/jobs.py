@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import ClientKey, State
 from service.api.schemas import JobOut, JobProgress
-from service.store.base import JobRecord
+from service.storage import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -14,7 +14,7 @@ from service.api.routers.galleries import GalleryName
 from service.api.schemas import SampleInfo, SubjectDetail, SubjectOut, SubjectPage, SubjectPut
 from service.core.errors import ServiceError
 from service.core.ids import Identifier
-from service.store.base import SampleRecord, SubjectRecord
+from service.storage import SampleRecord, SubjectRecord
 
 router = APIRouter(prefix="/v1/galleries/{gallery}/subjects", tags=["subjects"])
 

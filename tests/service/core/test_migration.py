@@ -309,7 +309,7 @@ def test_deleting_the_gallery_fails_its_migration(settings: Settings, new_bundle
 def test_a_job_whose_switch_committed_before_a_crash_is_settled_at_start(
     settings: Settings, new_bundle: Path
 ) -> None:
-    from service.store.sqlite import SQLiteStore
+    from service.storage.sqlite import SQLiteStore
 
     with open_client(settings) as client:
         client.post("/v1/models", json={"path": str(new_bundle)})

@@ -1,0 +1,52 @@
+"""Durable state of the service behind small interfaces, one backend per database.
+
+`open_store(url)` opens a store; `Store` is its whole interface, made of `GalleryStore`,
+`KeyStore`, `ModelStore` and `JobStore`. Records are frozen dataclasses; errors derive from
+`StoreError` and carry no HTTP status.
+"""
+
+from service.storage.errors import (
+    AlreadyExistsError,
+    NotFoundError,
+    StoreConfigError,
+    StoreConflict,
+    StoreError,
+)
+from service.storage.factory import check_database_url, open_store, redact_url
+from service.storage.protocols import GalleryStore, JobStore, KeyStore, ModelStore, Store
+from service.storage.records import (
+    AddedSample,
+    ApiKeyRecord,
+    GalleryEmbeddings,
+    GalleryRecord,
+    JobRecord,
+    NewSample,
+    SampleRecord,
+    StoredImage,
+    SubjectRecord,
+)
+
+__all__ = [
+    "AddedSample",
+    "AlreadyExistsError",
+    "ApiKeyRecord",
+    "GalleryEmbeddings",
+    "GalleryRecord",
+    "GalleryStore",
+    "JobRecord",
+    "JobStore",
+    "KeyStore",
+    "ModelStore",
+    "NewSample",
+    "NotFoundError",
+    "SampleRecord",
+    "Store",
+    "StoreConfigError",
+    "StoreConflict",
+    "StoreError",
+    "StoredImage",
+    "SubjectRecord",
+    "check_database_url",
+    "open_store",
+    "redact_url",
+]

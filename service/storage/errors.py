@@ -1,0 +1,26 @@
+"""The store's errors. They name what went wrong; mapping them to HTTP statuses is the API's job."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreConfigError(StoreError):
+    """A database URL that names no backend this build can open."""
+
+
+class AlreadyExistsError(StoreError):
+    pass
+
+
+class StoreConflict(StoreError):
+    """The state changed under an operation that expected it not to (e.g. a model switch)."""
+
+
+class NotFoundError(StoreError):
+    def __init__(self, what: str, name: object) -> None:
+        super().__init__(f"{what} {name!r} does not exist")
+        self.what = what
+        self.name = name

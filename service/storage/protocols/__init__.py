@@ -1,0 +1,25 @@
+"""The store's interface, split by concern; `Store` is all of them together.
+
+The database is the source of truth; the vector index is derived from it. Domain code never
+talks to a database directly: it goes through these interfaces, so that another backend
+(PostgreSQL) can follow the SQLite one without touching it.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+from service.storage.protocols.galleries import GalleryStore
+from service.storage.protocols.jobs import JobStore
+from service.storage.protocols.keys import KeyStore
+from service.storage.protocols.models import ModelStore
+
+
+class Store(GalleryStore, KeyStore, ModelStore, JobStore):
+    """Durable state of the service. Implementations must be safe to call from many threads."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+__all__ = ["GalleryStore", "JobStore", "KeyStore", "ModelStore", "Store"]

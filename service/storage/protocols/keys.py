@@ -1,0 +1,19 @@
+"""API keys, stored by the hash of the key (never the key itself)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from service.storage.records import ApiKeyRecord
+
+
+class KeyStore(ABC):
+    @abstractmethod
+    def add_api_key(self, key_hash: str, scope: str, name: str | None) -> ApiKeyRecord: ...
+
+    @abstractmethod
+    def find_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...
+
+    @abstractmethod
+    def count_api_keys(self, scope: str | None = None) -> int:
+        """All keys, or those of one scope."""

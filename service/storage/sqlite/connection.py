@@ -1,0 +1,125 @@
+"""Connections and transactions of the SQLite store, and the lookups every part of it shares.
+
+WAL mode, one connection per thread, writes in `BEGIN IMMEDIATE` transactions.
+`synchronous=FULL` so that a sample acknowledged to a client survives a crash of the process
+or of the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from service.storage.errors import NotFoundError
+from service.storage.records import SubjectRecord
+from service.storage.sqlite.schema import SCHEMA
+
+
+class SQLiteConnection:
+    """The base the SQLite store's parts share: one database file, its connections and locks."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        # One writer at a time inside this process; BEGIN IMMEDIATE orders us against other
+        # processes (e.g. `opengallery keys create` while the server runs).
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            self._connection().executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA busy_timeout=30000")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        with self._write_lock:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        # A read transaction: one consistent snapshot for multi-statement reads.
+        connection = self._connection()
+        connection.execute("BEGIN")
+        try:
+            yield connection
+        finally:
+            connection.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                with suppress(sqlite3.ProgrammingError):
+                    connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    @staticmethod
+    def _gallery_row(connection: sqlite3.Connection, name: str) -> sqlite3.Row | tuple:
+        row = connection.execute(
+            "SELECT id, version FROM galleries WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("gallery", name)
+        return row
+
+    @staticmethod
+    def _bump(connection: sqlite3.Connection, gallery_pk: int) -> int:
+        connection.execute("UPDATE galleries SET version = version + 1 WHERE id = ?", (gallery_pk,))
+        return int(
+            connection.execute(
+                "SELECT version FROM galleries WHERE id = ?", (gallery_pk,)
+            ).fetchone()[0]
+        )
+
+    @staticmethod
+    def _subject_pk(connection: sqlite3.Connection, gallery_pk: int, subject_id: str) -> int:
+        row = connection.execute(
+            "SELECT id FROM subjects WHERE gallery_id = ? AND subject_id = ?",
+            (gallery_pk, subject_id),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("subject", subject_id)
+        return int(row[0])
+
+    @staticmethod
+    def _subject_record(connection: sqlite3.Connection, pk: int) -> SubjectRecord:
+        row = connection.execute(
+            "SELECT s.id, s.subject_id, s.metadata, s.created, s.updated,"
+            " (SELECT COUNT(*) FROM samples WHERE subject_pk = s.id)"
+            " FROM subjects s WHERE s.id = ?",
+            (pk,),
+        ).fetchone()
+        return SubjectRecord(
+            pk=row[0],
+            subject_id=row[1],
+            metadata=json.loads(row[2]),
+            created=row[3],
+            updated=row[4],
+            sample_count=row[5],
+        )

@@ -1,0 +1,41 @@
+"""API keys in SQLite."""
+
+from __future__ import annotations
+
+from service.storage.records import ApiKeyRecord
+from service.storage.sqlite.connection import SQLiteConnection
+from service.storage.sqlite.schema import now as _now
+
+
+class SQLiteKeys(SQLiteConnection):
+    def add_api_key(self, key_hash: str, scope: str, name: str | None) -> ApiKeyRecord:
+        with self._write() as connection:
+            cursor = connection.execute(
+                "INSERT INTO api_keys (key_hash, scope, name, created) VALUES (?, ?, ?, ?)",
+                (key_hash, scope, name, _now()),
+            )
+            key_id = int(cursor.lastrowid or 0)
+        record = self.find_api_key(key_hash)
+        assert record is not None and record.key_id == key_id
+        return record
+
+    def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT id, scope, name, created FROM api_keys WHERE key_hash = ?", (key_hash,)
+            )
+            .fetchone()
+        )
+        return None if row is None else ApiKeyRecord(row[0], row[1], row[2], row[3])
+
+    def count_api_keys(self, scope: str | None = None) -> int:
+        if scope is None:
+            row = self._connection().execute("SELECT COUNT(*) FROM api_keys").fetchone()
+        else:
+            row = (
+                self._connection()
+                .execute("SELECT COUNT(*) FROM api_keys WHERE scope = ?", (scope,))
+                .fetchone()
+            )
+        return int(row[0])

@@ -1,0 +1,34 @@
+"""What only the SQLite backend promises, beyond the contract: its durability settings."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from service.storage import open_store
+from service.storage.sqlite import SQLiteStore
+
+
+def test_wal_mode_full_sync_and_foreign_keys_on_every_connection(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    assert isinstance(store, SQLiteStore)
+    settings: list[tuple[str, int, int]] = []
+
+    def read_settings() -> None:
+        connection = store._connection()  # one connection per thread
+        settings.append(
+            (
+                connection.execute("PRAGMA journal_mode").fetchone()[0],
+                connection.execute("PRAGMA foreign_keys").fetchone()[0],
+                connection.execute("PRAGMA synchronous").fetchone()[0],
+            )
+        )
+
+    try:
+        read_settings()
+        other = threading.Thread(target=read_settings)
+        other.start()
+        other.join()
+        assert settings == [("wal", 1, 2), ("wal", 1, 2)]  # synchronous 2 is FULL
+    finally:
+        store.close()
