@@ -23,7 +23,9 @@ class Settings(BaseSettings):
         env_prefix="OPENGALLERY_", extra="ignore", hide_input_in_errors=True
     )
 
-    data_dir: Path = Field(Path("var"), description="database, snapshots and stored images")
+    data_dir: Path = Field(
+        Path("var"), description="the default database, registered model bundles and stored images"
+    )
     database_url: str | None = Field(
         None,
         repr=False,

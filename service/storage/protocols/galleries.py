@@ -1,7 +1,7 @@
 """The gallery data: galleries, their subjects, samples and per-model embeddings.
 
-Every mutation of a gallery bumps the gallery's `version` in the same transaction, which is
-what caches (thresholds, index snapshots) key on.
+Every mutation of a gallery bumps the gallery's `version` in the same transaction: a reader
+can tell whether anything changed since it last looked.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every bad input of issue 4 is a 4xx JSON error with a code and a message; never a 500."""
+"""Every bad input of the HTTP API is a 4xx JSON error with a code and a message; never a 500."""
 
 from __future__ import annotations
 
