@@ -57,6 +57,19 @@ def http_stack() -> tuple[str, str]:
     return loop, http
 
 
+def _unopenable_store(settings: Settings) -> str | None:
+    """Why the database cannot be opened (unreachable, a schema of another version), in one
+    line without credentials; None when it opens. Checked before anything else starts, so a
+    bad database stops `serve` with that line instead of a failed application start-up."""
+    from service.storage import StoreError, open_store
+
+    try:
+        open_store(settings.effective_database_url).close()
+    except StoreError as error:
+        return str(error)
+    return None
+
+
 def serve_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="opengallery serve",
@@ -81,6 +94,10 @@ def serve_main(argv: Sequence[str]) -> int:
     )
     if settings is None:
         return 2
+    problem = _unopenable_store(settings)
+    if problem is not None:
+        print(f"opengallery serve: {problem}", file=sys.stderr)
+        return 1
 
     from models.bundle import BundleError, load_bundle
 
@@ -131,11 +148,14 @@ def keys_main(argv: Sequence[str]) -> int:
         return 2
 
     from service.core.keys import create_key
-    from service.storage import open_store, redact_url
+    from service.storage import StoreError, open_store, redact_url
 
     database = redact_url(settings.effective_database_url)
     try:
         store = open_store(settings.effective_database_url)
+    except StoreError as error:  # its message names the database
+        print(f"opengallery keys: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # the database's own errors, permissions
         print(f"opengallery keys: cannot open {database}: {error}", file=sys.stderr)
         return 1

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None,
         repr=False,
-        description="the database: sqlite:///relative/path or sqlite:////absolute/path "
+        description="the database: sqlite:///relative/path, sqlite:////absolute/path or "
+        "postgresql://user:password@host:port/database "
         "(default sqlite:///<data-dir>/opengallery.sqlite3)",
     )
     model: Path = Field(Path("models/default"), description="the default model bundle directory")

@@ -8,9 +8,11 @@
 from service.storage.errors import (
     AlreadyExistsError,
     NotFoundError,
+    SchemaVersionError,
     StoreConfigError,
     StoreConflict,
     StoreError,
+    StoreUnavailable,
 )
 from service.storage.factory import check_database_url, open_store, redact_url
 from service.storage.protocols import GalleryStore, JobStore, KeyStore, ModelStore, Store
@@ -40,10 +42,12 @@ __all__ = [
     "NewSample",
     "NotFoundError",
     "SampleRecord",
+    "SchemaVersionError",
     "Store",
     "StoreConfigError",
     "StoreConflict",
     "StoreError",
+    "StoreUnavailable",
     "StoredImage",
     "SubjectRecord",
     "check_database_url",

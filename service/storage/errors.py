@@ -11,6 +11,15 @@ class StoreConfigError(StoreError):
     """A database URL that names no backend this build can open."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (at start, or lost while serving). The message names
+    the database without its credentials."""
+
+
+class SchemaVersionError(StoreError):
+    """The database holds a schema this build does not know (a later release migrated it)."""
+
+
 class AlreadyExistsError(StoreError):
     pass
 

@@ -13,7 +13,7 @@ class JobStore(ABC):
         self, job_id: str, kind: str, gallery: str, source_model: str, target_model: str
     ) -> JobRecord:
         """A running job (attempt 1); StoreConflict if a job is already running on the
-        gallery."""
+        gallery, AlreadyExistsError if the id is taken (nothing changed either way)."""
 
     @abstractmethod
     def get_job(self, job_id: str) -> JobRecord | None: ...

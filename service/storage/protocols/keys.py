@@ -9,7 +9,8 @@ from service.storage.records import ApiKeyRecord
 
 class KeyStore(ABC):
     @abstractmethod
-    def add_api_key(self, key_hash: str, scope: str, name: str | None) -> ApiKeyRecord: ...
+    def add_api_key(self, key_hash: str, scope: str, name: str | None) -> ApiKeyRecord:
+        """A new key; AlreadyExistsError (nothing changed) if the hash is taken."""
 
     @abstractmethod
     def find_api_key(self, key_hash: str) -> ApiKeyRecord | None: ...

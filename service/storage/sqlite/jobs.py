@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from service.storage.errors import StoreConflict
+import sqlite3
+
+from service.storage.errors import AlreadyExistsError, StoreConflict
 from service.storage.records import JobRecord
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -24,11 +26,14 @@ class SQLiteJobs(SQLiteConnection):
             if running is not None:
                 raise StoreConflict(f"job {running[0]} is already migrating gallery {gallery!r}")
             now = _now()
-            connection.execute(
-                f"INSERT INTO jobs ({self._JOB_COLUMNS}) VALUES"
-                " (?, ?, ?, ?, ?, 'running', 0, 0, NULL, 1, ?, ?)",
-                (job_id, kind, gallery, source_model, target_model, now, now),
-            )
+            try:
+                connection.execute(
+                    f"INSERT INTO jobs ({self._JOB_COLUMNS}) VALUES"
+                    " (?, ?, ?, ?, ?, 'running', 0, 0, NULL, 1, ?, ?)",
+                    (job_id, kind, gallery, source_model, target_model, now, now),
+                )
+            except sqlite3.IntegrityError as error:
+                raise AlreadyExistsError(f"job {job_id!r} already exists") from error
         job = self.get_job(job_id)
         assert job is not None
         return job

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+from service.storage.errors import AlreadyExistsError
 from service.storage.records import ApiKeyRecord
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -9,12 +12,15 @@ from service.storage.sqlite.schema import now as _now
 
 class SQLiteKeys(SQLiteConnection):
     def add_api_key(self, key_hash: str, scope: str, name: str | None) -> ApiKeyRecord:
-        with self._write() as connection:
-            cursor = connection.execute(
-                "INSERT INTO api_keys (key_hash, scope, name, created) VALUES (?, ?, ?, ?)",
-                (key_hash, scope, name, _now()),
-            )
-            key_id = int(cursor.lastrowid or 0)
+        try:
+            with self._write() as connection:
+                cursor = connection.execute(
+                    "INSERT INTO api_keys (key_hash, scope, name, created) VALUES (?, ?, ?, ?)",
+                    (key_hash, scope, name, _now()),
+                )
+                key_id = int(cursor.lastrowid or 0)
+        except sqlite3.IntegrityError as error:
+            raise AlreadyExistsError("an API key with this hash already exists") from error
         record = self.find_api_key(key_hash)
         assert record is not None and record.key_id == key_id
         return record

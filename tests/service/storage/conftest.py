@@ -1,9 +1,9 @@
 """Stores under test. Every backend passes the same contract suite: a backend joins it by adding
-one entry to BACKENDS (a function giving the URL of a fresh, empty database for one test)."""
+one entry to BACKENDS (the name of a fixture giving the URL of a fresh, empty database)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,17 +11,19 @@ import pytest
 from service.storage import Store, open_store
 
 
-def _sqlite_url(tmp_path: Path) -> str:
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.sqlite3'}"
 
 
-BACKENDS: dict[str, Callable[[Path], str]] = {"sqlite": _sqlite_url}
+# postgres_url: tests/conftest.py (a real PostgreSQL server for the session).
+BACKENDS: dict[str, str] = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest) -> str:
     """The URL of a fresh database of one backend."""
-    return BACKENDS[request.param](tmp_path)
+    return request.getfixturevalue(BACKENDS[request.param])
 
 
 @pytest.fixture

@@ -479,6 +479,9 @@ def test_api_keys(store: Store) -> None:
     assert store.find_api_key("h1") == admin and store.find_api_key("h2") == client
     assert store.find_api_key("h3") is None
     store.add_api_key("h3", "client", None)
+    with pytest.raises(AlreadyExistsError):  # a hash is one key
+        store.add_api_key("h1", "client", "again")
+    assert store.find_api_key("h1") == admin
     assert store.count_api_keys() == 3
     assert (store.count_api_keys("admin"), store.count_api_keys("client")) == (1, 2)
     assert store.count_api_keys("none") == 0
@@ -525,6 +528,10 @@ def test_jobs_lifecycle(store: Store) -> None:
     assert store.get_job("j1").error == "boom"  # type: ignore[union-attr]
     store.update_job("j1", status="succeeded")
     store.create_job("j2", "migrate", "g", NEW, OLD)  # nothing running on g any more
+    with pytest.raises(AlreadyExistsError):  # an id is one job, running or not
+        store.create_job("j1", "migrate", "free", OLD, NEW)
+    assert store.get_job("j1").gallery == "g"  # type: ignore[union-attr]
+    assert all(j.gallery != "free" for j in store.list_jobs())
     store.update_job("unknown", done=1)  # an unknown job: nothing to update
     assert store.get_job("unknown") is None
 
@@ -641,7 +648,7 @@ def test_threads_on_separate_galleries_and_jobs_do_not_interfere(store: Store) -
                 store.put_subject(name, f"s{i}", None)
             try:
                 store.create_job("shared", "migrate", name, OLD, NEW)  # one id, one winner
-            except Exception:  # the id is taken: the backend's key error
+            except AlreadyExistsError:  # the id is taken
                 conflicts.append(name)
         except BaseException as error:
             errors.append(error)

@@ -1,0 +1,181 @@
+"""Samples and their embeddings in PostgreSQL: enrolment and loading a gallery's vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.storage.errors import NotFoundError
+from service.storage.postgres.connection import PostgresConnection
+from service.storage.postgres.schema import iso
+from service.storage.records import (
+    AddedSample,
+    GalleryEmbeddings,
+    NewSample,
+    SampleRecord,
+    SubjectRecord,
+)
+
+BULK_CHUNK = 5000  # rows per INSERT ... SELECT FROM unnest(...) in bulk_enrol
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+class PostgresSamples(PostgresConnection):
+    def add_samples(
+        self, gallery: str, subject_id: str, model_id: str, samples: Sequence[NewSample]
+    ) -> tuple[SubjectRecord, list[AddedSample], int]:
+        with self._write() as connection:
+            gallery_pk, version = self._gallery_row(connection, gallery, lock=True)
+            pk = self._subject_pk(connection, gallery_pk, subject_id)
+            added: list[AddedSample] = []
+            for sample in samples:
+                existing = connection.execute(
+                    "SELECT id FROM samples WHERE subject_pk = %s AND content_sha256 = %s",
+                    (pk, sample.content_sha256),
+                ).fetchone()
+                if existing is not None:
+                    added.append(AddedSample(int(existing[0]), created=False))
+                    continue
+                row = connection.execute(
+                    "INSERT INTO samples (subject_pk, gallery_id, model_id, source,"
+                    " content_sha256, image) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                    (pk, gallery_pk, model_id, sample.source, sample.content_sha256, sample.image),
+                ).fetchone()
+                assert row is not None
+                vector = np.asarray(sample.embedding)
+                connection.execute(
+                    "INSERT INTO embeddings (sample_id, model_id, dim, vector)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (int(row[0]), model_id, int(vector.shape[0]), vector_bytes(vector)),
+                )
+                added.append(AddedSample(int(row[0]), created=True))
+            if any(item.created for item in added):
+                version = self._bump(connection, gallery_pk)
+            return self._subject_record(connection, pk), added, version
+
+    def bulk_enrol(
+        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
+    ) -> int:
+        with self._write() as connection:
+            gallery_pk = self._gallery_row(connection, gallery, lock=True)[0]
+            subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
+            connection.execute(
+                "INSERT INTO subjects (gallery_id, subject_id, metadata)"
+                " SELECT %s, unnest(%s::text[]), '{}'"
+                " ON CONFLICT (gallery_id, subject_id) DO NOTHING",
+                (gallery_pk, subject_ids),
+            )
+            subject_pks = dict(
+                connection.execute(
+                    "SELECT subject_id, id FROM subjects WHERE gallery_id = %s", (gallery_pk,)
+                ).fetchall()
+            )
+            # The first of equal (subject, content) items wins, as one INSERT each would.
+            first: dict[tuple[str, str], NewSample] = {}
+            for subject_id, item in items:
+                first.setdefault((subject_id, item.content_sha256), item)
+            chosen = [(subject_id, item) for (subject_id, _), item in first.items()]
+            for start in range(0, len(chosen), BULK_CHUNK):
+                chunk = chosen[start : start + BULK_CHUNK]
+                inserted = connection.execute(
+                    "INSERT INTO samples (subject_pk, gallery_id, model_id, source,"
+                    " content_sha256, image)"
+                    " SELECT v.subject_pk, %s, %s, v.source, v.sha, v.image FROM unnest("
+                    "%s::bigint[], %s::text[], %s::text[], %s::bytea[])"
+                    " WITH ORDINALITY AS v(subject_pk, source, sha, image, position)"
+                    " ORDER BY v.position"
+                    " ON CONFLICT (subject_pk, content_sha256) DO NOTHING"
+                    " RETURNING id, subject_pk, content_sha256",
+                    (
+                        gallery_pk,
+                        model_id,
+                        [subject_pks[s] for s, _ in chunk],
+                        [item.source for _, item in chunk],
+                        [item.content_sha256 for _, item in chunk],
+                        [item.image for _, item in chunk],
+                    ),
+                ).fetchall()
+                by_key = {(subject_pks[s], item.content_sha256): item for s, item in chunk}
+                new = [(int(row[0]), by_key[(int(row[1]), row[2])]) for row in inserted]
+                connection.execute(
+                    "INSERT INTO embeddings (sample_id, model_id, dim, vector)"
+                    " SELECT v.id, %s, v.dim, v.vector"
+                    " FROM unnest(%s::bigint[], %s::int[], %s::bytea[]) AS v(id, dim, vector)",
+                    (
+                        model_id,
+                        [sample_id for sample_id, _ in new],
+                        [int(np.asarray(item.embedding).shape[0]) for _, item in new],
+                        [vector_bytes(item.embedding) for _, item in new],
+                    ),
+                )
+            return self._bump(connection, gallery_pk)
+
+    def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            pk = self._subject_pk(connection, gallery_pk, subject_id)
+            rows = connection.execute(
+                "SELECT id, model_id, source, content_sha256, image IS NOT NULL, created"
+                " FROM samples WHERE subject_pk = %s ORDER BY id",
+                (pk,),
+            ).fetchall()
+        return [
+            SampleRecord(
+                sample_id=int(row[0]),
+                subject_id=subject_id,
+                model_id=row[1],
+                source=row[2],
+                content_sha256=row[3],
+                has_image=bool(row[4]),
+                created=iso(row[5]),
+            )
+            for row in rows
+        ]
+
+    def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> tuple[int, int]:
+        with self._write() as connection:
+            gallery_pk = self._gallery_row(connection, gallery, lock=True)[0]
+            pk = self._subject_pk(connection, gallery_pk, subject_id)
+            cursor = connection.execute(
+                "DELETE FROM samples WHERE id = %s AND subject_pk = %s", (sample_id, pk)
+            )
+            if cursor.rowcount == 0:
+                raise NotFoundError("sample", sample_id)
+            return pk, self._bump(connection, gallery_pk)
+
+    def load_embeddings(self, gallery: str, model_id: str) -> GalleryEmbeddings:
+        with self._read() as connection:
+            gallery_pk, version = self._gallery_row(connection, gallery)
+            subjects = {
+                int(pk): str(subject_id)
+                for pk, subject_id in connection.execute(
+                    "SELECT id, subject_id FROM subjects WHERE gallery_id = %s", (gallery_pk,)
+                )
+            }
+            # Binary results: the vectors arrive as raw bytes, not hex text.
+            rows = (
+                connection.cursor(binary=True)
+                .execute(
+                    "SELECT s.id, s.subject_pk, e.dim, e.vector FROM samples s"
+                    " JOIN embeddings e ON e.sample_id = s.id AND e.model_id = %s"
+                    " WHERE s.gallery_id = %s ORDER BY s.id",
+                    (model_id, gallery_pk),
+                )
+                .fetchall()
+            )
+        count = len(rows)
+        dim = int(rows[0][2]) if rows else 0
+        sample_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=count)
+        subject_pks = np.fromiter((row[1] for row in rows), dtype=np.int64, count=count)
+        vectors = (
+            np.frombuffer(b"".join(row[3] for row in rows), dtype="<f4")
+            .astype(np.float32)
+            .reshape(count, dim)
+            if rows
+            else np.zeros((0, 0), dtype=np.float32)
+        )
+        return GalleryEmbeddings(int(version), sample_ids, subject_pks, vectors, subjects)

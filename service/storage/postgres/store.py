@@ -1,0 +1,24 @@
+"""The PostgreSQL store: its parts (one per concern) composed into one `Store`."""
+
+from __future__ import annotations
+
+from service.storage.postgres.galleries import PostgresGalleries
+from service.storage.postgres.jobs import PostgresJobs
+from service.storage.postgres.keys import PostgresKeys
+from service.storage.postgres.migrations import PostgresMigrations
+from service.storage.postgres.models import PostgresModels
+from service.storage.postgres.samples import PostgresSamples
+from service.storage.protocols import Store
+
+
+class PostgresStore(
+    PostgresGalleries,
+    PostgresSamples,
+    PostgresMigrations,
+    PostgresKeys,
+    PostgresModels,
+    PostgresJobs,
+    Store,
+):
+    """One PostgreSQL database through a connection pool; safe to call from many threads and
+    from many processes (replicas) at once."""
