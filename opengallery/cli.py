@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("training.cli:compare_main", "train", "train every loss and compare them"),
     "serve": ("service.cli:serve_main", "service", "run the recognition service"),
     "keys": ("service.cli:keys_main", "service", "create API keys"),
+    "db": ("service.cli:db_main", "service", "copy a SQLite database to PostgreSQL"),
     "enroll": ("opengallery.enroll:main", "client", "batch-enrol a folder over HTTP"),
     "push": ("opengallery.push:main", "client", "register a local bundle with a service"),
 }

@@ -169,3 +169,55 @@ def keys_main(argv: Sequence[str]) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def db_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="opengallery db", description="Move a service's database to another engine."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    copy = commands.add_parser(
+        "copy",
+        help="copy a SQLite database into an empty PostgreSQL database (ids, versions, "
+        "timestamps, images, embeddings, keys, models and jobs as they are)",
+        description="Copy a SQLite database into an empty PostgreSQL database. Stop the "
+        "service first: what it writes during the copy is not copied.",
+    )
+    copy.add_argument("--from", dest="source", required=True, help="sqlite:///path of the source")
+    copy.add_argument(
+        "--to", dest="target", required=True, help="postgresql://user:password@host/db (empty)"
+    )
+    args = parser.parse_args(list(argv))
+
+    from service.storage import StoreError, redact_url
+    from service.storage.factory import check_postgres_url, sqlite_path
+
+    prog = "opengallery db copy"
+    try:
+        source = sqlite_path(args.source)
+    except StoreError as error:
+        print(f"{prog}: --from must be a SQLite database: {error}", file=sys.stderr)
+        return 2
+    if not args.target.lower().startswith(
+        ("postgresql://", "postgres://", "postgresql+psycopg://")
+    ):
+        print(f"{prog}: --to must be a postgresql:// URL", file=sys.stderr)
+        return 2
+    try:
+        check_postgres_url(args.target)
+    except StoreError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+
+    from service.storage.postgres.copy import copy_sqlite_to_postgres
+
+    target = redact_url(args.target)
+    try:
+        counts = copy_sqlite_to_postgres(
+            source, args.target, lambda table, rows: print(f"{table}: {rows}", file=sys.stderr)
+        )
+    except StoreError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
+    print(f"copied {counts.summary()} from {args.source} to {target}", file=sys.stderr)
+    return 0
