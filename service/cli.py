@@ -57,16 +57,25 @@ def http_stack() -> tuple[str, str]:
     return loop, http
 
 
-def _unopenable_store(settings: Settings) -> str | None:
-    """Why the database cannot be opened (unreachable, a schema of another version), in one
-    line without credentials; None when it opens. Checked before anything else starts, so a
-    bad database stops `serve` with that line instead of a failed application start-up."""
+def _startup_problem(settings: Settings) -> str | None:
+    """Why the database or the index server cannot be used (unreachable, a schema of another
+    version, a URL this build cannot serve), in one line without credentials; None when both
+    open. Checked before anything else starts, so that `serve` stops with that line instead of
+    a failed application start-up."""
+    from service.index import IndexConfigError, IndexUnavailable, open_index
     from service.storage import StoreError, open_store
 
     try:
         open_store(settings.effective_database_url).close()
     except StoreError as error:
         return str(error)
+    try:
+        backend = open_index(settings.index_url, search_threads=settings.search_threads)
+    except (IndexConfigError, IndexUnavailable) as error:
+        return str(error)
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
     return None
 
 
@@ -94,7 +103,7 @@ def serve_main(argv: Sequence[str]) -> int:
     )
     if settings is None:
         return 2
-    problem = _unopenable_store(settings)
+    problem = _startup_problem(settings)
     if problem is not None:
         print(f"opengallery serve: {problem}", file=sys.stderr)
         return 1

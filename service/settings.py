@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     inference_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads; 0 = auto")
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads")
     index_url: str | None = Field(
-        None, description="vector index backend: faiss:// (the default, in process memory)"
+        None,
+        repr=False,
+        description="vector index backend: faiss:// (the default, in process memory) or "
+        "milvus://[user:password@]host:port (a Milvus server)",
     )
     inference_batch_size: int = Field(64, gt=0)
 

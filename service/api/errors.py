@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import ServiceError
+from service.core.errors import UNAVAILABLE_CODES, ServiceError
 
 logger = logging.getLogger("opengallery.service")
 
@@ -66,6 +66,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_base64": 422,
     "image_too_large": 413,
     "too_many_pixels": 413,
+    # the service's own dependencies (retry later)
+    "database_unavailable": 503,
+    "index_unavailable": 503,
 }
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -139,6 +142,17 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
     return response
 
 
+async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+    code = next(c for kind, c in UNAVAILABLE_CODES.items() if isinstance(error, kind))
+    request_id = getattr(request.state, "request_id", "-")
+    # The message names the server (without credentials): logged, not shown to the caller.
+    logger.warning("%s (request %s): %s", code, request_id, error)
+    what = "database" if code == "database_unavailable" else "vector index"
+    return error_response(
+        503, code, f"the {what} is unavailable; retry later (request id {request_id})"
+    )
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     logger.exception("unexpected error (request %s): %r", request_id, error)
@@ -149,4 +163,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in UNAVAILABLE_CODES:
+        app.add_exception_handler(kind, _unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -11,7 +11,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from service.storage import AlreadyExistsError, NotFoundError
+from service.index import IndexUnavailable
+from service.storage import AlreadyExistsError, NotFoundError, StoreUnavailable
+
+# A dependency the service cannot reach, by the code its requests fail with meanwhile: the
+# request may succeed when retried, so these are not the caller's fault (nor a bug).
+UNAVAILABLE_CODES: dict[type[Exception], str] = {
+    StoreUnavailable: "database_unavailable",
+    IndexUnavailable: "index_unavailable",
+}
 
 
 class ServiceError(Exception):

@@ -86,7 +86,9 @@ class LiveGalleries:
             )
         vectors = stored.vectors.reshape(-1, model.dim).astype(np.float32, copy=False)
         contents = IndexContents(stored.sample_ids, stored.subject_pks, vectors, stored.subjects)
-        return self.backend.build(model.dim, record.scoring, contents)
+        return self.backend.build(
+            model.dim, record.scoring, contents, gallery=record.name, model_id=model.model_id
+        )
 
     def get(self, name: str) -> LiveGallery:
         with self._lock:
@@ -105,7 +107,13 @@ class LiveGalleries:
 
     def add(self, record: GalleryRecord, model: LoadedModel) -> LiveGallery:
         """A new, empty gallery (the caller created it in the store)."""
-        index = self.backend.build(model.dim, record.scoring, IndexContents.empty(model.dim))
+        index = self.backend.build(
+            model.dim,
+            record.scoring,
+            IndexContents.empty(model.dim),
+            gallery=record.name,
+            model_id=model.model_id,
+        )
         gallery = LiveGallery(record, ActiveModel(model, index))
         with self._lock:
             self._galleries[record.name] = gallery

@@ -46,6 +46,9 @@ class ServiceState:
         self.migrations.close()  # running jobs stop between chunks and resume at next start
         self.models.close()
         self.store.close()
+        close_index = getattr(self.live.backend, "close", None)  # a client of an index server
+        if close_index is not None:
+            close_index()
 
 
 def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceState:

@@ -83,8 +83,23 @@ class IndexBackend(Protocol):
 
     name: str
 
-    def build(self, dim: int, scoring: str, contents: IndexContents) -> SubjectSearch: ...
+    def build(
+        self,
+        dim: int,
+        scoring: str,
+        contents: IndexContents,
+        *,
+        gallery: str | None = None,
+        model_id: str | None = None,
+    ) -> SubjectSearch:
+        """The index of `contents`. `gallery` and `model_id` name it where the backend keeps
+        indexes outside the process (a Milvus collection per gallery and model)."""
 
 
 class IndexConfigError(ValueError):
     """An index URL this build cannot serve."""
+
+
+class IndexUnavailable(RuntimeError):
+    """The index server cannot be reached or failed; the message names it without
+    credentials."""

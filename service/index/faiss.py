@@ -304,5 +304,13 @@ class FaissBackend:
     def __init__(self, search_threads: int = 1) -> None:
         set_search_threads(search_threads)
 
-    def build(self, dim: int, scoring: str, contents: IndexContents) -> FaissSubjectIndex:
+    def build(
+        self,
+        dim: int,
+        scoring: str,
+        contents: IndexContents,
+        *,
+        gallery: str | None = None,
+        model_id: str | None = None,
+    ) -> FaissSubjectIndex:
         return FaissSubjectIndex.from_contents(dim, scoring, contents)

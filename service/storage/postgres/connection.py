@@ -48,7 +48,7 @@ class PostgresConnection:
     """The base the PostgreSQL store's parts share: one database, its connection pool."""
 
     def __init__(
-        self, url: str, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT_S
+        self, url: str, *, pool_size: int | None = None, pool_timeout: float | None = None
     ) -> None:
         shown_url = self.shown_url = redact_url(url)  # for messages: no credentials
         conninfo = libpq_url(url)
@@ -67,8 +67,8 @@ class PostgresConnection:
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
-            max_size=pool_size,
-            timeout=pool_timeout,
+            max_size=pool_size or POOL_SIZE,
+            timeout=pool_timeout or POOL_TIMEOUT_S,
             kwargs={"autocommit": True, **timeout},
             # A connection is checked as it leaves the pool (one round trip): after a
             # database restart the dead ones are replaced instead of failing a request.

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.api.errors import STATUS_BY_CODE
+from service.core.errors import UNAVAILABLE_CODES
 
 from ..conftest import DIM
 
@@ -129,4 +130,9 @@ def test_every_error_code_has_one_http_status() -> None:
     codes = _raised_codes()
     assert {"not_found", "unsupported_fpir", "invalid_image", "already_on_model"} <= codes
     assert codes - set(STATUS_BY_CODE) == set()
-    assert all(400 <= status < 500 for status in STATUS_BY_CODE.values())
+    # The caller's errors are 4xx; only a dependency out of reach (retry later) is a 503.
+    unavailable = set(UNAVAILABLE_CODES.values())
+    assert {STATUS_BY_CODE[code] for code in unavailable} == {503}
+    assert all(
+        400 <= status < 500 for code, status in STATUS_BY_CODE.items() if code not in unavailable
+    )

@@ -1,0 +1,247 @@
+"""What only the Milvus backend has: a server to reach (one clear line when it cannot), a
+collection per gallery and model, a configurable index type, Milvus's `limit` cap, and the
+same answers as FAISS when the service runs on it (the shared behaviour is tested in
+test_subject_search.py on both backends)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from models.scoring import decide
+from service import cli
+from service.api.app import create_app
+from service.index import IndexConfigError, IndexContents, IndexUnavailable, open_index
+from service.index import milvus as milvus_module
+from service.index.milvus import MilvusBackend
+from service.settings import Settings
+from service.testing import free_port
+from service.testing_engines import MilvusServer
+
+DIM = 8
+SECRET = "s3cr3t-pw"
+ADMIN_KEY = "test-admin-key-0123456789"  # tests/service/conftest.py's
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def contents(rng: np.random.Generator, subjects: np.ndarray) -> IndexContents:
+    return IndexContents(
+        np.arange(1, len(subjects) + 1, dtype=np.int64),
+        subjects.astype(np.int64),
+        unit(rng, len(subjects)),
+        {int(pk): f"s{pk}" for pk in np.unique(subjects)},
+    )
+
+
+@pytest.fixture
+def backend(milvus_url: str) -> Iterator[MilvusBackend]:
+    opened = open_index(milvus_url)
+    assert isinstance(opened, MilvusBackend) and opened.name == "milvus"
+    yield opened
+    opened.close()
+
+
+def test_an_unreachable_server_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: object
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"milvus://admin:{SECRET}@127.0.0.1:{port}"
+    with pytest.raises(IndexUnavailable) as raised:
+        open_index(url)
+    message = str(raised.value)
+    assert "\n" not in message and SECRET not in message
+    assert message.startswith(f"cannot reach Milvus at milvus://127.0.0.1:{port}:")
+    monkeypatch.setenv("OPENGALLERY_INDEX_URL", url)
+    monkeypatch.setenv("OPENGALLERY_DATA_DIR", str(tmp_path))
+    assert cli.serve_main([]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot reach Milvus at milvus://127.0.0.1:{port}" in err
+    assert SECRET not in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["milvus://", "milvus:///path", "milvus://host:19530?prefix=9bad", "milvus://h?prefix=a-b"],
+)
+def test_urls_that_name_no_server_or_a_bad_prefix_are_refused(url: str) -> None:
+    with pytest.raises(IndexConfigError):
+        open_index(url)
+
+
+def test_a_collection_per_gallery_and_model_rebuilt_from_the_database(
+    backend: MilvusBackend,
+) -> None:
+    rng = np.random.default_rng(0)
+    client = backend.connection.client
+    first = backend.build(DIM, "max", contents(rng, np.arange(6) % 3), gallery="g", model_id="m@1")
+    other_model = backend.build(
+        DIM, "max", contents(rng, np.arange(4)), gallery="g", model_id="m@2"
+    )
+    other_gallery = backend.build(
+        DIM, "mean", contents(rng, np.arange(5)), gallery="h", model_id="m@1"
+    )
+    names = {first.collection, other_model.collection, other_gallery.collection}
+    assert len(names) == 3 and names <= set(client.list_collections())
+    assert client.get_collection_stats(first.collection)["row_count"] == 6
+    assert client.get_collection_stats(other_gallery.collection)["row_count"] == 5 + 5  # templates
+    # Built again (a restart): the same collection, written afresh, nothing left over.
+    again = backend.build(DIM, "max", contents(rng, np.arange(2)), gallery="g", model_id="m@1")
+    assert again.collection == first.collection
+    assert client.get_collection_stats(again.collection)["row_count"] == 2
+    assert again.sample_count == 2
+    again.drop()
+    assert again.collection not in client.list_collections()
+
+
+def test_the_index_type_is_chosen_in_the_url(milvus_url: str) -> None:
+    backend = open_index(f"{milvus_url}&index=IVF_FLAT&nlist=4&nprobe=4")
+    assert isinstance(backend, MilvusBackend)
+    try:
+        rng = np.random.default_rng(5)
+        subjects = np.arange(200) % 50
+        built = contents(rng, subjects)
+        index = backend.build(DIM, "max", built, gallery="g", model_id="m@1")
+        client = backend.connection.client
+        described = client.describe_index(
+            index.collection, client.list_indexes(index.collection)[0]
+        )
+        assert (described["index_type"], described["metric_type"]) == ("IVF_FLAT", "IP")
+        # nprobe = nlist visits every cluster: still exact.
+        queries = unit(rng, 3)
+        for query, row in zip(queries, index.search(queries, 5), strict=True):
+            scores = built.vectors @ query
+            best = {pk: float(scores[subjects == pk].max()) for pk in range(50)}
+            expected = sorted(best.items(), key=lambda item: -item[1])[:5]
+            assert [c.subject_id for c in row] == [f"s{pk}" for pk, _ in expected]
+    finally:
+        backend.close()
+
+
+def test_past_milvus_largest_limit_it_groups_by_subject(
+    backend: MilvusBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(milvus_module, "MAX_LIMIT", 8)  # Milvus's is 16384: the same path
+    rng = np.random.default_rng(6)
+    crowd = unit(rng, 1) + 0.01 * unit(rng, 30)  # one subject's 30 samples crowd the top
+    others = unit(rng, 10)
+    vectors = np.vstack([crowd / np.linalg.norm(crowd, axis=1, keepdims=True), others])
+    subjects = np.array([0] * 30 + list(range(1, 11)))
+    built = IndexContents(
+        np.arange(1, 41, dtype=np.int64),
+        subjects.astype(np.int64),
+        vectors.astype(np.float32),
+        {pk: f"s{pk}" for pk in range(11)},
+    )
+    index = backend.build(DIM, "max", built)
+    query = crowd[:1] / np.linalg.norm(crowd[:1])
+    scores = vectors @ query[0]
+    best = {pk: float(scores[subjects == pk].max()) for pk in range(11)}
+    expected = sorted(best.items(), key=lambda item: -item[1])[:5]
+    row = index.search(query.astype(np.float32), 5)[0]
+    assert [c.subject_id for c in row] == [f"s{pk}" for pk, _ in expected]
+    np.testing.assert_allclose([c.score for c in row], [s for _, s in expected], atol=1e-5)
+
+
+def test_a_server_lost_while_serving_is_index_unavailable() -> None:
+    with MilvusServer() as server:
+        url = server.url.replace("milvus://", f"milvus://root:{SECRET}@")
+        backend = open_index(url)
+        index = backend.build(DIM, "max", contents(np.random.default_rng(1), np.arange(3)))
+        server.stop()
+        with pytest.raises(IndexUnavailable) as raised:
+            index.search(unit(np.random.default_rng(2), 1), 2)
+    message = str(raised.value)
+    assert "\n" not in message and SECRET not in message
+    assert message.startswith(f"Milvus at milvus://127.0.0.1:{server.port} failed")
+
+
+def identify_all(client: TestClient, gallery: str, probes: np.ndarray) -> list[dict]:
+    response = client.post(
+        f"/v1/galleries/{gallery}/identify", json={"embeddings": probes.tolist(), "top_k": 5}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def enrol(client: TestClient, gallery: str, subject: str, vectors: np.ndarray) -> None:
+    assert client.put(f"/v1/galleries/{gallery}/subjects/{subject}").status_code in (200, 201)
+    response = client.post(
+        f"/v1/galleries/{gallery}/subjects/{subject}/samples",
+        json={"embeddings": vectors.tolist()},
+    )
+    assert response.status_code == 201, response.text
+
+
+def test_the_same_gallery_on_faiss_and_on_milvus_answers_alike(
+    settings: Settings, milvus_url: str
+) -> None:
+    rng = np.random.default_rng(11)
+    dim = 16  # the test bundle's (tests/service/conftest.py)
+    probes = {scoring: unit(rng, 12, dim) for scoring in ("max", "mean")}
+    answers: dict[str, dict[str, list[dict]]] = {}
+    with TestClient(create_app(settings)) as faiss_client:
+        faiss_client.headers["X-API-Key"] = ADMIN_KEY
+        for scoring in ("max", "mean"):
+            created = faiss_client.post("/v1/galleries", json={"name": scoring, "scoring": scoring})
+            assert created.status_code == 201
+            for i in range(40):
+                vectors = unit(rng, 1 + i % 4, dim)
+                enrol(faiss_client, scoring, f"s{i:02d}", vectors)
+                if i in (0, 4, 8):  # a probe equal to a one-sample subject: "known"
+                    probes[scoring][i // 4] = vectors[0]
+                if i in (12, 16):  # and near one: a score between the two
+                    probes[scoring][i // 4] = vectors[0] + 0.3 * unit(rng, 1, dim)[0]
+            assert faiss_client.delete(f"/v1/galleries/{scoring}/subjects/s03").status_code == 204
+        answers["faiss"] = {s: identify_all(faiss_client, s, probes[s]) for s in ("max", "mean")}
+    # The same database served by a second service whose index is in Milvus.
+    on_milvus = settings.model_copy(update={"index_url": milvus_url})
+    with TestClient(create_app(on_milvus)) as milvus_client:
+        milvus_client.headers["X-API-Key"] = ADMIN_KEY
+        answers["milvus"] = {s: identify_all(milvus_client, s, probes[s]) for s in ("max", "mean")}
+        # and it follows changes: a new subject is found at once
+        newcomer = unit(rng, 1, dim)
+        enrol(milvus_client, "max", "newcomer", newcomer)
+        assert identify_all(milvus_client, "max", newcomer)[0]["subject_id"] == "newcomer"
+    for scoring in ("max", "mean"):
+        for on_faiss, on_milvus_ in zip(
+            answers["faiss"][scoring], answers["milvus"][scoring], strict=True
+        ):
+            assert [c["subject_id"] for c in on_milvus_["candidates"]] == [
+                c["subject_id"] for c in on_faiss["candidates"]
+            ]
+            np.testing.assert_allclose(
+                [c["score"] for c in on_milvus_["candidates"]],
+                [c["score"] for c in on_faiss["candidates"]],
+                atol=1e-5,
+            )
+            np.testing.assert_allclose(on_milvus_["threshold"], on_faiss["threshold"], atol=1e-5)
+            assert on_milvus_["decision"] == on_faiss["decision"]
+            assert on_milvus_["subject_id"] == on_faiss["subject_id"]
+            known = decide(on_faiss["score"], on_faiss["threshold"])
+            assert on_faiss["decision"] == ("known" if known else "unknown")
+        decisions = [answer["decision"] for answer in answers["milvus"][scoring]]
+        assert {"known", "unknown"} <= set(decisions)  # both kinds of answer compared
+
+
+def test_requests_answer_503_index_unavailable_while_milvus_is_down(settings: Settings) -> None:
+    with MilvusServer() as server:
+        on_milvus = settings.model_copy(update={"index_url": server.url})
+        with TestClient(create_app(on_milvus), raise_server_exceptions=False) as client:
+            client.headers["X-API-Key"] = ADMIN_KEY
+            assert client.post("/v1/galleries", json={"name": "g"}).status_code == 201
+            enrol(client, "g", "a", unit(np.random.default_rng(3), 2, 16))
+            server.stop()
+            response = client.post(
+                "/v1/galleries/g/identify",
+                json={"embeddings": unit(np.random.default_rng(4), 1, 16).tolist()},
+            )
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "index_unavailable" and "retry later" in error["message"]
