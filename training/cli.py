@@ -24,9 +24,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from models.bundle import BundleError
     from models.calibration import CalibrationError
     from training.data import DataError
+    from training.export import ExportError
     from training.trainer import TrainingError
 
-    return (ConfigError, DataError, TrainingError, BundleError, CalibrationError, ValueError)
+    return (
+        ConfigError,
+        DataError,
+        TrainingError,
+        ExportError,
+        BundleError,
+        CalibrationError,
+        ValueError,
+    )
 
 
 def _run(command: str, body: Callable[[], int]) -> int:
@@ -208,16 +217,22 @@ def export_main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
 
     def body() -> int:
-        from training.export import export_run
+        from training.export import ExportError, ParityError, export_run
 
-        bundle = export_run(
-            args.run,
-            args.out,
-            name=args.name,
-            version=args.version,
-            tolerance=args.tolerance,
-            overwrite=args.overwrite,
-        )
+        try:
+            bundle = export_run(
+                args.run,
+                args.out,
+                name=args.name,
+                version=args.version,
+                tolerance=args.tolerance,
+                overwrite=args.overwrite,
+            )
+        except ParityError as error:
+            raise ExportError(
+                f"{error}: nothing written; if that difference is acceptable, pass a larger "
+                "--tolerance"
+            ) from None
         m = bundle.manifest
         print(f"wrote {bundle.path} ({m.model_id}, parity max |diff| {m.parity_max_abs_diff:.2e})")
         return 0

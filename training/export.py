@@ -46,6 +46,18 @@ class ExportError(RuntimeError):
     """The export failed a check (e.g. ONNX and PyTorch disagree)."""
 
 
+class ParityError(ExportError):
+    """onnxruntime and PyTorch embeddings differ by more than the tolerance."""
+
+    def __init__(self, difference: float, tolerance: float, images: int) -> None:
+        super().__init__(
+            f"ONNX and PyTorch embeddings differ by up to {difference:.2e} on a batch of "
+            f"{images} validation images, above the tolerance {tolerance:.1e}"
+        )
+        self.difference = difference
+        self.tolerance = tolerance
+
+
 def export_onnx(network: EmbeddingNetwork, input_shape: tuple[int, int, int], path: Path) -> None:
     """Write the embedding graph to ``path`` as one self-contained ONNX file."""
     module = EmbeddingOnly(network).eval()
@@ -120,10 +132,7 @@ def export_run(
         parity_inputs = data.val.inputs(slice(0, PARITY_BATCH))
         diff = parity_max_abs_diff(network, onnx_path, parity_inputs)
         if not diff <= tolerance:
-            raise ExportError(
-                f"ONNX and PyTorch embeddings differ by up to {diff:.3e} on a batch of "
-                f"{len(parity_inputs)} validation images (tolerance {tolerance:.1e})"
-            )
+            raise ParityError(diff, tolerance, len(parity_inputs))
 
         embedder = OnnxEmbedder(onnx_path)
         calibration = embedder(calibration_split(data))

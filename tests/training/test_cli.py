@@ -111,3 +111,32 @@ def test_evaluate_and_export_missing_run(
     assert "no such run or bundle directory" in _err(capsys)
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert "no checkpoint" in _err(capsys)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch mnist5k run, trained by the command."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--loss", "mel", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def test_export_parity_failure_is_one_line_naming_the_option(
+    tiny_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import training.export
+
+    monkeypatch.setattr(training.export, "parity_max_abs_diff", lambda *args: 2.1e-4)
+    capsys.readouterr()
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "b")]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and err.startswith("opengallery export: error: ")
+    assert "2.10e-04" in err and "1.0e-04" in err and "--tolerance" in err
+    assert not (tmp_path / "b").exists()
+    # The option does what the message says.
+    code = main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--tolerance", "3e-4"])
+    assert code == 0
+    assert "parity max |diff| 2.10e-04" in capsys.readouterr().out
