@@ -211,7 +211,8 @@ def export_main(argv: Sequence[str]) -> int:
         "--tolerance",
         type=float,
         default=1e-4,
-        help="largest allowed |onnxruntime - torch| on the parity batch",
+        help="largest allowed |onnxruntime - torch| of the L2-normalised embeddings of the "
+        "parity batch (default 1e-4)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     args = p.parse_args(list(argv))
