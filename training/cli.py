@@ -218,6 +218,7 @@ def export_main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
 
     def body() -> int:
+        from models.bundle import BundleExistsError
         from training.export import ExportError, ParityError, export_run
 
         try:
@@ -229,6 +230,10 @@ def export_main(argv: Sequence[str]) -> int:
                 tolerance=args.tolerance,
                 overwrite=args.overwrite,
             )
+        except BundleExistsError:
+            raise ExportError(
+                f"{args.out}: already exists and is not empty; pass --overwrite to replace it"
+            ) from None
         except ParityError as error:
             raise ExportError(
                 f"{error}: nothing written; if that difference is acceptable, pass a larger "

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import torch
 
-from models.bundle import Bundle, Manifest, write_bundle
+from models.bundle import Bundle, Manifest, check_bundle_target, write_bundle
 from models.scoring import l2_normalise
 from training.calibration import SmallCalibrationWarning
 from training.galleries import (
@@ -129,6 +129,7 @@ def export_run(
     overwrite: bool = False,
     run: TrainedRun | None = None,
 ) -> Bundle:
+    check_bundle_target(out_dir, overwrite=overwrite)  # before minutes of work, not after
     run = run or load_run(run_dir)
     network = run.network.cpu().eval()
     data = run.data

@@ -140,3 +140,24 @@ def test_export_parity_failure_is_one_line_naming_the_option(
     code = main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--tolerance", "3e-4"])
     assert code == 0
     assert "parity max |diff| 2.10e-04" in capsys.readouterr().out
+
+
+def test_export_to_an_existing_bundle_names_the_flag_before_any_work(
+    tiny_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import training.export
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run was loaded before --out was checked")
+
+    monkeypatch.setattr(training.export, "load_run", no_work)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "b")]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1
+    assert "already exists and is not empty; pass --overwrite" in err
+    assert "overwrite=True" not in err
