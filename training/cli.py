@@ -161,12 +161,17 @@ def evaluate_main(argv: Sequence[str]) -> int:
             raise FileNotFoundError(f"{target}: no such run or bundle directory")
         if (target / "manifest.json").exists():
             from models.bundle import load_bundle
-            from training.data import load_protocol
+            from training.data import BUILTIN, DataError, load_protocol
             from training.galleries import OnnxEmbedder
 
             bundle = load_bundle(target)
             protocol = bundle.manifest.protocol
             builtin = args.data is None
+            if builtin and protocol["name"] not in BUILTIN:
+                raise DataError(
+                    f"{target} was trained on image-folder data ({protocol['name']!r}): "
+                    "pass the folder with --data ROOT"
+                )
             data = load_protocol(
                 protocol["name"] if builtin else args.data,
                 known=protocol["known"] if builtin else None,

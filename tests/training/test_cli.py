@@ -161,3 +161,16 @@ def test_export_to_an_existing_bundle_names_the_flag_before_any_work(
     assert err.count("\n") == 1
     assert "already exists and is not empty; pass --overwrite" in err
     assert "overwrite=True" not in err
+
+
+def test_evaluate_a_folder_bundle_without_data_says_to_pass_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.testing import make_random_bundle
+
+    # A bundle whose protocol is not built in (here "none"): its images are the user's own.
+    bundle = make_random_bundle(tmp_path / "bundle", calibration_size=16)
+    assert main(["evaluate", str(bundle.path), "--out", str(tmp_path / "eval")]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and "pass the folder with --data ROOT" in err
+    assert not (tmp_path / "eval").exists()
