@@ -144,20 +144,26 @@ def main(argv: Sequence[str]) -> int:
     if args.workers < 1 or args.batch_size < 1:
         print(f"{prog}: --workers and --batch-size must be at least 1", file=sys.stderr)
         return 2
+    limits = httpx.Limits(max_connections=args.workers, max_keepalive_connections=args.workers)
+    try:
+        client = Client(
+            args.url,
+            args.api_key,
+            timeout=args.timeout,
+            retries=max(args.retries, 0),
+            limits=limits,
+        )
+    except ValueError as error:  # a URL without http:// or https://
+        print(f"{prog}: --url: {error}", file=sys.stderr)
+        return 2
     subjects = scan(args.directory)
     total = sum(len(files) for files in subjects.values())
     if not total:
+        client.close()
         print(f"{prog}: no images under {args.directory}/<subject_id>/", file=sys.stderr)
         return 1
     summary = Summary()
-    limits = httpx.Limits(max_connections=args.workers, max_keepalive_connections=args.workers)
-    with Client(
-        args.url,
-        args.api_key,
-        timeout=args.timeout,
-        retries=max(args.retries, 0),
-        limits=limits,
-    ) as client:
+    with client:
         try:
             client.get_gallery(args.gallery)
         except OpenGalleryError as error:

@@ -138,7 +138,12 @@ def main(argv: Sequence[str]) -> int:
     model_id = bundle.manifest.model_id
     server_path = args.server_path or str(args.bundle.resolve())
     try:
-        with Client(args.url, args.api_key, timeout=args.timeout) as client:
+        client = Client(args.url, args.api_key, timeout=args.timeout)
+    except ValueError as error:  # a URL without http:// or https://
+        print(f"{PROG}: --url: {error}", file=sys.stderr)
+        return 2
+    try:
+        with client:
             _, message = register(client, server_path)
             print(f"{PROG}: {message}", file=sys.stderr)
             for gallery in args.migrate:

@@ -119,3 +119,16 @@ def test_a_folder_name_the_service_refuses_is_reported_per_file(
     failed = [line for line in out.splitlines() if line.startswith("  failed: ")]
     assert len(failed) == 1 and str(bad / "1.png") in failed[0] and "422" in failed[0]
     assert sample_counts(server) == {"José": 3, "ana": 2, "bo": 1}
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "localhost://8000", "ftp://host", "http://"])
+def test_a_url_without_http_is_refused_in_one_line(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "people"
+    make_folder(folder)
+    assert enroll_main(["--url", url, "--api-key", "k", "--gallery", "g", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"got {url!r}" in captured.err and "http:// or https://" in captured.err
+    assert "UnsupportedProtocol" not in captured.err and "unsupported protocol" not in captured.err

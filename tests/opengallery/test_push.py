@@ -78,3 +78,12 @@ def test_push_migrates_a_gallery_whose_name_needs_quoting(
         assert push(server, str(bundle.path), "--migrate", gallery) == 0
         assert f"gallery {gallery!r} now answers with random@2" in capsys.readouterr().err
         assert client.get_gallery(gallery).model == "random@2"
+
+
+def test_push_refuses_a_url_without_http(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = make_random_bundle(tmp_path / "b", seed=1, embedding_dim=DIM, version="2")
+    assert push_main([str(bundle.path), "--url", "localhost:8000", "--api-key", "k"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "got 'localhost:8000'" in err and "http://" in err
