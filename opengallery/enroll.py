@@ -1,4 +1,8 @@
-"""`opengallery enroll`: batch-enrol a folder `DIR/<subject_id>/*.png|jpg` over HTTP.
+"""`opengallery enroll`: batch-enrol a folder `DIR/<subject_id>/**/<image>` over HTTP.
+
+Every image under a subject's folder, nested folders included, belongs to that subject; an
+image is a file with a suffix of a format the service decodes (PNG, JPEG, BMP, GIF, TIFF,
+WebP, PPM). Other files, and files directly in DIR, are reported as skipped.
 
 Concurrent (a thread pool, one subject per task), with a progress bar, and resumable: each
 image's sha256 is compared with the `content_sha256` of the samples the subject already has,
@@ -25,13 +29,21 @@ from tqdm import tqdm
 
 from opengallery.client import Client, OpenGalleryError, SampleOutcome
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# The suffixes Pillow gives the formats the service decodes (service/core/images.py
+# ALLOWED_FORMATS; a test keeps the two in step). The client does not import the service.
+IMAGE_SUFFIXES = frozenset(
+    {
+        *(".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff"),
+        *(".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm"),
+    }
+)
 
 
 @dataclass
 class Outcome:
     path: Path
-    status: str  # "enrolled" | "skipped" | "rejected" | "failed"
+    # "enrolled" | "present" (enrolled before) | "rejected" | "failed" | "skipped" (not sent)
+    status: str
     reason: str = ""
 
 
@@ -43,18 +55,34 @@ class Summary:
         return sum(outcome.status == status for outcome in self.outcomes)
 
 
-def scan(root: Path) -> dict[str, list[Path]]:
-    """Subjects (folder names, checked by the service) and their image files."""
+def _files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``, at any depth, in sorted order (symlinked folders are not
+    followed: they could loop)."""
+    found = []
+    for directory, _, names in os.walk(folder):
+        found += [Path(directory, name) for name in names]
+    return sorted(path for path in found if path.is_file())
+
+
+def scan(root: Path) -> tuple[dict[str, list[Path]], list[Outcome]]:
+    """Subjects (folder names, checked by the service) with their images, and the files skipped."""
     subjects: dict[str, list[Path]] = {}
-    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-        files = sorted(
-            path
-            for path in folder.iterdir()
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if files:
-            subjects[folder.name] = files
-    return subjects
+    skipped: list[Outcome] = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir():
+            images = []
+            for path in _files_under(entry):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    images.append(path)
+                else:
+                    skipped.append(
+                        Outcome(path, "skipped", "not an image format the service reads")
+                    )
+            if images:
+                subjects[entry.name] = images
+        elif entry.is_file():
+            skipped.append(Outcome(entry, "skipped", "not in a subject folder"))
+    return subjects, skipped
 
 
 class Enroller:
@@ -75,7 +103,7 @@ class Enroller:
             for path in files:
                 data = path.read_bytes()
                 if hashlib.sha256(data).hexdigest() in known:
-                    outcomes.append(Outcome(path, "skipped", "already enrolled"))
+                    outcomes.append(Outcome(path, "present", "already enrolled"))
                     progress.update(1)
                 else:
                     pending.append((path, data))
@@ -116,7 +144,8 @@ class Enroller:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="opengallery enroll",
-        description="Enrol DIR/<subject_id>/*.png|jpg into a gallery over HTTP (resumable).",
+        description="Enrol the images under DIR/<subject_id>/ (nested folders included) into a "
+        "gallery over HTTP (resumable).",
     )
     parser.add_argument("directory", type=Path, metavar="DIR")
     parser.add_argument("--url", default=os.environ.get("OPENGALLERY_URL", "http://127.0.0.1:8000"))
@@ -156,13 +185,17 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as error:  # a URL without http:// or https://
         print(f"{prog}: --url: {error}", file=sys.stderr)
         return 2
-    subjects = scan(args.directory)
+    subjects, skipped = scan(args.directory)
     total = sum(len(files) for files in subjects.values())
     if not total:
         client.close()
-        print(f"{prog}: no images under {args.directory}/<subject_id>/", file=sys.stderr)
+        print(
+            f"{prog}: no images under {args.directory}/<subject_id>/ "
+            f"({len(skipped)} other files skipped)",
+            file=sys.stderr,
+        )
         return 1
-    summary = Summary()
+    summary = Summary(list(skipped))
     with client:
         try:
             client.get_gallery(args.gallery)
@@ -180,13 +213,13 @@ def main(argv: Sequence[str]) -> int:
             ]
             for future in as_completed(futures):
                 summary.outcomes += future.result()
-    enrolled, skipped = summary.count("enrolled"), summary.count("skipped")
+    enrolled, present = summary.count("enrolled"), summary.count("present")
     rejected, failed = summary.count("rejected"), summary.count("failed")
     print(
-        f"{enrolled} enrolled, {skipped} already enrolled, {rejected} rejected, {failed} failed "
-        f"({len(subjects)} subjects, gallery {args.gallery!r})"
+        f"{enrolled} enrolled, {present} already enrolled, {rejected} rejected, {failed} failed, "
+        f"{summary.count('skipped')} skipped ({len(subjects)} subjects, gallery {args.gallery!r})"
     )
     for outcome in sorted(summary.outcomes, key=lambda o: str(o.path)):
-        if outcome.status in {"rejected", "failed"}:
+        if outcome.status in {"rejected", "failed", "skipped"}:
             print(f"  {outcome.status}: {outcome.path}: {outcome.reason}")
     return 0 if rejected == 0 and failed == 0 else 1

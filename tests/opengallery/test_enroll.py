@@ -132,3 +132,46 @@ def test_a_url_without_http_is_refused_in_one_line(
     assert captured.out == "" and captured.err.count("\n") == 1
     assert f"got {url!r}" in captured.err and "http:// or https://" in captured.err
     assert "UnsupportedProtocol" not in captured.err and "unsupported protocol" not in captured.err
+
+
+def test_every_format_the_service_reads_is_enrolled_nested_folders_too(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "people"
+    layout = {
+        "ana/a.gif": "GIF",
+        "ana/b.BMP": "BMP",
+        "ana/c.tiff": "TIFF",
+        "ana/d.tif": "TIFF",
+        "ana/e.webp": "WEBP",
+        "ana/f.ppm": "PPM",
+        "bo/2024/summer/g.jpg": "JPEG",
+        "bo/2024/h.png": "PNG",
+    }
+    for seed, (name, image_format) in enumerate(layout.items()):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(io.BytesIO(png_bytes(seed))).convert("RGB").save(path, format=image_format)
+    (folder / "bo" / "2024" / "notes.txt").write_text("not an image")
+    (folder / "README.md").write_text("outside any subject folder")
+    assert enroll(server, folder) == 0
+    out = capsys.readouterr().out
+    assert "8 enrolled, 0 already enrolled, 0 rejected, 0 failed, 2 skipped (2 subjects" in out
+    assert f"skipped: {folder / 'README.md'}: not in a subject folder" in out
+    assert f"skipped: {folder / 'bo' / '2024' / 'notes.txt'}: not an image format" in out
+    assert sample_counts(server) == {"ana": 6, "bo": 2}
+
+
+def test_the_image_suffixes_are_those_of_the_formats_the_service_reads() -> None:
+    from PIL import Image
+
+    from opengallery.enroll import IMAGE_SUFFIXES
+    from service.core.images import ALLOWED_FORMATS
+
+    registered = Image.registered_extensions()
+    service_reads = {suffix for suffix, name in registered.items() if name in ALLOWED_FORMATS}
+    assert service_reads == IMAGE_SUFFIXES
