@@ -9,6 +9,8 @@ image's sha256 is compared with the `content_sha256` of the samples the subject 
 so a rerun sends only what is missing. The server is idempotent on content too, so a request
 retried after a lost response never enrols an image twice. A folder whose name the service
 refuses as a subject id has each of its files reported as failed with the service's reason.
+A subject is created before its images are sent (the service needs it to exist) and deleted
+again when this run created it and none of its images was enrolled: no empty subjects.
 Exit status: 0 when every image is enrolled (now or before), 1 when any was rejected or
 failed, 2 for bad arguments.
 """
@@ -90,12 +92,15 @@ class Enroller:
         self.client = client
         self.gallery = gallery
         self.batch_size = batch_size
+        self.left_empty: list[str] = []  # subjects created empty that could not be deleted
 
     def enrol_subject(self, subject: str, files: list[Path], progress: tqdm) -> list[Outcome]:
         outcomes: list[Outcome] = []
+        created = False
         try:
             known: set[str] = set()
-            if not self.client.put_subject(self.gallery, subject).new:
+            created = self.client.put_subject(self.gallery, subject).new
+            if not created:
                 # An existing subject: what does it hold already?
                 detail = self.client.get_subject(self.gallery, subject)
                 known = {sample.content_sha256 for sample in detail.samples or []}
@@ -116,7 +121,18 @@ class Enroller:
             rest = [path for path in files if path not in done]
             outcomes += [Outcome(path, "failed", str(error)) for path in rest]
             progress.update(len(rest))
+        if created and not any(outcome.status == "enrolled" for outcome in outcomes):
+            self._delete_if_empty(subject)
         return outcomes
+
+    def _delete_if_empty(self, subject: str) -> None:
+        """Delete a subject this run created when none of its images was enrolled, unless
+        someone else enrolled a sample meanwhile; a failure is reported, not raised."""
+        try:
+            if self.client.get_subject(self.gallery, subject).sample_count == 0:
+                self.client.delete_subject(self.gallery, subject)
+        except OpenGalleryError as error:
+            self.left_empty.append(f"{subject}: created, no image enrolled, not deleted: {error}")
 
     def _post(self, subject: str, batch: list[tuple[Path, bytes]]) -> list[Outcome]:
         images = [data for _, data in batch]
@@ -222,4 +238,6 @@ def main(argv: Sequence[str]) -> int:
     for outcome in sorted(summary.outcomes, key=lambda o: str(o.path)):
         if outcome.status in {"rejected", "failed", "skipped"}:
             print(f"  {outcome.status}: {outcome.path}: {outcome.reason}")
+    for line in sorted(enroller.left_empty):
+        print(f"  subject {line}")
     return 0 if rejected == 0 and failed == 0 else 1

@@ -175,3 +175,22 @@ def test_the_image_suffixes_are_those_of_the_formats_the_service_reads() -> None
     registered = Image.registered_extensions()
     service_reads = {suffix for suffix, name in registered.items() if name in ALLOWED_FORMATS}
     assert service_reads == IMAGE_SUFFIXES
+
+
+def test_a_subject_whose_images_are_all_rejected_is_not_left_behind(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "people"
+    make_folder(folder)
+    for subject in ("ghost", "kept"):
+        (folder / subject).mkdir()
+        (folder / subject / "broken.png").write_bytes(png_bytes(8)[:60])
+    # "kept" existed before this run, empty: not this run's to delete.
+    httpx.put(f"{server.url}/v1/galleries/g/subjects/kept", headers=HEADERS)
+    assert enroll(server, folder) == 1
+    out = capsys.readouterr().out
+    assert "6 enrolled, 0 already enrolled, 2 rejected, 0 failed" in out
+    assert f"rejected: {folder / 'ghost' / 'broken.png'}" in out
+    assert sample_counts(server) == {"José": 3, "ana": 2, "bo": 1, "kept": 0}
+    ghost = httpx.get(f"{server.url}/v1/galleries/g/subjects/ghost", headers=HEADERS)
+    assert ghost.status_code == 404
