@@ -57,12 +57,18 @@ def register(client: Client, server_path: str) -> tuple[str | None, str]:
 def migrate(
     client: Client, gallery: str, model_id: str, *, wait: bool, progress: bool
 ) -> Job | None:
-    """Start the migration; with `wait`, follow it to the end (its final state)."""
+    """Start the migration; with `wait`, follow it to the end (its final state).
+
+    A gallery that already uses the model is done already: no job, None.
+    """
     try:
         job_id = client.migrate(gallery, model_id)
     except OpenGalleryError as error:
         if error.status is None:
             raise
+        if error.code == "already_on_model":  # a repeated push: nothing left to do
+            print(f"{PROG}: gallery {gallery!r} already uses {model_id}", file=sys.stderr)
+            return None
         raise PushError(f"gallery {gallery!r} cannot migrate: {_describe(error)}") from None
     print(f"{PROG}: migrating gallery {gallery!r} to {model_id}: job {job_id}", file=sys.stderr)
     if not wait:
