@@ -174,3 +174,31 @@ def test_evaluate_a_folder_bundle_without_data_says_to_pass_it(
     err = _err(capsys)
     assert err.count("\n") == 1 and "pass the folder with --data ROOT" in err
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_calibration_set_too_small_for_fpir_001_is_one_warning_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # mnist5k's calibration set: the 500 validation unknowns, fewer than 10/0.01 = 1000.
+    needs = "500 non-mated searches, too few for FPIR 0.01 (needs 10/0.01 = 1000), "
+    needs += "FPIR 0.001 (needs 10/0.001 = 10000)"
+
+    def warning_lines(command: str) -> list[str]:
+        captured = capsys.readouterr()
+        assert "Warning:" not in captured.err and "warnings.warn" not in captured.err
+        lines = [line for line in captured.err.splitlines() if "warning" in line.lower()]
+        assert all(line.startswith(f"opengallery {command}: warning: ") for line in lines)
+        return lines
+
+    assert main(["train", "--loss", "mel", "--out", str(tmp_path / "run"), *TINY]) == 0
+    (line,) = warning_lines("train")
+    assert "validation unknowns" in line and needs in line
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "b")]) == 0
+    (line,) = warning_lines("export")
+    assert needs in line and '"supported": false' in line
+    assert main(["evaluate", str(tmp_path / "b"), "--out", str(tmp_path / "eval")]) == 0
+    closed, opened = warning_lines("evaluate")
+    assert closed.startswith("opengallery evaluate: warning: closed_world: ") and needs in closed
+    # open world: calibrated on validation negatives (200) and known images (600)
+    assert opened.startswith("opengallery evaluate: warning: open_world: the calibration set ")
+    assert "800 non-mated searches, too few for FPIR 0.01 (needs 10/0.01 = 1000)" in opened
