@@ -54,6 +54,10 @@ class BundleError(ValueError):
     """Anything wrong with a bundle; the message names the file or field at fault."""
 
 
+class BundleExistsError(BundleError):
+    """The bundle directory exists and is not empty, and overwriting was not asked for."""
+
+
 def is_model_id(text: str) -> bool:
     """Whether ``text`` is a well-formed model id ``name@version``."""
     name, at, version = text.partition("@")
@@ -465,6 +469,29 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     return bundle
 
 
+def check_bundle_target(out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """``out_dir`` as a Path if :func:`write_bundle` may write there; BundleError otherwise.
+
+    A writer calls it before the work that produces the bundle, to fail early.
+    """
+    target = Path(out_dir)
+    if target.exists() and not target.is_dir():
+        raise BundleError(f"{target}: exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise BundleExistsError(
+                f"{target}: already exists and is not empty (use overwrite=True)"
+            )
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in _BUNDLE_FILES)
+        if foreign:
+            # overwrite replaces the whole directory: never take other files with it
+            raise BundleError(
+                f"{target}: holds files that are not part of a bundle ({', '.join(foreign[:5])}); "
+                f"refusing to replace it"
+            )
+    return target
+
+
 def write_bundle(
     out_dir: str | os.PathLike[str],
     manifest: Manifest,
@@ -482,19 +509,7 @@ def write_bundle(
     one renamed in, and the old one deleted; a directory holding anything but bundle files is
     never replaced.
     """
-    target = Path(out_dir)
-    if target.exists() and not target.is_dir():
-        raise BundleError(f"{target}: exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()):
-        if not overwrite:
-            raise BundleError(f"{target}: already exists and is not empty (use overwrite=True)")
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in _BUNDLE_FILES)
-        if foreign:
-            # overwrite replaces the whole directory: never take other files with it
-            raise BundleError(
-                f"{target}: holds files that are not part of a bundle ({', '.join(foreign[:5])}); "
-                f"refusing to replace it"
-            )
+    target = check_bundle_target(out_dir, overwrite=overwrite)
     if not isinstance(onnx_file, bytes) and not Path(onnx_file).is_file():
         raise BundleError(f"{onnx_file}: ONNX file not found")
     embeddings = _check_embeddings(

@@ -1,10 +1,16 @@
-"""`opengallery enroll`: batch-enrol a folder `DIR/<subject_id>/*.png|jpg` over HTTP.
+"""`opengallery enroll`: batch-enrol a folder `DIR/<subject_id>/**/<image>` over HTTP.
+
+Every image under a subject's folder, nested folders included, belongs to that subject; an
+image is a file with a suffix of a format the service decodes (PNG, JPEG, BMP, GIF, TIFF,
+WebP, PPM). Other files, and files directly in DIR, are reported as skipped.
 
 Concurrent (a thread pool, one subject per task), with a progress bar, and resumable: each
 image's sha256 is compared with the `content_sha256` of the samples the subject already has,
 so a rerun sends only what is missing. The server is idempotent on content too, so a request
 retried after a lost response never enrols an image twice. A folder whose name the service
 refuses as a subject id has each of its files reported as failed with the service's reason.
+A subject is created before its images are sent (the service needs it to exist) and deleted
+again when this run created it and none of its images was enrolled: no empty subjects.
 Exit status: 0 when every image is enrolled (now or before), 1 when any was rejected or
 failed, 2 for bad arguments.
 """
@@ -25,13 +31,21 @@ from tqdm import tqdm
 
 from opengallery.client import Client, OpenGalleryError, SampleOutcome
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+# The suffixes Pillow gives the formats the service decodes (service/core/images.py
+# ALLOWED_FORMATS; a test keeps the two in step). The client does not import the service.
+IMAGE_SUFFIXES = frozenset(
+    {
+        *(".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff"),
+        *(".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm"),
+    }
+)
 
 
 @dataclass
 class Outcome:
     path: Path
-    status: str  # "enrolled" | "skipped" | "rejected" | "failed"
+    # "enrolled" | "present" (enrolled before) | "rejected" | "failed" | "skipped" (not sent)
+    status: str
     reason: str = ""
 
 
@@ -43,18 +57,34 @@ class Summary:
         return sum(outcome.status == status for outcome in self.outcomes)
 
 
-def scan(root: Path) -> dict[str, list[Path]]:
-    """Subjects (folder names, checked by the service) and their image files."""
+def _files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``, at any depth, in sorted order (symlinked folders are not
+    followed: they could loop)."""
+    found = []
+    for directory, _, names in os.walk(folder):
+        found += [Path(directory, name) for name in names]
+    return sorted(path for path in found if path.is_file())
+
+
+def scan(root: Path) -> tuple[dict[str, list[Path]], list[Outcome]]:
+    """Subjects (folder names, checked by the service) with their images, and the files skipped."""
     subjects: dict[str, list[Path]] = {}
-    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-        files = sorted(
-            path
-            for path in folder.iterdir()
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if files:
-            subjects[folder.name] = files
-    return subjects
+    skipped: list[Outcome] = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir():
+            images = []
+            for path in _files_under(entry):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    images.append(path)
+                else:
+                    skipped.append(
+                        Outcome(path, "skipped", "not an image format the service reads")
+                    )
+            if images:
+                subjects[entry.name] = images
+        elif entry.is_file():
+            skipped.append(Outcome(entry, "skipped", "not in a subject folder"))
+    return subjects, skipped
 
 
 class Enroller:
@@ -62,12 +92,15 @@ class Enroller:
         self.client = client
         self.gallery = gallery
         self.batch_size = batch_size
+        self.left_empty: list[str] = []  # subjects created empty that could not be deleted
 
     def enrol_subject(self, subject: str, files: list[Path], progress: tqdm) -> list[Outcome]:
         outcomes: list[Outcome] = []
+        created = False
         try:
             known: set[str] = set()
-            if not self.client.put_subject(self.gallery, subject).new:
+            created = self.client.put_subject(self.gallery, subject).new
+            if not created:
                 # An existing subject: what does it hold already?
                 detail = self.client.get_subject(self.gallery, subject)
                 known = {sample.content_sha256 for sample in detail.samples or []}
@@ -75,7 +108,7 @@ class Enroller:
             for path in files:
                 data = path.read_bytes()
                 if hashlib.sha256(data).hexdigest() in known:
-                    outcomes.append(Outcome(path, "skipped", "already enrolled"))
+                    outcomes.append(Outcome(path, "present", "already enrolled"))
                     progress.update(1)
                 else:
                     pending.append((path, data))
@@ -88,7 +121,18 @@ class Enroller:
             rest = [path for path in files if path not in done]
             outcomes += [Outcome(path, "failed", str(error)) for path in rest]
             progress.update(len(rest))
+        if created and not any(outcome.status == "enrolled" for outcome in outcomes):
+            self._delete_if_empty(subject)
         return outcomes
+
+    def _delete_if_empty(self, subject: str) -> None:
+        """Delete a subject this run created when none of its images was enrolled, unless
+        someone else enrolled a sample meanwhile; a failure is reported, not raised."""
+        try:
+            if self.client.get_subject(self.gallery, subject).sample_count == 0:
+                self.client.delete_subject(self.gallery, subject)
+        except OpenGalleryError as error:
+            self.left_empty.append(f"{subject}: created, no image enrolled, not deleted: {error}")
 
     def _post(self, subject: str, batch: list[tuple[Path, bytes]]) -> list[Outcome]:
         images = [data for _, data in batch]
@@ -116,7 +160,8 @@ class Enroller:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="opengallery enroll",
-        description="Enrol DIR/<subject_id>/*.png|jpg into a gallery over HTTP (resumable).",
+        description="Enrol the images under DIR/<subject_id>/ (nested folders included) into a "
+        "gallery over HTTP (resumable).",
     )
     parser.add_argument("directory", type=Path, metavar="DIR")
     parser.add_argument("--url", default=os.environ.get("OPENGALLERY_URL", "http://127.0.0.1:8000"))
@@ -144,20 +189,30 @@ def main(argv: Sequence[str]) -> int:
     if args.workers < 1 or args.batch_size < 1:
         print(f"{prog}: --workers and --batch-size must be at least 1", file=sys.stderr)
         return 2
-    subjects = scan(args.directory)
+    limits = httpx.Limits(max_connections=args.workers, max_keepalive_connections=args.workers)
+    try:
+        client = Client(
+            args.url,
+            args.api_key,
+            timeout=args.timeout,
+            retries=max(args.retries, 0),
+            limits=limits,
+        )
+    except ValueError as error:  # a URL without http:// or https://
+        print(f"{prog}: --url: {error}", file=sys.stderr)
+        return 2
+    subjects, skipped = scan(args.directory)
     total = sum(len(files) for files in subjects.values())
     if not total:
-        print(f"{prog}: no images under {args.directory}/<subject_id>/", file=sys.stderr)
+        client.close()
+        print(
+            f"{prog}: no images under {args.directory}/<subject_id>/ "
+            f"({len(skipped)} other files skipped)",
+            file=sys.stderr,
+        )
         return 1
-    summary = Summary()
-    limits = httpx.Limits(max_connections=args.workers, max_keepalive_connections=args.workers)
-    with Client(
-        args.url,
-        args.api_key,
-        timeout=args.timeout,
-        retries=max(args.retries, 0),
-        limits=limits,
-    ) as client:
+    summary = Summary(list(skipped))
+    with client:
         try:
             client.get_gallery(args.gallery)
         except OpenGalleryError as error:
@@ -174,13 +229,15 @@ def main(argv: Sequence[str]) -> int:
             ]
             for future in as_completed(futures):
                 summary.outcomes += future.result()
-    enrolled, skipped = summary.count("enrolled"), summary.count("skipped")
+    enrolled, present = summary.count("enrolled"), summary.count("present")
     rejected, failed = summary.count("rejected"), summary.count("failed")
     print(
-        f"{enrolled} enrolled, {skipped} already enrolled, {rejected} rejected, {failed} failed "
-        f"({len(subjects)} subjects, gallery {args.gallery!r})"
+        f"{enrolled} enrolled, {present} already enrolled, {rejected} rejected, {failed} failed, "
+        f"{summary.count('skipped')} skipped ({len(subjects)} subjects, gallery {args.gallery!r})"
     )
     for outcome in sorted(summary.outcomes, key=lambda o: str(o.path)):
-        if outcome.status in {"rejected", "failed"}:
+        if outcome.status in {"rejected", "failed", "skipped"}:
             print(f"  {outcome.status}: {outcome.path}: {outcome.reason}")
+    for line in sorted(enroller.left_empty):
+        print(f"  subject {line}")
     return 0 if rejected == 0 and failed == 0 else 1

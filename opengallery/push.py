@@ -57,12 +57,18 @@ def register(client: Client, server_path: str) -> tuple[str | None, str]:
 def migrate(
     client: Client, gallery: str, model_id: str, *, wait: bool, progress: bool
 ) -> Job | None:
-    """Start the migration; with `wait`, follow it to the end (its final state)."""
+    """Start the migration; with `wait`, follow it to the end (its final state).
+
+    A gallery that already uses the model is done already: no job, None.
+    """
     try:
         job_id = client.migrate(gallery, model_id)
     except OpenGalleryError as error:
         if error.status is None:
             raise
+        if error.code == "already_on_model":  # a repeated push: nothing left to do
+            print(f"{PROG}: gallery {gallery!r} already uses {model_id}", file=sys.stderr)
+            return None
         raise PushError(f"gallery {gallery!r} cannot migrate: {_describe(error)}") from None
     print(f"{PROG}: migrating gallery {gallery!r} to {model_id}: job {job_id}", file=sys.stderr)
     if not wait:
@@ -138,7 +144,12 @@ def main(argv: Sequence[str]) -> int:
     model_id = bundle.manifest.model_id
     server_path = args.server_path or str(args.bundle.resolve())
     try:
-        with Client(args.url, args.api_key, timeout=args.timeout) as client:
+        client = Client(args.url, args.api_key, timeout=args.timeout)
+    except ValueError as error:  # a URL without http:// or https://
+        print(f"{PROG}: --url: {error}", file=sys.stderr)
+        return 2
+    try:
+        with client:
             _, message = register(client, server_path)
             print(f"{PROG}: {message}", file=sys.stderr)
             for gallery in args.migrate:

@@ -151,6 +151,11 @@ def keys_main(argv: Sequence[str]) -> int:
     create.add_argument("--scope", choices=["admin", "client"], default="client")
     create.add_argument("--name", help="a label for the key")
     create.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
+    create.add_argument(
+        "--create",
+        action="store_true",
+        help="start a new database if the data dir holds none (default: refuse)",
+    )
     args = parser.parse_args(list(argv))
     settings = _settings_or_exit("opengallery keys", {"data_dir": args.data_dir})
     if settings is None:
@@ -158,8 +163,22 @@ def keys_main(argv: Sequence[str]) -> int:
 
     from service.core.keys import create_key
     from service.storage import StoreError, open_store, redact_url
+    from service.storage.factory import sqlite_path
 
     database = redact_url(settings.effective_database_url)
+    # A mistyped --data-dir would otherwise get a new, empty database whose keys no running
+    # service reads. (A PostgreSQL database is never created here: it must exist.)
+    if (
+        not getattr(args, "create", False)
+        and settings.effective_database_url.lower().startswith("sqlite:")
+        and not sqlite_path(settings.effective_database_url).exists()
+    ):
+        print(
+            f"opengallery keys: no database at {database}: give the service's --data-dir "
+            "(or OPENGALLERY_DATABASE_URL), or pass --create to start a new one",
+            file=sys.stderr,
+        )
+        return 2
     try:
         store = open_store(settings.effective_database_url)
     except StoreError as error:  # its message names the database

@@ -54,16 +54,25 @@ def calibration_table(
                 "searches": searches,
             }
         )
-    short = [row["fpir"] for row in rows if not row["supported"]]
-    if short:
-        needed = min_searches_for_fpir(min(short))
-        warnings.warn(
-            f"calibration has {searches} non-mated searches; FPIR {short} need at least "
-            f'10/FPIR (up to {needed}): those rows are marked "supported": false',
-            SmallCalibrationWarning,
-            stacklevel=2,
-        )
+    shortfall = calibration_shortfall(searches, targets)
+    if shortfall is not None:
+        warnings.warn(shortfall, SmallCalibrationWarning, stacklevel=2)
     return rows
+
+
+def calibration_shortfall(searches: int, fpirs: Sequence[float] = DEFAULT_FPIRS) -> str | None:
+    """One line naming each target FPIR that ``searches`` non-mated searches cannot support,
+    with the number it needs (10/FPIR), or None when all are supported."""
+    short = sorted(
+        (float(f) for f in set(fpirs) if searches < min_searches_for_fpir(f)), reverse=True
+    )
+    if not short:
+        return None
+    needs = ", ".join(f"FPIR {f:g} (needs 10/{f:g} = {min_searches_for_fpir(f)})" for f in short)
+    return (
+        f"the calibration set has {searches} non-mated searches, too few for {needs}: those "
+        'thresholds are kept but marked "supported": false, and the FPIR they realise is noisy'
+    )
 
 
 def calibrate_gallery(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from models.bundle import BundleError
     from models.calibration import CalibrationError
     from training.data import DataError
+    from training.export import ExportError
     from training.trainer import TrainingError
 
-    return (ConfigError, DataError, TrainingError, BundleError, CalibrationError, ValueError)
+    return (
+        ConfigError,
+        DataError,
+        TrainingError,
+        ExportError,
+        BundleError,
+        CalibrationError,
+        ValueError,
+    )
 
 
 def _run(command: str, body: Callable[[], int]) -> int:
@@ -41,6 +51,17 @@ def _run(command: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print(f"opengallery {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _warn_small_calibration(
+    command: str, searches: int, fpirs: Sequence[float], where: str = ""
+) -> None:
+    """One line on stderr when the calibration set is too small for some target FPIR."""
+    from training.calibration import calibration_shortfall
+
+    shortfall = calibration_shortfall(searches, fpirs)
+    if shortfall is not None:
+        print(f"opengallery {command}: warning: {where}{shortfall}", file=sys.stderr)
 
 
 def _parse_set(values: list[str]) -> dict[str, Any]:
@@ -90,6 +111,7 @@ def train_main(argv: Sequence[str]) -> int:
     args = _train_parser().parse_args(list(argv))
 
     def body() -> int:
+        from training.galleries import CALIBRATION_SET, FPIRS, calibration_split
         from training.trainer import load_checkpoint, train
 
         overrides = {
@@ -125,6 +147,10 @@ def train_main(argv: Sequence[str]) -> int:
             f"trained {config.loss} on {config.protocol} for {config.epochs} epochs -> "
             f"{Path(args.out)} (val accuracy {last.get('val_accuracy', float('nan')):.3f})"
         )
+        searches = len(calibration_split(run.data))
+        _warn_small_calibration(
+            "train", searches, FPIRS, f"export calibrates on the {CALIBRATION_SET}: "
+        )
         return 0
 
     return _run("train", body)
@@ -145,6 +171,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
 
     def body() -> int:
+        from training.calibration import SmallCalibrationWarning
         from training.galleries import evaluate_both
 
         target = Path(args.target)
@@ -152,12 +179,17 @@ def evaluate_main(argv: Sequence[str]) -> int:
             raise FileNotFoundError(f"{target}: no such run or bundle directory")
         if (target / "manifest.json").exists():
             from models.bundle import load_bundle
-            from training.data import load_protocol
+            from training.data import BUILTIN, DataError, load_protocol
             from training.galleries import OnnxEmbedder
 
             bundle = load_bundle(target)
             protocol = bundle.manifest.protocol
             builtin = args.data is None
+            if builtin and protocol["name"] not in BUILTIN:
+                raise DataError(
+                    f"{target} was trained on image-folder data ({protocol['name']!r}): "
+                    "pass the folder with --data ROOT"
+                )
             data = load_protocol(
                 protocol["name"] if builtin else args.data,
                 known=protocol["known"] if builtin else None,
@@ -178,12 +210,18 @@ def evaluate_main(argv: Sequence[str]) -> int:
             data = run.data
             embedder = TorchEmbedder(run.network)
             out = Path(args.out or target / "eval")
-        reports = evaluate_both(data, embedder, out)
+        with warnings.catch_warnings():
+            # said once per gallery setting below, in one line each
+            warnings.simplefilter("ignore", SmallCalibrationWarning)
+            reports = evaluate_both(data, embedder, out)
         for setting, report in reports.items():
             figures = "  ".join(
                 f"AUROC vs {kind} {m['auroc']:.4f}" for kind, m in report["open_set"].items()
             )
             print(f"{setting}: accuracy {report['closed_set_accuracy']:.4f}  {figures}")
+            fpirs = [row["fpir"] for row in report["calibration"]]
+            searches = report["counts"]["calibration"]
+            _warn_small_calibration("evaluate", searches, fpirs, f"{setting}: ")
         print(f"wrote {out / 'report.md'}")
         return 0
 
@@ -202,24 +240,38 @@ def export_main(argv: Sequence[str]) -> int:
         "--tolerance",
         type=float,
         default=1e-4,
-        help="largest allowed |onnxruntime - torch| on the parity batch",
+        help="largest allowed |onnxruntime - torch| of the L2-normalised embeddings of the "
+        "parity batch (default 1e-4)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     args = p.parse_args(list(argv))
 
     def body() -> int:
-        from training.export import export_run
+        from models.bundle import BundleExistsError
+        from training.export import ExportError, ParityError, export_run
 
-        bundle = export_run(
-            args.run,
-            args.out,
-            name=args.name,
-            version=args.version,
-            tolerance=args.tolerance,
-            overwrite=args.overwrite,
-        )
+        try:
+            bundle = export_run(
+                args.run,
+                args.out,
+                name=args.name,
+                version=args.version,
+                tolerance=args.tolerance,
+                overwrite=args.overwrite,
+            )
+        except BundleExistsError:
+            raise ExportError(
+                f"{args.out}: already exists and is not empty; pass --overwrite to replace it"
+            ) from None
+        except ParityError as error:
+            raise ExportError(
+                f"{error}: nothing written; if that difference is acceptable, pass a larger "
+                "--tolerance"
+            ) from None
         m = bundle.manifest
         print(f"wrote {bundle.path} ({m.model_id}, parity max |diff| {m.parity_max_abs_diff:.2e})")
+        fpirs = [row["fpir"] for row in m.calibration]
+        _warn_small_calibration("export", m.extra["calibration_searches"], fpirs)
         return 0
 
     return _run("export", body)

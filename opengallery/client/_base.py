@@ -400,6 +400,21 @@ def job_deadline_passed(job: Job, deadline: float | None, timeout: float | None)
         )
 
 
+def service_url(url: str) -> str:
+    """The base URL without its trailing `/`; ValueError unless it is http(s)://HOST[...].
+
+    Checked before any request: without a scheme ("localhost:8000") httpx would fail later
+    with an error about an unsupported protocol that does not name the URL given.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in {"http", "https"} or not rest.strip("/"):
+        raise ValueError(
+            f"the service URL must start with http:// or https:// and name a host, "
+            f"got {url!r} (e.g. http://127.0.0.1:8000)"
+        )
+    return url.rstrip("/")
+
+
 class ClientBase:
     """The conventions: base URL, key header, timeouts, and when to send a request again."""
 
@@ -415,7 +430,7 @@ class ClientBase:
     ) -> None:
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must not be negative")
-        self.url = url.rstrip("/")
+        self.url = service_url(url)
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import inspect
 import io
+import re
 import socket
 import subprocess
 import sys
@@ -414,3 +415,15 @@ def test_the_service_extra_includes_the_client_extra() -> None:
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     extras = project["project"]["optional-dependencies"]
     assert set(extras["client"]) <= set(extras["service"])
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "localhost://8000", "ftp://og.test", "http://"])
+def test_a_base_url_without_http_is_refused_before_any_request(url: str) -> None:
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(200))
+    with pytest.raises(ValueError, match="http:// or https://.*" + re.escape(f"got {url!r}")):
+        Client(url, "k", transport=transport)
+    with pytest.raises(ValueError, match=re.escape(f"got {url!r}")):
+        AsyncClient(url, "k")
+    assert sent == []
+    assert Client("HTTPS://og.test/", "k", transport=transport).url == "HTTPS://og.test"

@@ -119,3 +119,78 @@ def test_a_folder_name_the_service_refuses_is_reported_per_file(
     failed = [line for line in out.splitlines() if line.startswith("  failed: ")]
     assert len(failed) == 1 and str(bad / "1.png") in failed[0] and "422" in failed[0]
     assert sample_counts(server) == {"José": 3, "ana": 2, "bo": 1}
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "localhost://8000", "ftp://host", "http://"])
+def test_a_url_without_http_is_refused_in_one_line(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "people"
+    make_folder(folder)
+    assert enroll_main(["--url", url, "--api-key", "k", "--gallery", "g", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"got {url!r}" in captured.err and "http:// or https://" in captured.err
+    assert "UnsupportedProtocol" not in captured.err and "unsupported protocol" not in captured.err
+
+
+def test_every_format_the_service_reads_is_enrolled_nested_folders_too(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "people"
+    layout = {
+        "ana/a.gif": "GIF",
+        "ana/b.BMP": "BMP",
+        "ana/c.tiff": "TIFF",
+        "ana/d.tif": "TIFF",
+        "ana/e.webp": "WEBP",
+        "ana/f.ppm": "PPM",
+        "bo/2024/summer/g.jpg": "JPEG",
+        "bo/2024/h.png": "PNG",
+    }
+    for seed, (name, image_format) in enumerate(layout.items()):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(io.BytesIO(png_bytes(seed))).convert("RGB").save(path, format=image_format)
+    (folder / "bo" / "2024" / "notes.txt").write_text("not an image")
+    (folder / "README.md").write_text("outside any subject folder")
+    assert enroll(server, folder) == 0
+    out = capsys.readouterr().out
+    assert "8 enrolled, 0 already enrolled, 0 rejected, 0 failed, 2 skipped (2 subjects" in out
+    assert f"skipped: {folder / 'README.md'}: not in a subject folder" in out
+    assert f"skipped: {folder / 'bo' / '2024' / 'notes.txt'}: not an image format" in out
+    assert sample_counts(server) == {"ana": 6, "bo": 2}
+
+
+def test_the_image_suffixes_are_those_of_the_formats_the_service_reads() -> None:
+    from PIL import Image
+
+    from opengallery.enroll import IMAGE_SUFFIXES
+    from service.core.images import ALLOWED_FORMATS
+
+    registered = Image.registered_extensions()
+    service_reads = {suffix for suffix, name in registered.items() if name in ALLOWED_FORMATS}
+    assert service_reads == IMAGE_SUFFIXES
+
+
+def test_a_subject_whose_images_are_all_rejected_is_not_left_behind(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "people"
+    make_folder(folder)
+    for subject in ("ghost", "kept"):
+        (folder / subject).mkdir()
+        (folder / subject / "broken.png").write_bytes(png_bytes(8)[:60])
+    # "kept" existed before this run, empty: not this run's to delete.
+    httpx.put(f"{server.url}/v1/galleries/g/subjects/kept", headers=HEADERS)
+    assert enroll(server, folder) == 1
+    out = capsys.readouterr().out
+    assert "6 enrolled, 0 already enrolled, 2 rejected, 0 failed" in out
+    assert f"rejected: {folder / 'ghost' / 'broken.png'}" in out
+    assert sample_counts(server) == {"José": 3, "ana": 2, "bo": 1, "kept": 0}
+    ghost = httpx.get(f"{server.url}/v1/galleries/g/subjects/ghost", headers=HEADERS)
+    assert ghost.status_code == 404

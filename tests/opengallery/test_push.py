@@ -78,3 +78,30 @@ def test_push_migrates_a_gallery_whose_name_needs_quoting(
         assert push(server, str(bundle.path), "--migrate", gallery) == 0
         assert f"gallery {gallery!r} now answers with random@2" in capsys.readouterr().err
         assert client.get_gallery(gallery).model == "random@2"
+
+
+def test_push_refuses_a_url_without_http(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = make_random_bundle(tmp_path / "b", seed=1, embedding_dim=DIM, version="2")
+    assert push_main([str(bundle.path), "--url", "localhost:8000", "--api-key", "k"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "got 'localhost:8000'" in err and "http://" in err
+
+
+def test_pushing_a_migration_again_is_harmless(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(server.url, ADMIN_KEY) as client:
+        client.create_gallery("faces")
+        client.put_subject("faces", "a")
+        client.enroll("faces", "a", images=[png_bytes(1)])
+        bundle = make_random_bundle(tmp_path / "v2", seed=5, embedding_dim=DIM, version="2")
+        assert push(server, str(bundle.path), "--migrate", "faces") == 0
+        assert "now answers with random@2" in capsys.readouterr().err
+        assert push(server, str(bundle.path), "--migrate", "faces") == 0
+        captured = capsys.readouterr()
+        assert captured.out.strip() == "random@2"
+        assert "gallery 'faces' already uses random@2" in captured.err
+        assert "already_on_model" not in captured.err
+        assert client.get_gallery("faces").model == "random@2"

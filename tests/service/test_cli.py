@@ -43,7 +43,8 @@ def test_keys_create_prints_a_working_key_stored_hashed(
     tmp_path: Path, bundle_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     data_dir = tmp_path / "data"
-    assert cli.keys_main(["create", "--scope", "client", "--data-dir", str(data_dir)]) == 0
+    create = ["create", "--scope", "client", "--data-dir", str(data_dir)]
+    assert cli.keys_main([*create, "--create"]) == 0
     key = capsys.readouterr().out.strip()
     assert key.startswith("og_") and len(key) > 40
     database = (data_dir / "opengallery.sqlite3").read_bytes()
@@ -60,6 +61,22 @@ def test_keys_create_prints_a_working_key_stored_hashed(
         assert httpx.get(f"{server.url}/v1/galleries", headers=as_client).status_code == 200
         forbidden = httpx.post(f"{server.url}/v1/galleries", json={"name": "g"}, headers=as_client)
         assert forbidden.status_code == 403
+    # The database exists now: no --create needed for the next key.
+    assert cli.keys_main(create) == 0
+    assert capsys.readouterr().out.strip().startswith("og_")
+
+
+def test_keys_create_refuses_a_data_dir_without_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for data_dir in (tmp_path / "mistyped", tmp_path):  # missing, and existing but no database
+        assert cli.keys_main(["create", "--data-dir", str(data_dir)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert f"no database at sqlite:///{data_dir}/opengallery.sqlite3" in captured.err
+        assert "--create" in captured.err
+    assert not (tmp_path / "mistyped").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generated_admin_key_is_printed_once(

@@ -16,7 +16,9 @@ from training.calibration import SmallCalibrationWarning, calibrate_gallery, cal
 def test_calibration_table_by_hand_marks_small_samples() -> None:
     scores = np.array([0.9, 0.8, 0.8, 0.7])
     with pytest.warns(
-        SmallCalibrationWarning, match=r"4 non-mated searches; FPIR \[0\.25, 0\.5, 1\.0\].*up to 40"
+        SmallCalibrationWarning,
+        match=r"4 non-mated searches, too few for FPIR 1 \(needs 10/1 = 10\), "
+        r"FPIR 0\.5 \(needs 10/0\.5 = 20\), FPIR 0\.25 \(needs 10/0\.25 = 40\)",
     ):
         rows = calibration_table(scores, fpirs=(0.5, 0.25, 1.0))
     assert rows == [

@@ -160,7 +160,7 @@ def test_keys_create_uses_the_database_url_from_the_environment(
     database = tmp_path / "chosen" / "keys.sqlite3"
     monkeypatch.setenv("OPENGALLERY_DATABASE_URL", f"sqlite:///{database}")
     data_dir = tmp_path / "data"
-    assert cli.keys_main(["create", "--data-dir", str(data_dir)]) == 0
+    assert cli.keys_main(["create", "--data-dir", str(data_dir), "--create"]) == 0
     assert database.is_file() and not (data_dir / "opengallery.sqlite3").exists()
     store = open_store(f"sqlite:///{database}")
     try:
