@@ -6,20 +6,31 @@ test_subject_search.py on both backends)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from models.bundle import load_bundle
 from models.scoring import decide
+from models.testing import make_random_bundle
 from service import cli
 from service.api.app import create_app
 from service.index import IndexConfigError, IndexContents, IndexUnavailable, open_index
 from service.index import milvus as milvus_module
-from service.index.milvus import MilvusBackend
+from service.index.milvus import MilvusBackend, MilvusConfig
 from service.settings import Settings
 from service.testing import free_port
 from service.testing_engines import MilvusServer
+
+from ..redeploy import (
+    distinguishing_probes,
+    enrol_images,
+    enrolled_images,
+    identify_images,
+    wait_job,
+)
 
 DIM = 8
 SECRET = "s3cr3t-pw"
@@ -245,3 +256,36 @@ def test_requests_answer_503_index_unavailable_while_milvus_is_down(settings: Se
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["code"] == "index_unavailable" and "retry later" in error["message"]
+
+
+def test_a_gallery_on_milvus_migrates_into_a_new_collection(
+    settings: Settings, milvus_url: str, tmp_path: Path
+) -> None:
+    new_bundle = tmp_path / "random-2"
+    make_random_bundle(new_bundle, seed=5, embedding_dim=16, version="2")
+    old, new = load_bundle(settings.model), load_bundle(new_bundle)
+    images = enrolled_images(8, 2)
+    probes, old_expected, new_expected = distinguishing_probes(old, new, images, count=4)
+
+    def tops(client: TestClient) -> list[str]:
+        response = identify_images(client, "g", probes)
+        assert response.status_code == 200, response.text
+        return [r["candidates"][0]["subject_id"] for r in response.json()["results"]]
+
+    with TestClient(create_app(settings.model_copy(update={"index_url": milvus_url}))) as client:
+        client.headers["X-API-Key"] = ADMIN_KEY
+        assert client.post("/v1/galleries", json={"name": "g"}).status_code == 201
+        enrol_images(client, "g", images)
+        assert tops(client) == old_expected
+        assert client.post("/v1/models", json={"path": str(new_bundle)}).status_code == 201
+        started = client.post("/v1/galleries/g/migrate", json={"model": "random@2"})
+        assert started.status_code == 202, started.text
+        assert wait_job(client, started.json()["job_id"])["status"] == "succeeded"
+        assert tops(client) == new_expected
+    config = MilvusConfig(milvus_url)
+    backend = MilvusBackend(milvus_url)
+    try:
+        collections = set(backend.connection.client.list_collections())
+    finally:
+        backend.close()
+    assert config.collection_name("g", "random@2") in collections
