@@ -3,7 +3,8 @@
 Everything is copied with its ids, versions and timestamps (sample ids and key ids are seen
 by clients), from one read snapshot of the SQLite file into one PostgreSQL transaction: the
 target holds all of it or none of it. The identity sequences then continue after the copied
-ids. A target holding anything is refused.
+ids. A target holding anything is refused, and so is a source holding tables or columns this
+copy does not know (written by a later release): nothing is left behind silently.
 """
 
 from __future__ import annotations
@@ -85,6 +86,26 @@ def _sqlite_rows(connection: sqlite3.Connection, table: str, columns: tuple[str,
         yield from rows
 
 
+def _unknown_data(connection: sqlite3.Connection) -> list[str]:
+    """Tables and columns of the SQLite file that this copy would leave behind."""
+    known = dict(TABLES)
+    unknown = []
+    tables = [
+        row[0]
+        for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name"
+        )
+    ]
+    for table in tables:
+        if table not in known:
+            unknown.append(table)
+            continue
+        columns = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+        unknown += [f"{table}.{column}" for column in columns if column not in known[table]]
+    return unknown
+
+
 def _sqlite_sequence(connection: sqlite3.Connection, table: str) -> int:
     """The last id SQLite handed out for an AUTOINCREMENT table (0 if none): ids of rows
     deleted since are not handed out again, on either side of the copy."""
@@ -125,6 +146,12 @@ def copy_sqlite_to_postgres(
         ) from None
     with closing(source), target:
         source.execute("BEGIN")
+        unknown = _unknown_data(source)
+        if unknown:
+            raise StoreConfigError(
+                f"{sqlite_file} holds data this copy does not know ({', '.join(unknown)}): "
+                "copy it with the opengallery release that wrote it"
+            )
         with target.transaction():
             # Nothing else may write while we copy (a service started too early, a second copy).
             for table, _ in TABLES:

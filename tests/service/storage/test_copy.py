@@ -4,6 +4,7 @@ record for record through the store protocols; a non-empty target is refused unt
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,22 @@ def test_copy_refuses_what_it_cannot_copy_in_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err and SECRET not in err
     assert not (tmp_path / "missing.sqlite3").exists()  # nothing created on the way
+
+
+def test_copy_refuses_a_source_with_data_it_does_not_know(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture
+) -> None:
+    """A table or column a later release added would be left behind: refused, target empty."""
+    sqlite_file = tmp_path / "og.sqlite3"
+    source = open_store(f"sqlite:///{sqlite_file}")
+    populate(source)
+    source.close()
+    with sqlite3.connect(sqlite_file) as connection:
+        connection.execute("ALTER TABLE api_keys ADD COLUMN revoked TEXT")
+        connection.execute("CREATE TABLE calibration_sets (id INTEGER PRIMARY KEY)")
+    assert main(["db", "copy", "--from", f"sqlite:///{sqlite_file}", "--to", postgres_url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "does not know (api_keys.revoked, calibration_sets)" in err
+    with psycopg.connect(postgres_url) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM galleries").fetchone() == (0,)
