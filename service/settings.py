@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(16 * MiB, gt=0)
     max_image_pixels: int = Field(25_000_000, gt=0)
     max_items_per_request: int = Field(64, gt=0, description="images/embeddings per request")
+    max_bulk_items: int = Field(
+        5000, gt=0, description="items per bulk enrolment (POST /v1/galleries/{g}/samples)"
+    )
     max_top_k: int = Field(100, gt=0)
     max_metadata_bytes: int = Field(16 * 1024, gt=0)
     max_page_size: int = Field(1000, gt=0)

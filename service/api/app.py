@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         galleries.router,
         subjects.router,
         samples.router,
+        samples.gallery_router,
         recognition.router,
         models.router,
         migrations.router,

@@ -44,6 +44,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
     # resources and their state
     "not_found": 404,
+    "subject_not_found": 404,
     "already_exists": 409,
     "conflict": 409,
     "model_unavailable": 409,

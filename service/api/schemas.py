@@ -129,6 +129,36 @@ class SamplesOut(BaseModel):
     samples: list[SampleOutcomeOut]
 
 
+class BulkItemIn(Strict):
+    subject_id: str = Field(description="the subject (checked per item: a bad id rejects its item)")
+    embedding: list[float] | None = Field(None, description="an embedding of the model")
+    image: str | None = Field(None, description="a base64-encoded image file")
+
+
+class BulkSamplesJson(Strict):
+    items: list[BulkItemIn] = Field(
+        description="samples of any subjects, one of `embedding` or `image` each; at most "
+        "OPENGALLERY_MAX_BULK_ITEMS (default 5000) per request"
+    )
+    create_subjects: bool = Field(
+        False, description="create unknown subjects; else their items are `subject_not_found`"
+    )
+
+
+class BulkOutcomeOut(BaseModel):
+    subject_id: str
+    sample_id: int | None
+    status: Literal["enrolled", "rejected"]
+    reason: str | None = None
+    code: str | None = None
+    duplicate: bool = Field(False, description="the subject already had this content")
+
+
+class BulkSamplesOut(BaseModel):
+    model: str
+    samples: list[BulkOutcomeOut] = Field(description="one per item, in the order sent")
+
+
 # -- recognition --
 class IdentifyJson(Strict):
     images: list[str] | None = Field(None, description="base64-encoded probe images")

@@ -18,13 +18,15 @@ import numpy as np
 from models.scoring import DEFAULT_SCORING, check_scoring
 from service.core.calibration import check_fpir_supported, default_fpir
 from service.core.errors import ServiceError, not_found, store_errors
-from service.core.ingest import Ingest, Upload
+from service.core.ids import check_id
+from service.core.ingest import Ingest, Prepared, Upload
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.metrics import Metrics
 from service.core.models import LoadedModels
 from service.settings import Settings
 from service.storage import (
     AddedSample,
+    BulkAdded,
     GalleryRecord,
     NewSample,
     SampleRecord,
@@ -49,6 +51,28 @@ class SampleOutcome:
 class Enrolment:
     model_id: str  # the model that embedded the samples
     outcomes: list[SampleOutcome]  # one per upload, in order
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    subject_id: str
+    upload: Upload
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    subject_id: str
+    sample_id: int | None
+    status: str  # "enrolled" | "rejected"
+    reason: str | None = None
+    code: str | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class BulkEnrolment:
+    model_id: str
+    outcomes: list[BulkOutcome]  # one per item, in order
 
 
 @dataclass(frozen=True)
@@ -248,6 +272,113 @@ class Galleries:
                     np.stack([new_samples[i].embedding for i in fresh]),
                 )
             return added
+
+    def enrol_many(
+        self, gallery_name: str, items: list[BulkItem], create_subjects: bool = False
+    ) -> BulkEnrolment:
+        """Bulk enrolment: samples of many subjects in one transaction, an outcome per item.
+
+        Items are checked one by one (subject id, then the image or embedding); the good ones
+        are committed together. Without `create_subjects` an item of an unknown subject is
+        rejected with `subject_not_found`. An item repeating content that its subject has (or
+        that an earlier item gave it) reports that sample as enrolled with `duplicate`.
+        """
+        if not items:
+            raise ServiceError("no_input", "no items: send subject_id with an image or embedding")
+        limit = self.settings.max_bulk_items
+        if len(items) > limit:
+            raise ServiceError(
+                "too_many_items", f"{len(items)} items in one request; the limit is {limit}"
+            )
+        gallery = self.live.get(gallery_name)
+        outcomes: list[BulkOutcome | None] = [None] * len(items)
+        valid = []
+        for position, item in enumerate(items):
+            try:
+                check_id(item.subject_id)
+                valid.append(position)
+            except ValueError as error:
+                outcomes[position] = BulkOutcome(
+                    item.subject_id, None, "rejected", f"subject id {error}", "invalid_id"
+                )
+        for _ in range(_ENROL_ATTEMPTS):
+            active = gallery.active
+            prepared = self.ingest.prepare(active.model, [items[i].upload for i in valid])
+            usable = [(i, p) for i, p in zip(valid, prepared, strict=True) if p.vector is not None]
+            committed = self._commit_many(gallery, active, items, usable, create_subjects)
+            if committed is not None:
+                break
+        else:
+            raise ServiceError("model_changed", "the gallery changed model; retry")
+        for position, item in zip(valid, prepared, strict=True):
+            if item.rejection is not None:
+                outcomes[position] = BulkOutcome(
+                    items[position].subject_id,
+                    None,
+                    "rejected",
+                    str(item.rejection),
+                    item.rejection_code,
+                )
+        for (position, _), added in zip(usable, committed, strict=True):
+            subject_id = items[position].subject_id
+            outcomes[position] = (
+                BulkOutcome(
+                    subject_id,
+                    None,
+                    "rejected",
+                    f"subject {subject_id!r} does not exist (send create_subjects: true)",
+                    "subject_not_found",
+                )
+                if added.subject_pk is None
+                else BulkOutcome(
+                    subject_id, added.sample_id, "enrolled", duplicate=not added.created
+                )
+            )
+        done = [outcome for outcome in outcomes if outcome is not None]
+        enrolled = sum(outcome.status == "enrolled" for outcome in done)
+        self.metrics.observe_enrolment(gallery_name, enrolled, len(done) - enrolled)
+        return BulkEnrolment(active.model.model_id, done)
+
+    def _commit_many(
+        self,
+        gallery: LiveGallery,
+        active: ActiveModel,
+        items: list[BulkItem],
+        usable: list[tuple[int, Prepared]],
+        create_subjects: bool,
+    ) -> list[BulkAdded] | None:
+        """Commit the usable items in one transaction, then index the new samples; None if
+        the gallery switched model meanwhile (nothing stored then)."""
+        with gallery.lock:
+            if gallery.active is not active:
+                return None
+            if not usable:
+                return []
+            pairs = [
+                (
+                    items[position].subject_id,
+                    NewSample(
+                        content_sha256=item.content_sha256,
+                        source=item.source,
+                        embedding=item.vector,
+                        image=item.image if gallery.record.keep_images else None,
+                    ),
+                )
+                for position, item in usable
+            ]
+            with store_errors():
+                result = self.store.bulk_enrol(
+                    gallery.name, active.model.model_id, pairs, create_subjects=create_subjects
+                )
+            fresh = [i for i, added in enumerate(result.items) if added.created]
+            if fresh:
+                active.index.add_many(
+                    np.array([result.items[i].subject_pk for i in fresh], dtype=np.int64),
+                    [pairs[i][0] for i in fresh],
+                    np.array([result.items[i].sample_id for i in fresh], dtype=np.int64),
+                    np.stack([pairs[i][1].embedding for i in fresh]),
+                )
+            return result.items
 
     def delete_sample(self, gallery_name: str, subject_id: str, sample_id: int) -> None:
         gallery = self.live.get(gallery_name)

@@ -73,6 +73,16 @@ class SubjectSearch(Protocol):
         self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
     ) -> None: ...
 
+    def add_many(
+        self,
+        subject_pks: np.ndarray,
+        subject_ids: list[str],
+        sample_ids: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        """Samples of many subjects in one step (bulk enrolment): sample i belongs to the
+        subject `subject_pks[i]`, named `subject_ids[i]`."""
+
     def remove_samples(self, sample_ids: np.ndarray) -> None: ...
 
     def remove_subject(self, pk: int, sample_ids: np.ndarray) -> None: ...

@@ -201,6 +201,44 @@ class FaissSubjectIndex:
             if self._add_samples(pk, subject_id, sample_ids, vectors):
                 self._version += 1
 
+    def add_many(
+        self,
+        subject_pks: np.ndarray,
+        subject_ids: list[str],
+        sample_ids: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        subject_pks = np.asarray(subject_pks, dtype=np.int64)
+        sample_ids = np.asarray(sample_ids, dtype=np.int64)
+        with self._lock.write():
+            if self.scoring == "mean":  # each touched template is recomputed once
+                order = np.argsort(subject_pks, kind="stable")
+                boundaries = np.flatnonzero(np.diff(subject_pks[order])) + 1
+                changed = False
+                for group in np.split(order, boundaries):
+                    if len(group):
+                        pk = int(subject_pks[group[0]])
+                        name = subject_ids[group[0]]
+                        changed |= self._add_samples(pk, name, sample_ids[group], vectors[group])
+                if changed:
+                    self._version += 1
+                return
+            for pk, name in zip(subject_pks.tolist(), subject_ids, strict=True):
+                self._subject_names[pk] = name
+                self._subject_pks[name] = pk
+                self._subject_samples.setdefault(pk, set())
+            fresh = []
+            pairs = zip(subject_pks.tolist(), sample_ids.tolist(), strict=True)
+            for i, (pk, sample_id) in enumerate(pairs):
+                if sample_id not in self._sample_subject:
+                    self._sample_subject[sample_id] = pk
+                    self._subject_samples[pk].add(sample_id)
+                    fresh.append(i)
+            if not fresh:
+                return
+            self._vectors.add(sample_ids[fresh], np.asarray(vectors, dtype=np.float32)[fresh])
+            self._version += 1
+
     def _add_samples(
         self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
     ) -> bool:

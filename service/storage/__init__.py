@@ -17,6 +17,8 @@ from service.storage.protocols import GalleryStore, JobStore, KeyStore, ModelSto
 from service.storage.records import (
     AddedSample,
     ApiKeyRecord,
+    BulkAdded,
+    BulkEnrolled,
     GalleryEmbeddings,
     GalleryRecord,
     JobRecord,
@@ -30,6 +32,8 @@ __all__ = [
     "AddedSample",
     "AlreadyExistsError",
     "ApiKeyRecord",
+    "BulkAdded",
+    "BulkEnrolled",
     "GalleryEmbeddings",
     "GalleryRecord",
     "GalleryStore",

@@ -59,6 +59,22 @@ class AddedSample:
 
 
 @dataclass(frozen=True)
+class BulkAdded:
+    """One item of a bulk enrolment: where it went, or `subject_pk` None when its subject
+    does not exist (and was not to be created)."""
+
+    subject_pk: int | None
+    sample_id: int | None
+    created: bool  # False for content the subject already had (or an earlier item of the call)
+
+
+@dataclass(frozen=True)
+class BulkEnrolled:
+    items: list[BulkAdded]  # in the order given
+    version: int  # the gallery's version after the call (bumped only if something was added)
+
+
+@dataclass(frozen=True)
 class GalleryEmbeddings:
     """Everything needed to (re)build a gallery's index for one model."""
 

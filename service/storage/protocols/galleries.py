@@ -14,6 +14,7 @@ import numpy as np
 
 from service.storage.records import (
     AddedSample,
+    BulkEnrolled,
     GalleryEmbeddings,
     GalleryRecord,
     NewSample,
@@ -74,11 +75,19 @@ class GalleryStore(ABC):
 
     @abstractmethod
     def bulk_enrol(
-        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
-    ) -> int:
-        """Create subjects as needed and add one sample each, in one transaction (imports and
-        benchmarks; the running service must be restarted to index them). Returns the new
-        gallery version."""
+        self,
+        gallery: str,
+        model_id: str,
+        items: Sequence[tuple[str, NewSample]],
+        *,
+        create_subjects: bool = True,
+    ) -> BulkEnrolled:
+        """(subject_id, sample) pairs in ONE transaction, committed when this returns.
+
+        Subjects that do not exist are created (with empty metadata) when `create_subjects`,
+        else their items are reported with `subject_pk` None and nothing is added for them.
+        Content a subject already has (or that an earlier item of the call added) is not
+        added again: the item reports the existing sample with `created=False`."""
 
     @abstractmethod
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:

@@ -156,3 +156,28 @@ def test_open_index_names_what_it_supports() -> None:
     with pytest.raises(IndexConfigError, match="'redis'") as error:
         open_index("redis://user:secret@host")
     assert "secret" not in str(error.value)
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean"])
+def test_add_many_equals_adding_subject_by_subject(scoring: str) -> None:
+    rng = np.random.default_rng(11)
+    pks = rng.integers(1, 30, size=120)
+    vectors = unit(rng, 120)
+    sample_ids = np.arange(1, 121)
+    one_by_one = FaissSubjectIndex(DIM, scoring)
+    for pk, sample_id, vector in zip(pks, sample_ids, vectors, strict=True):
+        one_by_one.add_samples(int(pk), f"s{pk}", np.array([sample_id]), vector[None, :])
+    at_once = FaissSubjectIndex(DIM, scoring)
+    at_once.add_many(pks, [f"s{pk}" for pk in pks], sample_ids, vectors)
+    at_once.add_many(pks[:5], [f"s{pk}" for pk in pks[:5]], sample_ids[:5], vectors[:5])  # again
+    queries = unit(rng, 20)
+    expected, got = one_by_one.search(queries, 7), at_once.search(queries, 7)
+    assert [[c.subject_id for c in row] for row in got] == [
+        [c.subject_id for c in row] for row in expected
+    ]
+    np.testing.assert_allclose(
+        [[c.score for c in row] for row in got],
+        [[c.score for c in row] for row in expected],
+        atol=1e-6,
+    )
+    assert (at_once.sample_count, at_once.subject_count) == (120, len(set(pks.tolist())))

@@ -20,6 +20,7 @@ import pytest
 
 from service.storage import (
     AlreadyExistsError,
+    BulkAdded,
     NewSample,
     NotFoundError,
     Store,
@@ -271,7 +272,7 @@ def test_list_samples_and_delete_sample(store: Store, gallery: str) -> None:
 
 def test_bulk_enrol_creates_subjects_and_skips_known_content(store: Store, gallery: str) -> None:
     store.put_subject(gallery, "a", {"keep": True})
-    store.add_samples(gallery, "a", OLD, [sample([1, 0])])
+    _, first, _ = store.add_samples(gallery, "a", OLD, [sample([1, 0])])
     items = [
         ("a", sample([1, 0])),  # already enrolled for a
         ("a", sample([0, 1])),
@@ -279,14 +280,48 @@ def test_bulk_enrol_creates_subjects_and_skips_known_content(store: Store, galle
         ("new", sample([0.6, 0.8])),  # twice in one call
         ("other", sample([1, 0])),
     ]
-    version = store.bulk_enrol(gallery, OLD, items)
-    assert version == 3 == version_of(store)
+    result = store.bulk_enrol(gallery, OLD, items)
+    assert result.version == 3 == version_of(store)
     assert [s.sample_count for s in store.list_subjects(gallery, 10, None)] == [2, 1, 1]
     assert store.get_subject(gallery, "a").metadata == {"keep": True}  # type: ignore[union-attr]
     assert store.get_subject(gallery, "new").metadata == {}  # type: ignore[union-attr]
+    a, new, other = (store.get_subject(gallery, name) for name in ("a", "new", "other"))
+    assert [item.created for item in result.items] == [False, True, True, False, True]
+    assert [item.subject_pk for item in result.items] == [
+        a.pk,  # type: ignore[union-attr]
+        a.pk,  # type: ignore[union-attr]
+        new.pk,  # type: ignore[union-attr]
+        new.pk,  # type: ignore[union-attr]
+        other.pk,  # type: ignore[union-attr]
+    ]
+    # A repeat names the sample that holds the content.
+    assert result.items[0].sample_id == first[0].sample_id
+    assert result.items[3].sample_id == result.items[2].sample_id
+    listed = {
+        s.sample_id for name in ("a", "new", "other") for s in store.list_samples(gallery, name)
+    }
+    assert {item.sample_id for item in result.items} == listed
+    # Everything again: nothing added, the version stays.
+    again = store.bulk_enrol(gallery, OLD, items)
+    assert again.version == 3 and not any(item.created for item in again.items)
+    assert [item.sample_id for item in again.items] == [item.sample_id for item in result.items]
     with pytest.raises(NotFoundError) as error:
         store.bulk_enrol("nope", OLD, items)
     assert_not_found(error, "gallery", "nope")
+
+
+def test_bulk_enrol_without_creating_subjects_reports_the_missing(
+    store: Store, gallery: str
+) -> None:
+    store.put_subject(gallery, "a", None)
+    result = store.bulk_enrol(
+        gallery, OLD, [("ghost", sample([1, 0])), ("a", sample([0, 1]))], create_subjects=False
+    )
+    assert result.items[0] == BulkAdded(None, None, created=False)
+    assert result.items[1].created and result.version == version_of(store)
+    assert store.get_subject(gallery, "ghost") is None
+    nothing = store.bulk_enrol(gallery, OLD, [("ghost", sample([1, 1]))], create_subjects=False)
+    assert nothing.version == result.version  # nothing added: no bump
 
 
 def test_load_embeddings_is_exact_and_per_model(store: Store, gallery: str) -> None:
@@ -348,7 +383,7 @@ def test_every_mutation_of_a_gallery_bumps_its_version_once(store: Store, galler
     store.get_subject(gallery, "a"), store.list_subjects(gallery, 10, None)
     store.list_samples(gallery, "a"), store.load_embeddings(gallery, OLD)
     unchanged()
-    bumped(store.bulk_enrol(gallery, OLD, [("b", sample([1, 1], b"i3"))]))
+    bumped(store.bulk_enrol(gallery, OLD, [("b", sample([1, 1], b"i3"))]).version)
     sample_id = store.list_samples(gallery, "b")[0].sample_id
     bumped(store.delete_sample(gallery, "b", sample_id)[1])
     missing = store.images_missing_embedding(gallery, NEW, 0, 100)
