@@ -12,6 +12,7 @@
 """
 
 from opengallery.client._async import AsyncClient
+from opengallery.client._base import BulkItem
 from opengallery.client._sync import Client
 from opengallery.client.errors import (
     CONNECTION_ERROR,
@@ -21,6 +22,8 @@ from opengallery.client.errors import (
     OpenGalleryError,
 )
 from opengallery.client.types import (
+    BulkEnrolment,
+    BulkOutcome,
     Candidate,
     CreatedKey,
     Enrolment,
@@ -46,6 +49,9 @@ __all__ = [
     "INVALID_RESPONSE",
     "TIMEOUT",
     "AsyncClient",
+    "BulkEnrolment",
+    "BulkItem",
+    "BulkOutcome",
     "Candidate",
     "Client",
     "CreatedKey",

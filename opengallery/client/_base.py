@@ -8,6 +8,7 @@ and turning answers into results or `OpenGalleryError` happen here.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import email.utils
 import math
@@ -29,6 +30,7 @@ from opengallery.client.errors import (
     OpenGalleryError,
 )
 from opengallery.client.types import (
+    BulkEnrolment,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -218,6 +220,33 @@ def enroll(
     if embeddings is not None and images is None:
         return Call("POST", url, Enrolment.from_json, json={"embeddings": vectors(embeddings)})
     raise neither_or_both("images", "embeddings")
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One sample of a bulk enrolment: a subject id with an image or an embedding."""
+
+    subject_id: str
+    image: ImageInput | None = None
+    embedding: Embedding | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if (self.image is None) == (self.embedding is None):
+            raise neither_or_both("image", "embedding")
+        if self.embedding is not None:
+            return {"subject_id": self.subject_id, "embedding": vector(self.embedding)}
+        data = image_part("image", self.image, 0)[1][1]  # type: ignore[arg-type]
+        return {"subject_id": self.subject_id, "image": base64.b64encode(data).decode("ascii")}
+
+
+def enroll_many(
+    gallery: str, items: Sequence[BulkItem], create_subjects: bool
+) -> Call[BulkEnrolment]:
+    # Content a subject already holds is answered with the existing sample: repeatable.
+    body = {"items": [item.to_json() for item in items], "create_subjects": create_subjects}
+    return Call(
+        "POST", path("v1", "galleries", gallery, "samples"), BulkEnrolment.from_json, json=body
+    )
 
 
 def delete_sample(gallery: str, subject_id: str, sample_id: int) -> Call[None]:

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 import httpx
 
 from opengallery.client import _base as calls
-from opengallery.client._base import Call, ClientBase, Embedding, ImageInput
+from opengallery.client._base import BulkItem, Call, ClientBase, Embedding, ImageInput
 from opengallery.client.types import (
+    BulkEnrolment,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -160,6 +161,19 @@ class Client(ClientBase):
         enrolled for the subject is answered with the existing sample (`duplicate`).
         """
         return self._send(calls.enroll(gallery, subject_id, images, embeddings))
+
+    def enroll_many(
+        self, gallery: str, items: Sequence[BulkItem], *, create_subjects: bool = False
+    ) -> BulkEnrolment:
+        """Bulk enrolment: samples of many subjects in one request and one transaction.
+
+        Each item (`BulkItem(subject_id, image=... | embedding=...)`) gets an outcome in
+        order; unknown subjects are `subject_not_found` unless `create_subjects`. When every
+        item is rejected the service answers 422: an OpenGalleryError whose
+        `details["samples"]` lists the outcomes. The service takes at most 5000 items per
+        request by default (more is a 413).
+        """
+        return self._send(calls.enroll_many(gallery, items, create_subjects))
 
     def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> None:
         self._send(calls.delete_sample(gallery, subject_id, sample_id))

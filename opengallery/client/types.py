@@ -120,6 +120,41 @@ class Enrolment(_Result):
 
 
 @dataclass(frozen=True)
+class BulkOutcome(_Result):
+    """What happened to one item of a bulk enrolment."""
+
+    subject_id: str
+    sample_id: int | None
+    status: str  # "enrolled" or "rejected"
+    reason: str | None = None
+    code: str | None = None  # why it was rejected, e.g. subject_not_found, invalid_image
+    duplicate: bool = False  # the subject already had this content
+
+    @property
+    def enrolled(self) -> bool:
+        return self.status == "enrolled"
+
+
+@dataclass(frozen=True)
+class BulkEnrolment(_Result):
+    model: str
+    samples: list[BulkOutcome]  # in the order the items were sent
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [BulkOutcome.from_json(item) for item in data["samples"]]
+        return cls(model=data["model"], samples=samples, raw=dict(data))
+
+    @property
+    def enrolled(self) -> list[BulkOutcome]:
+        return [sample for sample in self.samples if sample.enrolled]
+
+    @property
+    def rejected(self) -> list[BulkOutcome]:
+        return [sample for sample in self.samples if not sample.enrolled]
+
+
+@dataclass(frozen=True)
 class Candidate(_Result):
     subject_id: str
     score: float

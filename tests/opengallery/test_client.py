@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from models.testing import make_random_bundle
-from opengallery.client import AsyncClient, Client, OpenGalleryError
+from opengallery.client import AsyncClient, BulkItem, Client, OpenGalleryError
 from service.api.app import create_app
 from service.settings import Settings
 from service.testing import ServerThread, free_port, png_bytes
@@ -427,3 +427,27 @@ def test_a_base_url_without_http_is_refused_before_any_request(url: str) -> None
         AsyncClient(url, "k")
     assert sent == []
     assert Client("HTTPS://og.test/", "k", transport=transport).url == "HTTPS://og.test"
+
+
+def test_enroll_many_sends_many_subjects_in_one_request(server: ServerThread) -> None:
+    with Client(server.url, ADMIN_KEY) as client:
+        client.create_gallery("bulk")
+        client.put_subject("bulk", "José")
+        items = [
+            BulkItem("José", embedding=[1.0] + [0.0] * (DIM - 1)),
+            BulkItem("a?b#c", image=png_bytes(4)),
+            BulkItem("ghost", embedding=[0.0, 1.0] + [0.0] * (DIM - 2)),
+        ]
+        without = client.enroll_many("bulk", items)
+        assert [s.status for s in without.samples] == ["enrolled", "rejected", "rejected"]
+        assert [s.code for s in without.rejected] == ["subject_not_found"] * 2
+        created = client.enroll_many("bulk", items, create_subjects=True)
+        assert [s.enrolled for s in created.samples] == [True, True, True]
+        assert created.samples[0].duplicate and not created.samples[1].duplicate
+        assert client.get_subject("bulk", "a?b#c").sample_count == 1
+        with pytest.raises(ValueError, match="exactly one of image or embedding"):
+            client.enroll_many("bulk", [BulkItem("x")])
+        with pytest.raises(OpenGalleryError) as error:
+            client.enroll_many("bulk", [BulkItem("x", embedding=[1.0])], create_subjects=True)
+        assert error.value.status == 422 and error.value.code == "invalid_embedding"
+        assert error.value.details is not None and len(error.value.details["samples"]) == 1
