@@ -13,6 +13,7 @@ Markdown table (copy into docs/benchmarks.md) and, with --out, as JSON.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import http.client
 import json
@@ -292,6 +293,62 @@ def enrolment(url: str, rng: np.random.Generator, dim: int, concurrency: int) ->
 
     run("embeddings, 64 per request", 32, embeddings_request)
     run("images, 16 per request", 32, images_request)
+
+    def bulk(name: str, bodies: list[bytes], per_request: int) -> None:
+        """Bulk enrolment of bodies encoded before the clock starts, `concurrency` at once."""
+
+        def worker(worker_id: int) -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+                for body in bodies[worker_id::concurrency]:
+                    response = client.post(
+                        "/v1/galleries/enrol/samples",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    )
+                    assert response.status_code == 201, response.text[:300]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(worker, range(concurrency)))
+        wall = time.perf_counter() - started
+        results[name] = {
+            "samples": len(bodies) * per_request,
+            "per_s": len(bodies) * per_request / wall,
+        }
+
+    def bulk_body(items: list[dict]) -> bytes:
+        return json.dumps({"items": items, "create_subjects": True}).encode()
+
+    subject = iter(range(10_000_000))
+    bulk(
+        "bulk embeddings, 5000 per request",
+        [
+            bulk_body(
+                [
+                    {"subject_id": f"b{next(subject)}", "embedding": vector}
+                    for vector in unit_vectors(rng, 5000, dim).tolist()
+                ]
+            )
+            for _ in range(8)
+        ],
+        5000,
+    )
+    bulk(
+        "bulk images, 500 per request",
+        [
+            bulk_body(
+                [
+                    {
+                        "subject_id": f"b{next(subject)}",
+                        "image": base64.b64encode(png_bytes(next(seeds))).decode("ascii"),
+                    }
+                    for _ in range(500)
+                ]
+            )
+            for _ in range(6)
+        ],
+        500,
+    )
     return results
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.core.embedder import EmbeddingRejected, check_embedding
+from service.core.embedder import EmbeddingRejected, check_embeddings
 from service.core.errors import ServiceError
 from service.core.images import ImageRejected, check_not_blank, decode_base64, decode_image
 from service.core.models import LoadedModel
@@ -64,17 +64,28 @@ class Ingest:
         prepared: list[Prepared | None] = [None] * len(uploads)
         images = []
         image_slots: list[tuple[int, bytes, str]] = []
-        for slot, upload in enumerate(uploads):
-            try:
-                if upload.embedding is not None:
-                    vector = check_embedding(upload.embedding, model.dim)
-                    raw = np.asarray(upload.embedding, dtype=np.float32).tobytes()
-                    prepared[slot] = Prepared(
-                        vector=vector,
-                        content_sha256=hashlib.sha256(raw).hexdigest(),
+        embedding_slots = [
+            slot for slot, upload in enumerate(uploads) if upload.embedding is not None
+        ]
+        if embedding_slots:
+            checked = check_embeddings(
+                [uploads[slot].embedding for slot in embedding_slots], model.dim
+            )
+            for row, slot in enumerate(embedding_slots):
+                reason = checked.rejections[row]
+                prepared[slot] = (
+                    Prepared(rejection=EmbeddingRejected(reason))
+                    if reason is not None
+                    else Prepared(
+                        vector=checked.unit[row],
+                        content_sha256=hashlib.sha256(checked.raw[row].tobytes()).hexdigest(),
                         source="embedding",
                     )
-                    continue
+                )
+        for slot, upload in enumerate(uploads):
+            if upload.embedding is not None:
+                continue
+            try:
                 data = (
                     upload.image
                     if upload.image is not None
@@ -88,7 +99,7 @@ class Ingest:
                 check_not_blank(image, model.bundle.manifest.input.color)
                 images.append(image)
                 image_slots.append((slot, data, hashlib.sha256(data).hexdigest()))
-            except (ImageRejected, EmbeddingRejected) as rejection:
+            except ImageRejected as rejection:
                 prepared[slot] = Prepared(rejection=rejection)
         if images:
             try:

@@ -96,6 +96,7 @@ class SQLiteSamples(SQLiteConnection):
                     ).fetchall()
                 )
             added: list[BulkAdded] = []
+            embeddings: list[tuple[int, str, int, bytes]] = []
             for subject_id, sample in items:
                 pk = subject_pks.get(subject_id)
                 if pk is None:
@@ -123,11 +124,13 @@ class SQLiteSamples(SQLiteConnection):
                     added.append(BulkAdded(pk, int(existing[0]), created=False))
                     continue
                 vector = np.ascontiguousarray(sample.embedding, dtype=np.float32)
-                connection.execute(
-                    "INSERT INTO embeddings (sample_id, model_id, dim, vector) VALUES (?, ?, ?, ?)",
-                    (cursor.lastrowid, model_id, int(vector.shape[0]), vector.tobytes()),
-                )
-                added.append(BulkAdded(pk, int(cursor.lastrowid or 0), created=True))
+                sample_id = int(cursor.lastrowid or 0)
+                embeddings.append((sample_id, model_id, int(vector.shape[0]), vector.tobytes()))
+                added.append(BulkAdded(pk, sample_id, created=True))
+            connection.executemany(
+                "INSERT INTO embeddings (sample_id, model_id, dim, vector) VALUES (?, ?, ?, ?)",
+                embeddings,
+            )
             if any(item.created for item in added):
                 version = self._bump(connection, gallery_pk)
             return BulkEnrolled(added, int(version))
