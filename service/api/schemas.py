@@ -149,6 +149,10 @@ class IdentifyResultOut(BaseModel):
     score: float | None = Field(description="best candidate's score; null for an empty gallery")
     threshold: float | None = Field(description="decision threshold; null for an empty gallery")
     fpir: float = Field(description="the FPIR the threshold is calibrated for (or estimated at)")
+    fpir_upper: float = Field(
+        description="one-sided 95% upper confidence bound (Clopper-Pearson) on the FPIR the "
+        "threshold realises for strangers like the calibration set"
+    )
     candidates: list[Candidate]
 
 
@@ -179,6 +183,7 @@ class VerifyOut(BaseModel):
     score: float
     threshold: float | None
     fpir: float
+    fpir_upper: float = Field(description="95% upper confidence bound on the FPIR, as identify")
 
 
 # -- models, keys, health --

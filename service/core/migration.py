@@ -32,10 +32,10 @@ import threading
 import time
 import uuid
 
-from service.core.calibration import Calibrator, UnsupportedFPIR, check_fpir_supported
+from service.core.calibration import UnsupportedFPIR, check_fpir_supported
 from service.core.errors import ServiceError, not_found
 from service.core.images import ImageRejected, decode_image
-from service.core.live import ActiveModel, LiveGalleries, LiveGallery
+from service.core.live import LiveGalleries, LiveGallery
 from service.core.models import LoadedModel, LoadedModels
 from service.settings import Settings
 from service.storage import JobRecord, NotFoundError, Store, StoreConflict
@@ -56,13 +56,11 @@ class MigrationManager:
         store: Store,
         models: LoadedModels,
         live: LiveGalleries,
-        calibrator: Calibrator,
     ) -> None:
         self.settings = settings
         self.store = store
         self.models = models
         self.live = live
-        self.calibrator = calibrator
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -270,26 +268,20 @@ class MigrationManager:
         record = self.store.get_gallery(job.gallery)
         if record is None:  # impossible while we hold its lock
             raise NotFoundError("gallery", job.gallery)
-        index = self.live.build_index(record, target)
-        # Thresholds for the new pair before it serves, so no request pays for them (the
-        # cache is keyed on the index, and nothing writes this gallery while we hold its lock).
-        try:
-            self.calibrator.for_fpir(index, target.calibration, record.fpir)
-        except Exception as error:  # an unsupported FPIR is reported per request anyway
-            logger.warning("job %s: thresholds not precomputed: %s", job.job_id, error)
+        # The new index and its calibration (searched once, with the gallery's default FPIR's
+        # threshold) before the pair serves: no request pays for them.
+        active = self.live.build_active(record, target)
         version = self.store.switch_gallery_model(
             job.gallery, job.source_model, target.model_id, None
         )
         # Committed: from here on nothing may fail before memory follows the store.
-        self.live.swap(
-            live, dataclasses.replace(record, version=version), ActiveModel(target, index)
-        )
+        self.live.swap(live, dataclasses.replace(record, version=version), active)
         logger.info(
             "job %s: gallery %r now answers with %s (%d samples)",
             job.job_id,
             job.gallery,
             target.model_id,
-            index.sample_count,
+            active.index.sample_count,
         )
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from models.registry import ModelRegistry as BundleDirectory
 from service.core.bundles import bundle_directory, keep_default, load_registered
-from service.core.calibration import Calibrator
 from service.core.galleries import Galleries
 from service.core.ingest import Ingest
 from service.core.keys import Authenticator, ensure_admin_key
@@ -73,10 +72,9 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         live.load_all()
         metrics.gallery_sizes = live.sizes
         ingest = Ingest(settings)
-        calibrator = Calibrator()
         galleries = Galleries(settings, store, models, live, ingest, metrics)
-        recognition = Recognition(settings, store, live, ingest, calibrator, metrics)
-        migrations = MigrationManager(settings, store, models, live, calibrator)
+        recognition = Recognition(settings, store, live, ingest, metrics)
+        migrations = MigrationManager(settings, store, models, live)
         migrations.resume_pending()
     except BaseException:
         models.close()
