@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.calibration import min_searches_for_fpir
 from service.core.calibration import GalleryCalibration
 from service.core.errors import ServiceError, not_found
 from service.core.models import LoadedModel, LoadedModels
@@ -88,7 +89,16 @@ class LiveGalleries:
     def build_calibration(
         self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch
     ) -> GalleryCalibration:
-        return GalleryCalibration(index, model.calibration, "bundle", warm_fpir=record.fpir)
+        probes, source = self.calibration_set(record, model)
+        return GalleryCalibration(index, probes, source, warm_fpir=record.fpir)
+
+    def calibration_set(self, record: GalleryRecord, model: LoadedModel) -> tuple[np.ndarray, str]:
+        """The gallery's own calibration set embedded by `model` once it is large enough for
+        the gallery's FPIR (10 / fpir searches), else the bundle's."""
+        own = self.store.load_calibration(record.name, model.model_id)
+        if len(own.sample_ids) and len(own.sample_ids) >= min_searches_for_fpir(record.fpir):
+            return own.vectors.reshape(-1, model.dim), "gallery"
+        return model.calibration, "bundle"
 
     def build_index(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
         """The index of `record` for `model`, from the embeddings stored for that model."""

@@ -3,7 +3,8 @@
 Random sequences of enrolments, sample deletions and subject deletions, for "max" and "mean"
 scoring, applied to a real index and its `GalleryCalibration`; after every step the thresholds
 equal the brute-force rule (`models.scoring.SubjectScorer` top-1 of every calibration probe,
-then `models.calibration.threshold_for_fpir`), and the kept scores equal a full rebuild's.
+then `models.calibration.threshold_for_fpir`) within float32 rounding, and the kept scores
+equal a full rebuild's.
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ def check(gallery: Gallery) -> None:
     all_scores = scorer_scores.scores(gallery.probes)
     for row, subject in enumerate(kept.subjects):
         assert all_scores[row, columns[subject]] == pytest.approx(kept.scores[row], abs=1e-6)
-    # A calibration from scratch on the same index keeps the very same scores.
+    # A calibration from scratch on the same index keeps the same scores (to the last bits:
+    # where two subjects tie within float32 rounding, either may be found best).
     rebuilt = GalleryCalibration(gallery.index, gallery.probes, "bundle")
-    np.testing.assert_array_equal(rebuilt.kept.scores, kept.scores)
+    np.testing.assert_allclose(rebuilt.kept.scores, kept.scores, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("scoring", ["max", "mean"])
