@@ -13,6 +13,8 @@ import httpx
 from opengallery.client import _base as calls
 from opengallery.client._base import Call, ClientBase, Embedding, ImageInput
 from opengallery.client.types import (
+    Calibration,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -148,6 +150,28 @@ class AsyncClient(ClientBase):
 
     async def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> None:
         await self._send(calls.delete_sample(gallery, subject_id, sample_id))
+
+    # -- the gallery's own calibration set --
+    async def add_calibration_samples(
+        self,
+        gallery: str,
+        images: Sequence[ImageInput] | None = None,
+        embeddings: Sequence[Embedding] | None = None,
+    ) -> CalibrationUpload:
+        """Add non-mated probes (people NOT enrolled, from the deployment) to the gallery's
+        own calibration set (admin). Each is accepted or rejected with a reason; content
+        already in the set is not added twice. The set replaces the bundle's once it holds
+        `calibration.needed` probes. All rejected: an OpenGalleryError (422)."""
+        return await self._send(calls.add_calibration_samples(gallery, images, embeddings))
+
+    async def get_calibration(self, gallery: str) -> Calibration:
+        """The calibration the gallery answers with: source, size, thresholds, fpir_upper."""
+        return await self._send(calls.get_calibration(gallery))
+
+    async def delete_calibration(self, gallery: str) -> Calibration:
+        """Delete the gallery's own set: back to the bundle's (admin). Refused (409
+        calibration_required) when the bundle's set cannot support the gallery's FPIR."""
+        return await self._send(calls.delete_calibration(gallery))
 
     # -- recognition --
     async def identify(

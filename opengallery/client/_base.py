@@ -29,6 +29,8 @@ from opengallery.client.errors import (
     OpenGalleryError,
 )
 from opengallery.client.types import (
+    Calibration,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -218,6 +220,27 @@ def enroll(
     if embeddings is not None and images is None:
         return Call("POST", url, Enrolment.from_json, json={"embeddings": vectors(embeddings)})
     raise neither_or_both("images", "embeddings")
+
+
+def add_calibration_samples(
+    gallery: str, images: Sequence[ImageInput] | None, embeddings: Sequence[Embedding] | None
+) -> Call[CalibrationUpload]:
+    url = path("v1", "galleries", gallery, "calibration", "samples")
+    # Content the set already holds is not added again: repeatable.
+    if images is not None and embeddings is None:
+        return Call("POST", url, CalibrationUpload.from_json, files=image_parts("images", images))
+    if embeddings is not None and images is None:
+        body = {"embeddings": vectors(embeddings)}
+        return Call("POST", url, CalibrationUpload.from_json, json=body)
+    raise neither_or_both("images", "embeddings")
+
+
+def get_calibration(gallery: str) -> Call[Calibration]:
+    return Call("GET", path("v1", "galleries", gallery, "calibration"), Calibration.from_json)
+
+
+def delete_calibration(gallery: str) -> Call[Calibration]:
+    return Call("DELETE", path("v1", "galleries", gallery, "calibration"), Calibration.from_json)
 
 
 def delete_sample(gallery: str, subject_id: str, sample_id: int) -> Call[None]:
