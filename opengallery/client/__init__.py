@@ -23,6 +23,8 @@ from opengallery.client.errors import (
 from opengallery.client.types import (
     Calibration,
     CalibrationProbe,
+    CalibrationSample,
+    CalibrationSamplePage,
     CalibrationUpload,
     Candidate,
     CreatedKey,
@@ -53,6 +55,8 @@ __all__ = [
     "AsyncClient",
     "Calibration",
     "CalibrationProbe",
+    "CalibrationSample",
+    "CalibrationSamplePage",
     "CalibrationUpload",
     "Candidate",
     "Client",

@@ -14,6 +14,8 @@ from opengallery.client import _base as calls
 from opengallery.client._base import Call, ClientBase, Embedding, ImageInput
 from opengallery.client.types import (
     Calibration,
+    CalibrationSample,
+    CalibrationSamplePage,
     CalibrationUpload,
     CreatedKey,
     Enrolment,
@@ -163,6 +165,25 @@ class AsyncClient(ClientBase):
         already in the set is not added twice. The set replaces the bundle's once it holds
         `calibration.needed` probes. All rejected: an OpenGalleryError (422)."""
         return await self._send(calls.add_calibration_samples(gallery, images, embeddings))
+
+    async def list_calibration_samples(
+        self, gallery: str, limit: int | None = None, cursor: str | None = None
+    ) -> CalibrationSamplePage:
+        """One page of the probes of the gallery's own set, by id (admin)."""
+        return await self._send(calls.list_calibration_samples(gallery, limit, cursor))
+
+    async def iter_calibration_samples(
+        self, gallery: str, page_size: int = 100
+    ) -> AsyncIterator[CalibrationSample]:
+        """Every probe of the gallery's own set, fetched a page at a time (admin)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_calibration_samples(gallery, limit=page_size, cursor=cursor)
+            for sample in page.samples:
+                yield sample
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     async def get_calibration(self, gallery: str) -> Calibration:
         """The calibration the gallery answers with: source, size, thresholds, fpir_upper."""

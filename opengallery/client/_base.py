@@ -30,6 +30,7 @@ from opengallery.client.errors import (
 )
 from opengallery.client.types import (
     Calibration,
+    CalibrationSamplePage,
     CalibrationUpload,
     CreatedKey,
     Enrolment,
@@ -233,6 +234,18 @@ def add_calibration_samples(
         body = {"embeddings": vectors(embeddings)}
         return Call("POST", url, CalibrationUpload.from_json, json=body)
     raise neither_or_both("images", "embeddings")
+
+
+def list_calibration_samples(
+    gallery: str, limit: int | None, cursor: str | None
+) -> Call[CalibrationSamplePage]:
+    params: dict[str, str | int] = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    url = path("v1", "galleries", gallery, "calibration", "samples")
+    return Call("GET", url, CalibrationSamplePage.from_json, params=params)
 
 
 def get_calibration(gallery: str) -> Call[Calibration]:

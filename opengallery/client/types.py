@@ -87,6 +87,28 @@ class Calibration(_Result):
 
 
 @dataclass(frozen=True)
+class CalibrationSample(_Result):
+    """A stored probe of a gallery's own calibration set."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    has_image: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class CalibrationSamplePage(_Result):
+    samples: list[CalibrationSample]
+    next_cursor: str | None  # pass to list_calibration_samples(cursor=...); None at the end
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [CalibrationSample.from_json(item) for item in data["samples"]]
+        return cls(samples=samples, next_cursor=data.get("next_cursor"), raw=dict(data))
+
+
+@dataclass(frozen=True)
 class CalibrationProbe(_Result):
     """What happened to one probe of a calibration upload."""
 

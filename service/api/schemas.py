@@ -182,6 +182,19 @@ class CalibrationOut(BaseModel):
     )
 
 
+class CalibrationSampleInfo(BaseModel):
+    sample_id: int
+    source: Literal["image", "embedding"]
+    content_sha256: str = Field(description="sha256 of the image bytes or the float32 embedding")
+    has_image: bool
+    created: str
+
+
+class CalibrationSamplePage(BaseModel):
+    samples: list[CalibrationSampleInfo]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
 class CalibrationSamplesOut(CalibrationOut):
     model: str = Field(description="the model that embedded the probes")
     samples: list[CalibrationProbeOut]

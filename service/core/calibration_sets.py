@@ -25,7 +25,8 @@ from service.core.calibration import STANDARD_FPIRS, Calibration
 from service.core.errors import ServiceError, store_errors
 from service.core.ingest import Ingest, Upload
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
-from service.storage import NewSample, Store
+from service.settings import Settings
+from service.storage import CalibrationSampleRecord, NewSample, Store
 
 _UPLOAD_ATTEMPTS = 3
 
@@ -61,8 +62,17 @@ class CalibrationUpload:
     summary: CalibrationSummary
 
 
+@dataclass(frozen=True)
+class ProbePage:
+    samples: list[CalibrationSampleRecord]
+    last: int | None  # the sample id to continue after; None on the last page
+
+
 class CalibrationSets:
-    def __init__(self, store: Store, live: LiveGalleries, ingest: Ingest) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, live: LiveGalleries, ingest: Ingest
+    ) -> None:
+        self.settings = settings
         self.store = store
         self.live = live
         self.ingest = ingest
@@ -142,6 +152,17 @@ class CalibrationSets:
             needed=min_searches_for_fpir(fpir),
             thresholds=calibration.operating_points((*STANDARD_FPIRS, fpir)),
         )
+
+    def list_samples(self, gallery_name: str, limit: int, after: int) -> ProbePage:
+        """Up to `limit` probes of the gallery's own set, by id, after sample id `after`."""
+        if not 1 <= limit <= self.settings.max_page_size:
+            raise ServiceError(
+                "invalid_limit", f"limit must be 1-{self.settings.max_page_size}, got {limit}"
+            )
+        with store_errors():
+            records = self.store.list_calibration_samples(gallery_name, after, limit + 1)
+        page = records[:limit]
+        return ProbePage(page, page[-1].sample_id if len(records) > limit else None)
 
     def describe_if_loaded(self, gallery_name: str) -> CalibrationSummary | None:
         """As `describe`, or None for a gallery whose model is not loaded."""

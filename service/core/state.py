@@ -76,7 +76,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         ingest = Ingest(settings)
         galleries = Galleries(settings, store, models, live, ingest, metrics)
         recognition = Recognition(settings, store, live, ingest, metrics)
-        calibration_sets = CalibrationSets(store, live, ingest)
+        calibration_sets = CalibrationSets(settings, store, live, ingest)
         migrations = MigrationManager(settings, store, models, live)
         migrations.resume_pending()
     except BaseException:

@@ -70,6 +70,17 @@ class GalleryEmbeddings:
 
 
 @dataclass(frozen=True)
+class CalibrationSampleRecord:
+    """A probe of a gallery's own calibration set."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    has_image: bool
+    created: str
+
+
+@dataclass(frozen=True)
 class CalibrationEmbeddings:
     """A gallery's own calibration set embedded by one model."""
 

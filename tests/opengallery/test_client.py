@@ -149,6 +149,8 @@ async def every_method(url: str, tmp_path: Path, kind: str) -> None:
     assert (calibration.source, calibration.size) == ("gallery", 101)
     assert [p.fpir for p in calibration.thresholds] == [0.1]
     assert calibration == await r(client.get_calibration(gallery))
+    listed_probes = await collect(client.iter_calibration_samples(gallery, page_size=40))
+    assert len(listed_probes) == 101 and listed_probes[60].source == "image"
     summary = (await r(client.get_gallery(gallery))).calibration
     assert summary is not None and summary.source == "gallery"
     assert summary.fpir_upper == calibration.thresholds[0].fpir_upper

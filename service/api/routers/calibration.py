@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 
@@ -11,6 +13,8 @@ from service.api.routers.galleries import GalleryName
 from service.api.schemas import (
     CalibrationOut,
     CalibrationProbeOut,
+    CalibrationSampleInfo,
+    CalibrationSamplePage,
     CalibrationSamplesOut,
     OperatingPointOut,
     SamplesJson,
@@ -89,6 +93,39 @@ async def add_calibration_samples(
         )
     return CalibrationSamplesOut(
         **calibration_out(upload.summary), model=upload.model_id, samples=samples
+    )
+
+
+@router.get(
+    "/samples",
+    response_model=CalibrationSamplePage,
+    summary="List the probes of the gallery's own calibration set, by id (admin)",
+)
+async def list_calibration_samples(
+    gallery: GalleryName,
+    calibration_sets: CalibrationSetsDep,
+    _: AdminKey,
+    limit: Annotated[int, Query(ge=1, description="page size")] = 100,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+) -> CalibrationSamplePage:
+    after = 0
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise ServiceError("invalid_cursor", "cursor is not one this service issued")
+        after = int(cursor)
+    page = await run_in_threadpool(calibration_sets.list_samples, gallery, limit, after)
+    return CalibrationSamplePage(
+        samples=[
+            CalibrationSampleInfo(
+                sample_id=r.sample_id,
+                source=r.source,  # type: ignore[arg-type]
+                content_sha256=r.content_sha256,
+                has_image=r.has_image,
+                created=r.created,
+            )
+            for r in page.samples
+        ],
+        next_cursor=str(page.last) if page.last is not None else None,
     )
 
 

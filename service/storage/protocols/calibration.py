@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.storage.records import AddedSample, CalibrationEmbeddings, NewSample, StoredImage
+from service.storage.records import (
+    AddedSample,
+    CalibrationEmbeddings,
+    CalibrationSampleRecord,
+    NewSample,
+    StoredImage,
+)
 
 
 class CalibrationStore(ABC):
@@ -29,6 +35,12 @@ class CalibrationStore(ABC):
     @abstractmethod
     def count_calibration_samples(self, gallery: str) -> tuple[int, int]:
         """(probes in the gallery's set, of which without a kept image)."""
+
+    @abstractmethod
+    def list_calibration_samples(
+        self, gallery: str, after_id: int, limit: int
+    ) -> list[CalibrationSampleRecord]:
+        """Up to `limit` probes of the set with sample id > `after_id`, by id."""
 
     @abstractmethod
     def load_calibration(self, gallery: str, model_id: str) -> CalibrationEmbeddings:

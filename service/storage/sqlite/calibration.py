@@ -6,7 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.storage.records import AddedSample, CalibrationEmbeddings, NewSample, StoredImage
+from service.storage.records import (
+    AddedSample,
+    CalibrationEmbeddings,
+    CalibrationSampleRecord,
+    NewSample,
+    StoredImage,
+)
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
 
@@ -57,6 +63,21 @@ class SQLiteCalibration(SQLiteConnection):
                 (gallery_pk,),
             ).fetchone()
         return int(total), int(missing)
+
+    def list_calibration_samples(
+        self, gallery: str, after_id: int, limit: int
+    ) -> list[CalibrationSampleRecord]:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            rows = connection.execute(
+                "SELECT id, source, content_sha256, image IS NOT NULL, created"
+                " FROM calibration_samples WHERE gallery_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (gallery_pk, after_id, limit),
+            ).fetchall()
+        return [
+            CalibrationSampleRecord(int(row[0]), row[1], row[2], bool(row[3]), row[4])
+            for row in rows
+        ]
 
     def load_calibration(self, gallery: str, model_id: str) -> CalibrationEmbeddings:
         with self._read() as connection:

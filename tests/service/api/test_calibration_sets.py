@@ -199,6 +199,18 @@ def test_bad_items_are_rejected_one_by_one(client: TestClient) -> None:
     assert encoded.status_code == 201
     assert [s["duplicate"] for s in encoded.json()["samples"]] == [False, True]
     assert encoded.json()["gallery_set_size"] == 3
+    # The set, listed a page at a time (what `opengallery calibrate` resumes from).
+    page = client.get("/v1/galleries/g/calibration/samples", params={"limit": 2}).json()
+    assert [s["source"] for s in page["samples"]] == ["embedding", "image"]
+    assert page["samples"][1]["has_image"] is True and page["next_cursor"]
+    rest = client.get(
+        "/v1/galleries/g/calibration/samples", params={"cursor": page["next_cursor"]}
+    ).json()
+    assert len(rest["samples"]) == 1 and rest["next_cursor"] is None
+    assert rest["samples"][0]["content_sha256"] == encoded.json()["samples"][0]["content_sha256"]
+    for params, code in [({"cursor": "x"}, "invalid_cursor"), ({"limit": 100000}, "invalid_limit")]:
+        bad = client.get("/v1/galleries/g/calibration/samples", params=params)
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == code
     # Everything rejected: a 422 listing why; nothing stored.
     refused = client.post(url, json={"embeddings": [[1.0, 2.0]]})
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_embedding"
@@ -234,7 +246,9 @@ def test_request_errors(client: TestClient) -> None:
     assert forbidden.status_code == 403
     assert client.delete("/v1/galleries/g/calibration", headers=as_client).status_code == 403
     assert client.get("/v1/galleries/g/calibration", headers=as_client).status_code == 200
-    assert client.get("/v1/galleries/g/calibration/samples").status_code == 405
+    listing = client.get("/v1/galleries/g/calibration/samples", headers=as_client)
+    assert listing.status_code == 403
+    assert client.put("/v1/galleries/g/calibration/samples").status_code == 405
     assert client.get("/v1/galleries/g/calibration").json()["gallery_set_size"] == 0
 
 

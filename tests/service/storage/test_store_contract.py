@@ -489,6 +489,19 @@ def test_calibration_samples_are_idempotent_by_content_and_bump_the_version(
     _, size = store.add_calibration_samples(gallery, OLD, [sample([9.0], image=b"png-0")])
     assert size == 3 and version_of(store) == before + 2  # nothing new: no bump
     assert store.count_calibration_samples(gallery) == (3, 2)  # two without an image
+    listed = store.list_calibration_samples(gallery, 0, 10)
+    assert [r.sample_id for r in listed] == [
+        added[0].sample_id,
+        added[1].sample_id,
+        again[1].sample_id,
+    ]
+    assert [(r.source, r.has_image) for r in listed] == [
+        ("image", True),
+        ("embedding", False),
+        ("embedding", False),
+    ]
+    assert listed[1].content_sha256 == sample(list(vectors[1])).content_sha256 and listed[0].created
+    assert store.list_calibration_samples(gallery, listed[0].sample_id, 1) == listed[1:2]
     loaded = store.load_calibration(gallery, OLD)
     assert loaded.sample_ids.dtype == np.int64 and list(loaded.sample_ids) == sorted(
         loaded.sample_ids
@@ -516,6 +529,7 @@ def test_clear_calibration_and_unknown_galleries(store: Store, gallery: str) -> 
         lambda: store.add_calibration_samples("nope", OLD, [sample([1, 0])]),
         lambda: store.count_calibration_samples("nope"),
         lambda: store.load_calibration("nope", OLD),
+        lambda: store.list_calibration_samples("nope", 0, 10),
         lambda: store.clear_calibration("nope"),
         lambda: store.calibration_images_missing_embedding("nope", NEW, 0, 10),
     ):
