@@ -425,7 +425,7 @@ def test_the_client_and_http_commands_import_without_service_or_torch() -> None:
         "import sys\n"
         "for name in ('service', 'torch', 'fastapi', 'starlette', 'training'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import opengallery.client, opengallery.enroll, opengallery.push\n"
+        "import opengallery.client, opengallery.enroll, opengallery.push, opengallery.calibrate\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
