@@ -795,7 +795,8 @@ while True:
     subject_id = f"s{i:06d}"
     store.put_subject("g", subject_id, {"i": i})
     store.add_samples("g", subject_id, "m@1", [NewSample(digest, "embedding", vector)])
-    print(i, flush=True)  # acknowledged: both calls returned
+    store.add_calibration_samples("g", "m@1", [NewSample(digest, "embedding", 2 * vector)])
+    print(i, flush=True)  # acknowledged: the three calls returned
     i += 1
 """
 
@@ -842,9 +843,12 @@ def test_every_acknowledged_write_survives_sigkill(store_url: str) -> None:
             assert store.get_subject("g", f"s{i:06d}").metadata == {"i": i}  # type: ignore[union-attr]
         # At most the write in flight got further than its acknowledgement.
         assert len(found) - len(acknowledged) in {0, 1}
+        probes = {tuple(v) for v in store.load_calibration("g", OLD).vectors}
+        assert {(2 * i, 2 * i + 1, 2.0) for i in acknowledged} <= probes
+        assert len(probes) - len(acknowledged) in {0, 1}
         record = store.get_gallery("g")
         assert record is not None and record.sample_count == loaded.sample_ids.size
-        assert record.version >= 2 * len(acknowledged)
+        assert record.version >= 3 * len(acknowledged)
         store.put_subject("g", "after", None)  # and the store takes writes again
         assert version_of(store) == record.version + 1
     finally:
