@@ -148,7 +148,9 @@ class Recognition:
             check_fpir_supported(
                 gallery.record.fpir if fpir is None else fpir,
                 kept.size,
-                f"the {kept.source} calibration set of gallery {gallery.name!r}",
+                "the model's calibration set"
+                if kept.source == "bundle"
+                else f"gallery {gallery.name!r}'s own calibration set",
             )
 
     def _calibration(
