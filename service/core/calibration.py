@@ -131,7 +131,9 @@ class GalleryCalibration:
         return self._kept.size
 
     def for_fpir(self, fpir: float) -> Calibration:
-        kept = self._kept
+        return self._point(self._kept, fpir)
+
+    def _point(self, kept: KeptScores, fpir: float) -> Calibration:
         check_fpir_supported(fpir, kept.size, _describe(kept))
         point = kept.points.get(fpir)
         if point is not None:
@@ -158,13 +160,17 @@ class GalleryCalibration:
             threshold, realised_fpir(kept.scores, threshold), _upper(kept, threshold)
         )
 
-    def operating_points(self, fpirs: tuple[float, ...]) -> list[Calibration]:
-        """The thresholds of the FPIRs (sorted, distinct) that this set supports."""
-        points = []
-        for fpir in sorted(set(fpirs)):
-            if self.size >= min_searches_for_fpir(fpir):
-                points.append(self.for_fpir(fpir))
-        return points
+    def operating_points(
+        self, fpirs: tuple[float, ...], kept: KeptScores | None = None
+    ) -> list[Calibration]:
+        """The thresholds of the FPIRs (sorted, distinct) that the set supports, all from one
+        state of it (`kept`, default the current one)."""
+        kept = kept or self._kept
+        return [
+            self._point(kept, fpir)
+            for fpir in sorted(set(fpirs))
+            if kept.size >= min_searches_for_fpir(fpir)
+        ]
 
     # -- following the index (the caller holds the gallery's lock) --
     def samples_added(self, subject_id: str, vectors: np.ndarray) -> None:

@@ -142,15 +142,17 @@ class CalibrationSets:
         fpir = gallery.record.fpir
         with store_errors():
             stored, _ = self.store.count_calibration_samples(gallery_name)
-        size = calibration.size
+        kept = calibration.kept  # one state: source, size and thresholds agree
+        thresholds = calibration.operating_points((*STANDARD_FPIRS, fpir), kept)
+        size = kept.size
         return CalibrationSummary(
-            source=calibration.source,
+            source=kept.source,
             size=size,
             min_fpir=min(1.0, 10.0 / size),
             fpir=fpir,
             gallery_set_size=stored,
             needed=min_searches_for_fpir(fpir),
-            thresholds=calibration.operating_points((*STANDARD_FPIRS, fpir)),
+            thresholds=thresholds,
         )
 
     def list_samples(self, gallery_name: str, limit: int, after: int) -> ProbePage:
