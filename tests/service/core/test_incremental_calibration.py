@@ -9,14 +9,18 @@ equal a full rebuild's.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.calibration import fpir_upper_bound, realised_fpir, threshold_for_fpir
 from models.scoring import SubjectScorer
 from service.core.calibration import GalleryCalibration
+from service.core.ingest import Upload
 from service.index.faiss import FaissSubjectIndex
 
 DIM = 4  # few dimensions: best subjects change often, hubs are common
@@ -155,3 +159,57 @@ def test_an_enrolment_searches_nothing_and_a_deletion_only_its_probes() -> None:
     gallery.apply(("delete_subject", "b"), rng)
     assert searched == [hub]  # only the probes whose best subject was b
     check(gallery)
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean"])
+def test_concurrent_writes_leave_the_calibration_equal_to_a_rebuild(
+    client: TestClient, scoring: str
+) -> None:
+    """Writers in several threads (enrolments, sample and subject deletions) while readers
+    identify: afterwards the kept scores equal a calibration from scratch of the final
+    gallery, and no request failed."""
+    state = client.app.state.opengallery  # type: ignore[attr-defined]
+    state.galleries.create_gallery("g", fpir=0.1, scoring=scoring)
+    errors: list[BaseException] = []
+
+    def writer(number: int) -> None:
+        rng = np.random.default_rng(number)
+        try:
+            for step in range(15):
+                subject = f"w{number}-{step % 4}"
+                state.galleries.put_subject("g", subject, None)
+                uploads = [Upload(embedding=v.tolist()) for v in rng.standard_normal((2, 16))]
+                enrolment = state.galleries.enrol("g", subject, uploads)
+                if step % 3 == 1:
+                    state.galleries.delete_sample("g", subject, enrolment.outcomes[0].sample_id)
+                if step % 5 == 4:
+                    state.galleries.delete_subject("g", subject)
+        except BaseException as error:
+            errors.append(error)
+
+    def reader() -> None:
+        rng = np.random.default_rng(99)
+        try:
+            for _ in range(30):
+                probe = [Upload(embedding=rng.standard_normal(16).tolist())]
+                state.recognition.identify("g", probe, top_k=3)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    active = state.live.get("g").active
+    kept = active.calibration.kept
+    rebuilt = GalleryCalibration(active.index, kept.probes, "bundle")
+    np.testing.assert_allclose(kept.scores, rebuilt.kept.scores, rtol=0, atol=1e-6)
+    stored = state.store.load_embeddings("g", active.model.model_id)
+    subjects = [stored.subjects[pk] for pk in stored.subject_pks]
+    _, scores = SubjectScorer(stored.vectors, subjects, scoring=scoring).top1(kept.probes)
+    assert active.calibration.for_fpir(0.1).threshold == pytest.approx(
+        threshold_for_fpir(scores, 0.1), abs=1e-6
+    )
