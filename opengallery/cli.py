@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("service.cli:keys_main", "service", "create API keys"),
     "enroll": ("opengallery.enroll:main", "client", "batch-enrol a folder over HTTP"),
     "push": ("opengallery.push:main", "client", "register a local bundle with a service"),
+    "calibrate": (
+        "opengallery.calibrate:main",
+        "client",
+        "upload strangers as a gallery's own calibration set",
+    ),
 }
 
 

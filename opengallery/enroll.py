@@ -19,14 +19,11 @@ failed, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 from tqdm import tqdm
 
 from opengallery.client import (
@@ -36,40 +33,13 @@ from opengallery.client import (
     Client,
     OpenGalleryError,
 )
-
-# The suffixes Pillow gives the formats the service decodes (service/core/images.py
-# ALLOWED_FORMATS; a test keeps the two in step). The client does not import the service.
-IMAGE_SUFFIXES = frozenset(
-    {
-        *(".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff"),
-        *(".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm"),
-    }
+from opengallery.uploads import (
+    Outcome,
+    Summary,
+    add_upload_arguments,
+    image_files,
+    upload_client,
 )
-
-
-@dataclass
-class Outcome:
-    path: Path
-    # "enrolled" | "present" (enrolled before) | "rejected" | "failed" | "skipped" (not sent)
-    status: str
-    reason: str = ""
-
-
-@dataclass
-class Summary:
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    def count(self, status: str) -> int:
-        return sum(outcome.status == status for outcome in self.outcomes)
-
-
-def _files_under(folder: Path) -> list[Path]:
-    """Every file below ``folder``, at any depth, in sorted order (symlinked folders are not
-    followed: they could loop)."""
-    found = []
-    for directory, _, names in os.walk(folder):
-        found += [Path(directory, name) for name in names]
-    return sorted(path for path in found if path.is_file())
 
 
 def scan(root: Path) -> tuple[dict[str, list[Path]], list[Outcome]]:
@@ -78,14 +48,10 @@ def scan(root: Path) -> tuple[dict[str, list[Path]], list[Outcome]]:
     skipped: list[Outcome] = []
     for entry in sorted(root.iterdir()):
         if entry.is_dir():
-            images = []
-            for path in _files_under(entry):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    images.append(path)
-                else:
-                    skipped.append(
-                        Outcome(path, "skipped", "not an image format the service reads")
-                    )
+            images, others = image_files(entry)
+            skipped += [
+                Outcome(path, "skipped", "not an image format the service reads") for path in others
+            ]
             if images:
                 subjects[entry.name] = images
         elif entry.is_file():
@@ -156,45 +122,17 @@ def main(argv: Sequence[str]) -> int:
         description="Enrol the images under DIR/<subject_id>/ (nested folders included) into a "
         "gallery over HTTP (resumable).",
     )
-    parser.add_argument("directory", type=Path, metavar="DIR")
-    parser.add_argument("--url", default=os.environ.get("OPENGALLERY_URL", "http://127.0.0.1:8000"))
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("OPENGALLERY_API_KEY"),
-        help="a client or admin key (default: $OPENGALLERY_API_KEY)",
+    add_upload_arguments(
+        parser,
+        "a client or admin key",
+        batch_size=64,
+        batch_help="images per request (of any subjects)",
     )
-    parser.add_argument("--gallery", required=True)
-    parser.add_argument("--workers", type=int, default=4, help="concurrent requests")
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="images per request (of any subjects)"
-    )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument(
-        "--retries", type=int, default=3, help="retries of a request after a transient failure"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(list(argv))
     prog = "opengallery enroll"
-    if not args.api_key:
-        print(f"{prog}: no API key: pass --api-key or set OPENGALLERY_API_KEY", file=sys.stderr)
-        return 2
-    if not args.directory.is_dir():
-        print(f"{prog}: {args.directory} is not a directory", file=sys.stderr)
-        return 2
-    if args.workers < 1 or args.batch_size < 1:
-        print(f"{prog}: --workers and --batch-size must be at least 1", file=sys.stderr)
-        return 2
-    limits = httpx.Limits(max_connections=args.workers, max_keepalive_connections=args.workers)
-    try:
-        client = Client(
-            args.url,
-            args.api_key,
-            timeout=args.timeout,
-            retries=max(args.retries, 0),
-            limits=limits,
-        )
-    except ValueError as error:  # a URL without http:// or https://
-        print(f"{prog}: --url: {error}", file=sys.stderr)
+    client = upload_client(args)
+    if isinstance(client, str):
+        print(f"{prog}: {client}", file=sys.stderr)
         return 2
     subjects, skipped = scan(args.directory)
     total = sum(len(files) for files in subjects.values())

@@ -14,6 +14,10 @@ from opengallery.client import _base as calls
 from opengallery.client._base import BulkItem, Call, ClientBase, Embedding, ImageInput
 from opengallery.client.types import (
     BulkEnrolment,
+    Calibration,
+    CalibrationSample,
+    CalibrationSamplePage,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -162,6 +166,47 @@ class AsyncClient(ClientBase):
 
     async def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> None:
         await self._send(calls.delete_sample(gallery, subject_id, sample_id))
+
+    # -- the gallery's own calibration set --
+    async def add_calibration_samples(
+        self,
+        gallery: str,
+        images: Sequence[ImageInput] | None = None,
+        embeddings: Sequence[Embedding] | None = None,
+    ) -> CalibrationUpload:
+        """Add non-mated probes (people NOT enrolled, from the deployment) to the gallery's
+        own calibration set (admin). Each is accepted or rejected with a reason; content
+        already in the set is not added twice. The set replaces the bundle's once it holds
+        `calibration.needed` probes. All rejected: an OpenGalleryError (422)."""
+        return await self._send(calls.add_calibration_samples(gallery, images, embeddings))
+
+    async def list_calibration_samples(
+        self, gallery: str, limit: int | None = None, cursor: str | None = None
+    ) -> CalibrationSamplePage:
+        """One page of the probes of the gallery's own set, by id (admin)."""
+        return await self._send(calls.list_calibration_samples(gallery, limit, cursor))
+
+    async def iter_calibration_samples(
+        self, gallery: str, page_size: int = 100
+    ) -> AsyncIterator[CalibrationSample]:
+        """Every probe of the gallery's own set, fetched a page at a time (admin)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_calibration_samples(gallery, limit=page_size, cursor=cursor)
+            for sample in page.samples:
+                yield sample
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def get_calibration(self, gallery: str) -> Calibration:
+        """The calibration the gallery answers with: source, size, thresholds, fpir_upper."""
+        return await self._send(calls.get_calibration(gallery))
+
+    async def delete_calibration(self, gallery: str) -> Calibration:
+        """Delete the gallery's own set: back to the bundle's (admin). Refused (409
+        calibration_required) when the bundle's set cannot support the gallery's FPIR."""
+        return await self._send(calls.delete_calibration(gallery))
 
     # -- recognition --
     async def identify(

@@ -31,6 +31,9 @@ from opengallery.client.errors import (
 )
 from opengallery.client.types import (
     BulkEnrolment,
+    Calibration,
+    CalibrationSamplePage,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -247,6 +250,39 @@ def enroll_many(
     return Call(
         "POST", path("v1", "galleries", gallery, "samples"), BulkEnrolment.from_json, json=body
     )
+
+
+def add_calibration_samples(
+    gallery: str, images: Sequence[ImageInput] | None, embeddings: Sequence[Embedding] | None
+) -> Call[CalibrationUpload]:
+    url = path("v1", "galleries", gallery, "calibration", "samples")
+    # Content the set already holds is not added again: repeatable.
+    if images is not None and embeddings is None:
+        return Call("POST", url, CalibrationUpload.from_json, files=image_parts("images", images))
+    if embeddings is not None and images is None:
+        body = {"embeddings": vectors(embeddings)}
+        return Call("POST", url, CalibrationUpload.from_json, json=body)
+    raise neither_or_both("images", "embeddings")
+
+
+def list_calibration_samples(
+    gallery: str, limit: int | None, cursor: str | None
+) -> Call[CalibrationSamplePage]:
+    params: dict[str, str | int] = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    url = path("v1", "galleries", gallery, "calibration", "samples")
+    return Call("GET", url, CalibrationSamplePage.from_json, params=params)
+
+
+def get_calibration(gallery: str) -> Call[Calibration]:
+    return Call("GET", path("v1", "galleries", gallery, "calibration"), Calibration.from_json)
+
+
+def delete_calibration(gallery: str) -> Call[Calibration]:
+    return Call("DELETE", path("v1", "galleries", gallery, "calibration"), Calibration.from_json)
 
 
 def delete_sample(gallery: str, subject_id: str, sample_id: int) -> Call[None]:

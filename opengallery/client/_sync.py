@@ -13,6 +13,10 @@ from opengallery.client import _base as calls
 from opengallery.client._base import BulkItem, Call, ClientBase, Embedding, ImageInput
 from opengallery.client.types import (
     BulkEnrolment,
+    Calibration,
+    CalibrationSample,
+    CalibrationSamplePage,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -177,6 +181,46 @@ class Client(ClientBase):
 
     def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> None:
         self._send(calls.delete_sample(gallery, subject_id, sample_id))
+
+    # -- the gallery's own calibration set --
+    def add_calibration_samples(
+        self,
+        gallery: str,
+        images: Sequence[ImageInput] | None = None,
+        embeddings: Sequence[Embedding] | None = None,
+    ) -> CalibrationUpload:
+        """Add non-mated probes (people NOT enrolled, from the deployment) to the gallery's
+        own calibration set (admin). Each is accepted or rejected with a reason; content
+        already in the set is not added twice. The set replaces the bundle's once it holds
+        `calibration.needed` probes. All rejected: an OpenGalleryError (422)."""
+        return self._send(calls.add_calibration_samples(gallery, images, embeddings))
+
+    def list_calibration_samples(
+        self, gallery: str, limit: int | None = None, cursor: str | None = None
+    ) -> CalibrationSamplePage:
+        """One page of the probes of the gallery's own set, by id (admin)."""
+        return self._send(calls.list_calibration_samples(gallery, limit, cursor))
+
+    def iter_calibration_samples(
+        self, gallery: str, page_size: int = 100
+    ) -> Iterator[CalibrationSample]:
+        """Every probe of the gallery's own set, fetched a page at a time (admin)."""
+        cursor: str | None = None
+        while True:
+            page = self.list_calibration_samples(gallery, limit=page_size, cursor=cursor)
+            yield from page.samples
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_calibration(self, gallery: str) -> Calibration:
+        """The calibration the gallery answers with: source, size, thresholds, fpir_upper."""
+        return self._send(calls.get_calibration(gallery))
+
+    def delete_calibration(self, gallery: str) -> Calibration:
+        """Delete the gallery's own set: back to the bundle's (admin). Refused (409
+        calibration_required) when the bundle's set cannot support the gallery's FPIR."""
+        return self._send(calls.delete_calibration(gallery))
 
     # -- recognition --
     def identify(

@@ -26,6 +26,20 @@ class _Result:
 
 
 @dataclass(frozen=True)
+class GalleryCalibration(_Result):
+    """The calibration a gallery answers with (in get_gallery's answer)."""
+
+    source: str  # "gallery" (its own strangers) or "bundle" (the model's)
+    size: int  # non-mated calibration searches in that set
+    min_fpir: float  # the smallest FPIR it supports (10 / size)
+    fpir: float  # the gallery's default FPIR
+    threshold: float | None  # its threshold now; None for an empty gallery
+    fpir_upper: float | None  # 95% upper confidence bound on the FPIR that threshold realises
+    gallery_set_size: int  # probes in the gallery's own set
+    needed: int  # searches the gallery's FPIR needs; its own set takes effect from this size
+
+
+@dataclass(frozen=True)
 class Gallery(_Result):
     name: str
     model: str  # name@version of the model that embeds its samples
@@ -36,6 +50,98 @@ class Gallery(_Result):
     sample_count: int
     version: int
     created: str
+    calibration: GalleryCalibration | None = None  # from get_gallery only
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        known = cls._known(data)
+        if known.get("calibration") is not None:
+            known["calibration"] = GalleryCalibration.from_json(known["calibration"])
+        return cls(**known, raw=dict(data))
+
+
+@dataclass(frozen=True)
+class OperatingPoint(_Result):
+    fpir: float
+    threshold: float | None  # None for an empty gallery: nothing matches
+    fpir_upper: float  # 95% upper confidence bound (Clopper-Pearson) on the realised FPIR
+
+
+@dataclass(frozen=True)
+class Calibration(_Result):
+    """A gallery's calibration (GET .../calibration, and after a change to its set)."""
+
+    source: str  # "gallery" once its own set holds `needed` probes, else "bundle"
+    size: int
+    min_fpir: float
+    fpir: float
+    gallery_set_size: int
+    needed: int
+    thresholds: list[OperatingPoint]  # 0.001, 0.01, 0.1 and the gallery's FPIR, if supported
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        known = cls._known(data)
+        known["thresholds"] = [OperatingPoint.from_json(item) for item in data["thresholds"]]
+        return cls(**known, raw=dict(data))
+
+
+@dataclass(frozen=True)
+class CalibrationSample(_Result):
+    """A stored probe of a gallery's own calibration set."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    has_image: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class CalibrationSamplePage(_Result):
+    samples: list[CalibrationSample]
+    next_cursor: str | None  # pass to list_calibration_samples(cursor=...); None at the end
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [CalibrationSample.from_json(item) for item in data["samples"]]
+        return cls(samples=samples, next_cursor=data.get("next_cursor"), raw=dict(data))
+
+
+@dataclass(frozen=True)
+class CalibrationProbe(_Result):
+    """What happened to one probe of a calibration upload."""
+
+    status: str  # "accepted" or "rejected"
+    reason: str | None = None
+    code: str | None = None
+    content_sha256: str | None = None
+    duplicate: bool = False  # this content was already in the set
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+@dataclass(frozen=True)
+class CalibrationUpload(_Result):
+    model: str  # the model that embedded the probes
+    samples: list[CalibrationProbe]  # in the order sent
+    calibration: Calibration  # the gallery's calibration after the upload
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [CalibrationProbe.from_json(item) for item in data["samples"]]
+        return cls(
+            model=data["model"],
+            samples=samples,
+            calibration=Calibration.from_json(data),
+            raw=dict(data),
+        )
+
+    @property
+    def rejected(self) -> list[CalibrationProbe]:
+        return [sample for sample in self.samples if not sample.accepted]
 
 
 @dataclass(frozen=True)
@@ -170,6 +276,8 @@ class IdentifyResult(_Result):
     threshold: float | None  # the decision threshold; None on an empty gallery
     fpir: float
     candidates: list[Candidate]  # best first, one per subject
+    # 95% upper confidence bound on the FPIR the threshold realises (None from older servers)
+    fpir_upper: float | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
@@ -202,6 +310,7 @@ class Verification(_Result):
     score: float
     threshold: float | None
     fpir: float
+    fpir_upper: float | None = None  # as IdentifyResult.fpir_upper
 
 
 @dataclass(frozen=True)

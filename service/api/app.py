@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.api.routers import (
+    calibration,
     galleries,
     health,
     jobs,
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrations.router,
         jobs.router,
         keys.router,
+        calibration.router,
     ):
         app.include_router(router)
     app.include_router(health.router)

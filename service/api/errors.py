@@ -54,6 +54,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "cannot_migrate": 409,
     "migration_running": 409,
     "target_unsupported_fpir": 409,
+    "calibration_required": 409,
     "unknown_model": 422,
     "unsupported_fpir": 422,
     "invalid_bundle": 422,

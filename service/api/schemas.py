@@ -41,6 +41,24 @@ class GalleryCreate(Strict):
     )
 
 
+class GalleryCalibrationOut(BaseModel):
+    source: Literal["gallery", "bundle"] = Field(
+        description="whose strangers the thresholds come from: the gallery's own calibration "
+        "set or the model bundle's"
+    )
+    size: int = Field(description="non-mated calibration searches in that set")
+    min_fpir: float = Field(description="the smallest FPIR the set supports (10 / size)")
+    fpir: float = Field(description="the gallery's default FPIR")
+    threshold: float | None = Field(description="its threshold now; null for an empty gallery")
+    fpir_upper: float | None = Field(
+        description="95% upper confidence bound on the FPIR that threshold realises"
+    )
+    gallery_set_size: int = Field(description="probes in the gallery's own set")
+    needed: int = Field(
+        description="searches the gallery's FPIR needs; its own set takes effect from this size"
+    )
+
+
 class GalleryOut(BaseModel):
     name: str
     model: str
@@ -51,6 +69,9 @@ class GalleryOut(BaseModel):
     sample_count: int
     version: int
     created: str
+    calibration: GalleryCalibrationOut | None = Field(
+        None, description="the calibration answering now (in a gallery's details only)"
+    )
 
 
 class GalleryList(BaseModel):
@@ -159,6 +180,56 @@ class BulkSamplesOut(BaseModel):
     samples: list[BulkOutcomeOut] = Field(description="one per item, in the order sent")
 
 
+# -- calibration sets --
+class CalibrationProbeOut(BaseModel):
+    status: Literal["accepted", "rejected"]
+    reason: str | None = None
+    code: str | None = None
+    content_sha256: str | None = None
+    duplicate: bool = Field(False, description="the same content was already in the set")
+
+
+class OperatingPointOut(BaseModel):
+    fpir: float
+    threshold: float | None = Field(description="null for an empty gallery: nothing matches")
+    fpir_upper: float = Field(
+        description="one-sided 95% upper confidence bound (Clopper-Pearson) on the FPIR the "
+        "threshold realises for strangers like the calibration set"
+    )
+
+
+class CalibrationOut(BaseModel):
+    source: Literal["gallery", "bundle"] = Field(
+        description="the gallery's own set once it holds `needed` probes, else the bundle's"
+    )
+    size: int = Field(description="non-mated calibration searches in the set in effect")
+    min_fpir: float = Field(description="the smallest FPIR that set supports (10 / size)")
+    fpir: float = Field(description="the gallery's default FPIR")
+    gallery_set_size: int = Field(description="probes in the gallery's own set")
+    needed: int = Field(description="searches the gallery's FPIR needs (10 / fpir)")
+    thresholds: list[OperatingPointOut] = Field(
+        description="FPIRs 0.001, 0.01, 0.1 and the gallery's, those the set supports"
+    )
+
+
+class CalibrationSampleInfo(BaseModel):
+    sample_id: int
+    source: Literal["image", "embedding"]
+    content_sha256: str = Field(description="sha256 of the image bytes or the float32 embedding")
+    has_image: bool
+    created: str
+
+
+class CalibrationSamplePage(BaseModel):
+    samples: list[CalibrationSampleInfo]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
+class CalibrationSamplesOut(CalibrationOut):
+    model: str = Field(description="the model that embedded the probes")
+    samples: list[CalibrationProbeOut]
+
+
 # -- recognition --
 class IdentifyJson(Strict):
     images: list[str] | None = Field(None, description="base64-encoded probe images")
@@ -179,6 +250,10 @@ class IdentifyResultOut(BaseModel):
     score: float | None = Field(description="best candidate's score; null for an empty gallery")
     threshold: float | None = Field(description="decision threshold; null for an empty gallery")
     fpir: float = Field(description="the FPIR the threshold is calibrated for (or estimated at)")
+    fpir_upper: float = Field(
+        description="one-sided 95% upper confidence bound (Clopper-Pearson) on the FPIR the "
+        "threshold realises for strangers like the calibration set"
+    )
     candidates: list[Candidate]
 
 
@@ -209,6 +284,7 @@ class VerifyOut(BaseModel):
     score: float
     threshold: float | None
     fpir: float
+    fpir_upper: float = Field(description="95% upper confidence bound on the FPIR, as identify")
 
 
 # -- models, keys, health --

@@ -194,7 +194,9 @@ class Galleries:
         gallery = self.live.get(gallery_name)
         with gallery.lock, store_errors():
             pk, sample_ids, _ = self.store.delete_subject(gallery_name, subject_id)
-            gallery.active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
+            active = gallery.active
+            active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
+            active.calibration.subject_removed(subject_id)
 
     # -- samples --
     def enrol(self, gallery_name: str, subject_id: str, uploads: list[Upload]) -> Enrolment:
@@ -265,12 +267,14 @@ class Galleries:
                 )
             fresh = [i for i, item in enumerate(added) if item.created]
             if fresh:
+                vectors = np.stack([new_samples[i].embedding for i in fresh])
                 active.index.add_samples(
                     record.pk,
                     subject_id,
                     np.array([added[i].sample_id for i in fresh], dtype=np.int64),
-                    np.stack([new_samples[i].embedding for i in fresh]),
+                    vectors,
                 )
+                active.calibration.samples_added(subject_id, vectors)
             return added
 
     def enrol_many(
@@ -372,16 +376,21 @@ class Galleries:
                 )
             fresh = [i for i, added in enumerate(result.items) if added.created]
             if fresh:
+                names = [pairs[i][0] for i in fresh]
+                vectors = np.stack([pairs[i][1].embedding for i in fresh])
                 active.index.add_many(
                     np.array([result.items[i].subject_pk for i in fresh], dtype=np.int64),
-                    [pairs[i][0] for i in fresh],
+                    names,
                     np.array([result.items[i].sample_id for i in fresh], dtype=np.int64),
-                    np.stack([pairs[i][1].embedding for i in fresh]),
+                    vectors,
                 )
+                active.calibration.samples_added_many(names, vectors)
             return result.items
 
     def delete_sample(self, gallery_name: str, subject_id: str, sample_id: int) -> None:
         gallery = self.live.get(gallery_name)
         with gallery.lock, store_errors():
             self.store.delete_sample(gallery_name, subject_id, sample_id)
-            gallery.active.index.remove_samples(np.array([sample_id], dtype=np.int64))
+            active = gallery.active
+            active.index.remove_samples(np.array([sample_id], dtype=np.int64))
+            active.calibration.samples_removed(subject_id)

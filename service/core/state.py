@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from models.registry import ModelRegistry as BundleDirectory
 from service.core.bundles import bundle_directory, keep_default, load_registered
-from service.core.calibration import Calibrator
+from service.core.calibration_sets import CalibrationSets
 from service.core.galleries import Galleries
 from service.core.ingest import Ingest
 from service.core.keys import Authenticator, ensure_admin_key
@@ -32,6 +32,7 @@ class ServiceState:
     live: LiveGalleries
     galleries: Galleries
     recognition: Recognition
+    calibration_sets: CalibrationSets
     migrations: MigrationManager
     keys: Authenticator
     metrics: Metrics
@@ -73,10 +74,10 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         live.load_all()
         metrics.gallery_sizes = live.sizes
         ingest = Ingest(settings)
-        calibrator = Calibrator()
         galleries = Galleries(settings, store, models, live, ingest, metrics)
-        recognition = Recognition(settings, store, live, ingest, calibrator, metrics)
-        migrations = MigrationManager(settings, store, models, live, calibrator)
+        recognition = Recognition(settings, store, live, ingest, metrics)
+        calibration_sets = CalibrationSets(settings, store, live, ingest)
+        migrations = MigrationManager(settings, store, models, live)
         migrations.resume_pending()
     except BaseException:
         models.close()
@@ -90,6 +91,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         live=live,
         galleries=galleries,
         recognition=recognition,
+        calibration_sets=calibration_sets,
         migrations=migrations,
         keys=Authenticator(store),
         metrics=metrics,

@@ -1,8 +1,8 @@
 """Durable state of the service behind small interfaces, one backend per database.
 
 `open_store(url)` opens a store; `Store` is its whole interface, made of `GalleryStore`,
-`KeyStore`, `ModelStore` and `JobStore`. Records are frozen dataclasses; errors derive from
-`StoreError` and carry no HTTP status.
+`KeyStore`, `CalibrationStore`, `ModelStore` and `JobStore`. Records are frozen dataclasses;
+errors derive from `StoreError` and carry no HTTP status.
 """
 
 from service.storage.errors import (
@@ -13,12 +13,21 @@ from service.storage.errors import (
     StoreError,
 )
 from service.storage.factory import check_database_url, open_store, redact_url
-from service.storage.protocols import GalleryStore, JobStore, KeyStore, ModelStore, Store
+from service.storage.protocols import (
+    CalibrationStore,
+    GalleryStore,
+    JobStore,
+    KeyStore,
+    ModelStore,
+    Store,
+)
 from service.storage.records import (
     AddedSample,
     ApiKeyRecord,
     BulkAdded,
     BulkEnrolled,
+    CalibrationEmbeddings,
+    CalibrationSampleRecord,
     GalleryEmbeddings,
     GalleryRecord,
     JobRecord,
@@ -34,6 +43,9 @@ __all__ = [
     "ApiKeyRecord",
     "BulkAdded",
     "BulkEnrolled",
+    "CalibrationEmbeddings",
+    "CalibrationSampleRecord",
+    "CalibrationStore",
     "GalleryEmbeddings",
     "GalleryRecord",
     "GalleryStore",

@@ -86,6 +86,25 @@ class GalleryEmbeddings:
 
 
 @dataclass(frozen=True)
+class CalibrationSampleRecord:
+    """A probe of a gallery's own calibration set."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    has_image: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class CalibrationEmbeddings:
+    """A gallery's own calibration set embedded by one model."""
+
+    sample_ids: np.ndarray  # int64 [M]
+    vectors: np.ndarray  # float32 [M, D] (D = 0 when M = 0)
+
+
+@dataclass(frozen=True)
 class StoredImage:
     """A sample's kept image bytes (None when enrolled from an embedding or not kept)."""
 

@@ -134,6 +134,29 @@ async def every_method(url: str, tmp_path: Path, kind: str) -> None:
     other = await r(client.verify(gallery, ODD_IDS[1], embedding=np.negative(unit(1)), fpir=0.1))
     assert not other.match and other.score == pytest.approx(-1.0, abs=1e-5)
 
+    # Identify results carry the bound; the gallery's own calibration set.
+    assert 0 < by_image.results[0].fpir_upper < 1 and other.fpir_upper is not None
+    bundle_calibration = await r(client.get_calibration(gallery))
+    assert (bundle_calibration.source, bundle_calibration.needed) == ("bundle", 100)
+    strangers = np.random.default_rng(7).standard_normal((100, DIM)).astype(np.float32)
+    uploaded = await r(client.add_calibration_samples(gallery, embeddings=strangers[:60]))
+    assert uploaded.model == "random@1" and all(p.accepted for p in uploaded.samples)
+    assert (uploaded.calibration.source, uploaded.calibration.gallery_set_size) == ("bundle", 60)
+    by_images = await r(client.add_calibration_samples(gallery, images=[images[0], b"junk"]))
+    assert [p.status for p in by_images.samples] == ["accepted", "rejected"]
+    assert by_images.rejected[0].code == "invalid_image"
+    done = await r(client.add_calibration_samples(gallery, embeddings=strangers[60:]))
+    calibration = done.calibration
+    assert (calibration.source, calibration.size) == ("gallery", 101)
+    assert [p.fpir for p in calibration.thresholds] == [0.1]
+    assert calibration == await r(client.get_calibration(gallery))
+    listed_probes = await collect(client.iter_calibration_samples(gallery, page_size=40))
+    assert len(listed_probes) == 101 and listed_probes[60].source == "image"
+    summary = (await r(client.get_gallery(gallery))).calibration
+    assert summary is not None and summary.source == "gallery"
+    assert summary.fpir_upper == calibration.thresholds[0].fpir_upper
+    assert (await r(client.delete_calibration(gallery))).source == "bundle"
+
     # Deletions.
     await r(client.delete_sample(gallery, "José", enrolment.samples[0].sample_id or 0))
     assert (await r(client.get_subject(gallery, "José"))).sample_count == 2
@@ -403,7 +426,7 @@ def test_the_client_and_http_commands_import_without_service_or_torch() -> None:
         "import sys\n"
         "for name in ('service', 'torch', 'fastapi', 'starlette', 'training'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import opengallery.client, opengallery.enroll, opengallery.push\n"
+        "import opengallery.client, opengallery.enroll, opengallery.push, opengallery.calibrate\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -170,7 +170,7 @@ def test_every_format_the_service_reads_is_enrolled_nested_folders_too(
 def test_the_image_suffixes_are_those_of_the_formats_the_service_reads() -> None:
     from PIL import Image
 
-    from opengallery.enroll import IMAGE_SUFFIXES
+    from opengallery.uploads import IMAGE_SUFFIXES
     from service.core.images import ALLOWED_FORMATS
 
     registered = Image.registered_extensions()

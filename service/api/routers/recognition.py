@@ -81,6 +81,7 @@ async def identify(
                     "score": r.score,
                     "threshold": r.threshold,
                     "fpir": r.fpir,
+                    "fpir_upper": r.fpir_upper,
                     "candidates": [
                         {"subject_id": c.subject_id, "score": c.score} for c in r.candidates
                     ],
@@ -157,4 +158,5 @@ async def verify(
         score=verification.score,
         threshold=verification.threshold,
         fpir=verification.fpir,
+        fpir_upper=verification.fpir_upper,
     )

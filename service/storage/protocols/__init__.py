@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
+from service.storage.protocols.calibration import CalibrationStore
 from service.storage.protocols.galleries import GalleryStore
 from service.storage.protocols.jobs import JobStore
 from service.storage.protocols.keys import KeyStore
 from service.storage.protocols.models import ModelStore
 
 
-class Store(GalleryStore, KeyStore, ModelStore, JobStore):
+class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore):
     """Durable state of the service. Implementations must be safe to call from many threads."""
 
     @abstractmethod
     def close(self) -> None: ...
 
 
-__all__ = ["GalleryStore", "JobStore", "KeyStore", "ModelStore", "Store"]
+__all__ = ["CalibrationStore", "GalleryStore", "JobStore", "KeyStore", "ModelStore", "Store"]

@@ -120,13 +120,14 @@ class GalleryStore(ABC):
         """Store shadow embeddings (one transaction); samples deleted meanwhile are skipped."""
 
     @abstractmethod
-    def drop_embeddings(self, gallery: str, model_id: str) -> None: ...
+    def drop_embeddings(self, gallery: str, model_id: str) -> None:
+        """Drop the gallery's `model_id` embeddings, of samples and of calibration probes."""
 
     @abstractmethod
     def switch_gallery_model(
         self, gallery: str, source_model: str, target_model: str, job_id: str | None
     ) -> int:
-        """In ONE transaction: check every sample has a `target_model` embedding, drop the
-        others, point the gallery at `target_model`, mark the job succeeded; returns the new
-        gallery version. StoreConflict (nothing changed) if the gallery is not on
-        `source_model` or a sample lacks a `target_model` embedding."""
+        """In ONE transaction: check every sample and calibration probe has a `target_model`
+        embedding, drop the others, point the gallery at `target_model`, mark the job
+        succeeded; returns the new gallery version. StoreConflict (nothing changed) if the
+        gallery is not on `source_model` or a sample or probe lacks a `target_model` embedding."""

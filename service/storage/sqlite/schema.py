@@ -2,7 +2,8 @@
 
 Embeddings live in their own table keyed by (sample, model): a gallery's samples can hold
 embeddings of two models while it migrates, and the index of a gallery is built from exactly
-one model's rows.
+one model's rows. A gallery's own calibration set (non-mated probes) follows the same pattern in
+`calibration_samples` and `calibration_embeddings`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE INDEX IF NOT EXISTS samples_by_gallery ON samples (gallery_id);
 CREATE TABLE IF NOT EXISTS embeddings (
     sample_id INTEGER NOT NULL REFERENCES samples(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (sample_id, model_id)
+);
+CREATE TABLE IF NOT EXISTS calibration_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gallery_id INTEGER NOT NULL REFERENCES galleries(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    image BLOB,
+    created TEXT NOT NULL,
+    UNIQUE (gallery_id, content_sha256)
+);
+CREATE TABLE IF NOT EXISTS calibration_embeddings (
+    sample_id INTEGER NOT NULL REFERENCES calibration_samples(id) ON DELETE CASCADE,
     model_id TEXT NOT NULL,
     dim INTEGER NOT NULL,
     vector BLOB NOT NULL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.storage.protocols import Store
+from service.storage.sqlite.calibration import SQLiteCalibration
 from service.storage.sqlite.galleries import SQLiteGalleries
 from service.storage.sqlite.jobs import SQLiteJobs
 from service.storage.sqlite.keys import SQLiteKeys
@@ -12,7 +13,14 @@ from service.storage.sqlite.samples import SQLiteSamples
 
 
 class SQLiteStore(
-    SQLiteGalleries, SQLiteSamples, SQLiteMigrations, SQLiteKeys, SQLiteModels, SQLiteJobs, Store
+    SQLiteGalleries,
+    SQLiteSamples,
+    SQLiteCalibration,
+    SQLiteMigrations,
+    SQLiteKeys,
+    SQLiteModels,
+    SQLiteJobs,
+    Store,
 ):
     """One SQLite database file in WAL mode; safe to call from many threads, and from several
     processes on one machine (writes are serialised by SQLite's lock)."""

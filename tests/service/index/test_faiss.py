@@ -67,17 +67,20 @@ def test_subject_search_is_exact_and_never_duplicates(scoring: str) -> None:
         expected = sorted(truth.items(), key=lambda item: -item[1])[:10]
         assert [c.subject_id for c in row] == [f"subject{pk}" for pk, _ in expected]
         np.testing.assert_allclose([c.score for c in row], [s for _, s in expected], atol=1e-5)
-    assert index.vectors_version == 30
-    top1, version = index.top1_scores(queries)
-    assert version == 30
-    np.testing.assert_allclose(top1, [row[0].score for row in index.search(queries, 1)], atol=1e-6)
+    for pk, vectors in members.items():
+        held = index.subject_vectors(f"subject{pk}")
+        if scoring == "max":  # its samples, by sample id (the order they were added in)
+            np.testing.assert_allclose(held, vectors, atol=1e-7)
+        else:
+            mean = vectors.mean(axis=0)
+            np.testing.assert_allclose(held, [mean / np.linalg.norm(mean)], atol=1e-6)
 
 
 def test_remove_subject_and_empty_index() -> None:
     rng = np.random.default_rng(2)
     index = FaissSubjectIndex(DIM, "max")
     assert index.search(unit(rng, 2), 3) == [[], []]
-    assert np.isneginf(index.top1_scores(unit(rng, 2))[0]).all()
+    assert index.subject_vectors("a") is None
     index.add_samples(1, "a", np.array([1, 2]), unit(rng, 2))
     index.add_samples(2, "b", np.array([3]), unit(rng, 1))
     index.remove_subject(1, np.array([1, 2]))
@@ -135,18 +138,17 @@ def test_service_and_training_score_and_decide_alike(scoring: str) -> None:
         assert decide(row[0].score, threshold) == decide(float(expected_scores[0]), threshold)
 
 
-def test_vectors_version_counts_vector_changes_only() -> None:
+def test_subject_vectors_follow_removals() -> None:
     rng = np.random.default_rng(3)
     index = FaissSubjectIndex(DIM, "max")
-    index.set_subject(1, "a")  # a subject without samples changes no score
-    assert index.vectors_version == 0
-    index.add_samples(1, "a", np.array([1]), unit(rng, 1))
-    index.add_samples(1, "a", np.array([1]), unit(rng, 1))  # already there: no change
-    assert index.vectors_version == 1
-    index.remove_samples(np.array([99]))  # absent: no change
-    assert index.vectors_version == 1
+    index.set_subject(1, "a")
+    assert index.subject_vectors("a") is None  # no samples yet
+    vectors = unit(rng, 2).astype(np.float32)
+    index.add_samples(1, "a", np.array([1, 2]), vectors)
     index.remove_samples(np.array([1]))
-    assert index.vectors_version == 2
+    np.testing.assert_array_equal(index.subject_vectors("a"), vectors[1:])
+    index.remove_samples(np.array([2]))
+    assert index.subject_vectors("a") is None and index.subject_vectors("ghost") is None
 
 
 def test_open_index_names_what_it_supports() -> None:
