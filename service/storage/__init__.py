@@ -13,10 +13,18 @@ from service.storage.errors import (
     StoreError,
 )
 from service.storage.factory import check_database_url, open_store, redact_url
-from service.storage.protocols import GalleryStore, JobStore, KeyStore, ModelStore, Store
+from service.storage.protocols import (
+    GalleryStore,
+    JobStore,
+    KeyStore,
+    ModelStore,
+    Store,
+    TransferStore,
+)
 from service.storage.records import (
     AddedSample,
     ApiKeyRecord,
+    ExportedSample,
     GalleryEmbeddings,
     GalleryRecord,
     JobRecord,
@@ -30,6 +38,7 @@ __all__ = [
     "AddedSample",
     "AlreadyExistsError",
     "ApiKeyRecord",
+    "ExportedSample",
     "GalleryEmbeddings",
     "GalleryRecord",
     "GalleryStore",
@@ -46,6 +55,7 @@ __all__ = [
     "StoreError",
     "StoredImage",
     "SubjectRecord",
+    "TransferStore",
     "check_database_url",
     "open_store",
     "redact_url",

@@ -9,10 +9,18 @@ from service.storage.sqlite.keys import SQLiteKeys
 from service.storage.sqlite.migrations import SQLiteMigrations
 from service.storage.sqlite.models import SQLiteModels
 from service.storage.sqlite.samples import SQLiteSamples
+from service.storage.sqlite.transfer import SQLiteTransfer
 
 
 class SQLiteStore(
-    SQLiteGalleries, SQLiteSamples, SQLiteMigrations, SQLiteKeys, SQLiteModels, SQLiteJobs, Store
+    SQLiteGalleries,
+    SQLiteSamples,
+    SQLiteMigrations,
+    SQLiteKeys,
+    SQLiteModels,
+    SQLiteJobs,
+    SQLiteTransfer,
+    Store,
 ):
     """One SQLite database file in WAL mode; safe to call from many threads, and from several
     processes on one machine (writes are serialised by SQLite's lock)."""
