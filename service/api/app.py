@@ -27,6 +27,7 @@ from service.api.routers import (
     recognition,
     samples,
     subjects,
+    transfer,
 )
 from service.api.schemas import ErrorResponse
 from service.core.metrics import Metrics
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     for router in (
+        transfer.router,
         galleries.router,
         subjects.router,
         samples.router,
