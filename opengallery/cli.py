@@ -22,6 +22,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keys": ("service.cli:keys_main", "service", "create API keys"),
     "enroll": ("opengallery.enroll:main", "client", "batch-enrol a folder over HTTP"),
     "push": ("opengallery.push:main", "client", "register a local bundle with a service"),
+    "export-gallery": (
+        "opengallery.transfer:export_main",
+        "client",
+        "download a gallery as one archive",
+    ),
+    "import-gallery": (
+        "opengallery.transfer:import_main",
+        "client",
+        "recreate a gallery from an archive",
+    ),
 }
 
 
