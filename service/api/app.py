@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.api.routers import (
+    console,
     galleries,
     health,
     jobs,
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     app.include_router(health.router)
+    app.include_router(console.router)
     app.add_middleware(
         RequestContextMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_request_bytes,
