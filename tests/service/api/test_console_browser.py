@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 # Read at import: the tests' autouse fixture clears OPENGALLERY_* variables.
 CHROMIUM = find_chromium()
 ARTIFACTS = os.environ.get("OPENGALLERY_ARTIFACTS")
+WRITE_README_SCREENSHOT = os.environ.get("OPENGALLERY_WRITE_README_SCREENSHOT") == "1"
 ADMIN_KEY = "test-admin-key-0123456789"  # tests/service/conftest.py configures it
 TIMEOUT_MS = 15_000
 
@@ -257,3 +258,173 @@ def api_decision(server: ServerThread, image: Path) -> str:
             "/v1/galleries/faces/identify", files=[("images", (image.name, image.read_bytes()))]
         )
     return answer.json()["results"][0]["decision"]
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_the_readme_example_in_the_console(
+    browser: object, tmp_path: Path, artefacts: Path
+) -> None:
+    """The README's digits in the console, with the shipped model: a "three" is recognised, an
+    "eight" is unknown. Its screenshot is docs/console.png (written there when
+    OPENGALLERY_WRITE_README_SCREENSHOT=1)."""
+    settings = Settings(
+        data_dir=tmp_path / "data", model=REPO / "models" / "default", admin_key=ADMIN_KEY
+    )
+    with ServerThread(create_app(settings)) as server:
+        view = Page(browser, server, viewport={"width": 1100, "height": 720})
+        page = view.page
+        view.open()
+        view.log_in(ADMIN_KEY)
+        page.fill("#new-gallery-name", "demo")
+        page.click("#create-gallery button[type=submit]")
+        page.wait_for_selector("tr[data-gallery='demo']")
+        page.click("#nav a[data-view=enrol]")
+        page.set_input_files("#enrol-files-folder", str(REPO / "examples" / "gallery"))
+        page.wait_for_selector("#enrol-summary:has-text('18 / 18: 18 enrolled')")
+        page.click("#nav a[data-view=identify]")
+        probes = REPO / "examples" / "probes"
+        page.set_input_files(
+            "#identify-files", [str(probes / "three.png"), str(probes / "eight.png")]
+        )
+        page.wait_for_selector("#identify-results .probe >> nth=1")
+        decisions = [
+            d.text_content() for d in page.query_selector_all("#identify-results .decision")
+        ]
+        assert decisions == ["known: three", "unknown"]
+        page.screenshot(path=str(artefacts / "readme-identify.png"))
+        if WRITE_README_SCREENSHOT:
+            page.screenshot(path=str(REPO / "docs" / "console.png"))
+        # The shipped bundle's manifest metrics, flattened.
+        page.click("#nav a[data-view=models]")
+        model_row = page.wait_for_selector("tr[data-model] details")
+        model_row.query_selector("summary").click()
+        assert "closed_world.closed_set_accuracy: 0.9867" in model_row.text_content()
+        view.close()
+
+
+def test_models_view_migrates_a_gallery_and_follows_the_job(
+    browser: object, server: ServerThread, tmp_path: Path, artefacts: Path
+) -> None:
+    from models.testing import make_random_bundle
+
+    bundle = make_random_bundle(tmp_path / "v2", seed=5, embedding_dim=16, version="2")
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        admin.post("/v1/galleries", json={"name": "faces", "keep_images": True})
+        for number in range(3):
+            admin.put(f"/v1/galleries/faces/subjects/s{number}")
+            admin.post(
+                f"/v1/galleries/faces/subjects/s{number}/samples",
+                files=[("images", ("a.png", png_bytes(40 + number)))],
+            )
+    view = Page(browser, server, viewport={"width": 1280, "height": 900})
+    page = view.page
+    view.open()
+    view.log_in(ADMIN_KEY)
+    page.wait_for_selector("tr[data-gallery='faces']")
+    page.click("#nav a[data-view=models]")
+    # A path that is no bundle: the service's reason, as it is.
+    page.fill("#register-path", str(tmp_path / "nothing"))
+    page.click("form:has(#register-path) button")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "(422 invalid_bundle)" in page.text_content("#error-text")
+    page.fill("#register-path", str(bundle.path))
+    page.click("form:has(#register-path) button")
+    page.wait_for_selector("tr[data-model='random@2']")
+    assert page.text_content("tr[data-model='random@1'] td:last-child") == "none"  # no metrics
+    page.select_option("#migrate-gallery", "faces")
+    page.select_option("#migrate-model", "random@2")
+    page.click("form:has(#migrate-model) button")
+    page.wait_for_selector("#migrate-status.ok")
+    assert "succeeded, 3 / 3 samples re-embedded (random@1 → random@2)" in page.text_content(
+        "#migrate-status"
+    )
+    assert page.get_attribute("#migrate-progress", "value") == "3"
+    page.screenshot(path=str(artefacts / "models.png"), full_page=True)
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        assert admin.get("/v1/galleries/faces").json()["model"] == "random@2"
+    view.close()
+
+
+def test_calibration_and_keys_views_read_the_designed_answers(
+    browser: object, server: ServerThread, artefacts: Path
+) -> None:
+    """The gallery calibration and key listing APIs (design §4) as the console reads them,
+    answered here by the browser (page.route) so the views are tested on their own."""
+    import json
+
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        admin.post("/v1/galleries", json={"name": "faces", "fpir": 0.05})
+    scores = [round(0.1 + 0.6 * ((i * 37) % 100) / 100, 4) for i in range(400)]
+    calibration = {
+        "source": "gallery",
+        "size": 400,
+        "min_fpir": 0.025,
+        "thresholds": [
+            {"fpir": 0.05, "threshold": 0.6712, "fpir_upper": 0.0731},
+            {"fpir": 0.1, "threshold": 0.6421, "fpir_upper": 0.1312},
+        ],
+        "scores": scores,
+    }
+    keys = {
+        "keys": [
+            {"key_id": 1, "scope": "admin", "name": None, "created": "2026-11-30T10:00:00"},
+            {"key_id": 2, "scope": "client", "name": "kiosk", "created": "2026-11-30T11:00:00"},
+        ]
+    }
+    revoked: list[str] = []
+
+    def answer_calibration(route: object) -> None:
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(calibration))  # type: ignore[attr-defined]
+
+    def answer_keys(route: object) -> None:
+        request = route.request  # type: ignore[attr-defined]
+        if request.method == "DELETE":
+            revoked.append(request.url.rsplit("/", 1)[1])
+            route.fulfill(status=204, body="")  # type: ignore[attr-defined]
+        else:
+            route.fulfill(status=200, content_type="application/json", body=json.dumps(keys))  # type: ignore[attr-defined]
+
+    view = Page(browser, server, viewport={"width": 1280, "height": 900})
+    page = view.page
+    page.route(re.compile(r".*/v1/galleries/faces/calibration(\?.*)?$"), answer_calibration)
+    page.route(re.compile(r".*/v1/keys(/\d+)?$"), answer_keys)
+    view.open()
+    view.log_in(ADMIN_KEY)
+    row = page.wait_for_selector("tr[data-gallery='faces']")
+    cells = [c.text_content() for c in row.query_selector_all("td")]
+    assert cells[2:5] == ["0.050000", "0.6712", "0.073100"]  # FPIR, threshold, fpir_upper
+    page.click("#nav a[data-view=calibration]")
+    # Drawn: the canvas is sized to its box (a width attribute) in the same frame.
+    page.wait_for_selector("#calibration-histogram[width]")
+    # The threshold line is drawn in red where 0.6712 falls between the smallest and
+    # largest value (0.1 and 0.6940): find red pixels in that column of the canvas.
+    red_column = page.evaluate(
+        """() => {
+          const canvas = document.getElementById('calibration-histogram');
+          const g = canvas.getContext('2d');
+          const data = g.getImageData(0, 0, canvas.width, canvas.height).data;
+          const reds = new Set();
+          for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) {
+            const i = 4 * (y * canvas.width + x);
+            if (data[i] > 150 && data[i + 1] < 80 && data[i + 2] < 80) reds.add(x);
+          }
+          return [...reds].sort((a, b) => a - b);
+        }"""
+    )
+    width = page.evaluate("document.getElementById('calibration-histogram').width")
+    ratio = page.evaluate("window.devicePixelRatio")
+    plot_left, plot_width = 40 * ratio, width - 50 * ratio
+    expected = plot_left + (0.6712 - 0.1) / (max(scores) - 0.1) * plot_width
+    assert red_column and min(abs(x - expected) for x in red_column) <= 3 * ratio
+    assert "400 strangers" in page.text_content("#view")
+    page.screenshot(path=str(artefacts / "calibration.png"), full_page=True)
+
+    page.click("#nav a[data-view=keys]")
+    page.wait_for_selector("tr[data-key-id='2']")
+    assert "kiosk" in page.text_content("tr[data-key-id='2']")
+    with page.expect_response(lambda response: response.request.method == "DELETE"):
+        page.click("tr[data-key-id='2'] button.danger")
+    assert revoked == ["2"]
+    view.close()

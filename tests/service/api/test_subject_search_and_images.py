@@ -114,3 +114,19 @@ def test_a_client_key_may_read_images_without_a_key_may_not(client: TestClient) 
     key = client.post("/v1/keys", json={"scope": "client"}).json()["key"]
     assert client.get(url, headers={"X-API-Key": key}).status_code == 200
     assert client.get(url, headers={"X-API-Key": ""}).status_code == 401
+
+
+def test_models_list_their_manifest_metrics(client: TestClient) -> None:
+    import json
+    from pathlib import Path
+
+    from models.bundle import load_bundle
+
+    default = Path(__file__).resolve().parents[3] / "models" / "default"
+    listed = client.get("/v1/models").json()["models"]
+    assert [m["metrics"] for m in listed] == [{}]  # the random test bundle has none
+    registered = client.post("/v1/models", json={"path": str(default)})
+    assert registered.status_code == 201, registered.text
+    by_id = {m["model"]: m for m in client.get("/v1/models").json()["models"]}
+    expected = json.loads((default / "manifest.json").read_text())["metrics"]
+    assert by_id[load_bundle(default).manifest.model_id]["metrics"] == expected
