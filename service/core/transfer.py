@@ -301,7 +301,8 @@ def _read_members(archive: IO[bytes]) -> dict[str, bytes]:
                 allowed = member.name in {MANIFEST, SUBJECTS, SAMPLES, EMBEDDINGS, CALIBRATION}
                 if not (allowed or _IMAGE_MEMBER.match(member.name)):
                     raise invalid_archive(f"unexpected member {member.name!r}")
-                if not member.isfile():
+                # A sparse member would inflate beyond the archive's own size when read.
+                if not member.isfile() or member.issparse():
                     raise invalid_archive(f"member {member.name!r} is not a regular file")
                 if member.name in contents:
                     raise invalid_archive(f"member {member.name!r} appears twice")

@@ -123,6 +123,8 @@ def test_log_in_enrol_identify_and_see_reasons(
     page = view.page
     view.open()
     assert page.url.endswith("/console/")
+    page.wait_for_selector("#login-form", state="visible")
+    assert not page.is_visible("#boot")  # the scripts ran
     # A wrong key: the API's message, still on the login form.
     view.log_in("not-a-key")
     page.wait_for_selector("#login-message:has-text('401')")

@@ -139,6 +139,7 @@ function contextView() {
 }
 
 function boot() {
+  $("boot").hidden = true;
   $("login-form").addEventListener("submit", logIn);
   $("logout").addEventListener("click", () => showLogin("Logged out."));
   $("error-close").addEventListener("click", clearError);
