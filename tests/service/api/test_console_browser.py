@@ -74,7 +74,8 @@ class Page:
         self.problems: list[str] = []
         self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
         self.page.on("console", self._console)
-        self.page.on("dialog", lambda dialog: dialog.accept())
+        self.dialogs: list[str] = []
+        self.page.on("dialog", self._dialog)
         self.url = server.url
 
     def _console(self, message: object) -> None:
@@ -82,6 +83,10 @@ class Page:
         # A refused request (a 401, 404, 422 the test provokes) is logged by the browser too.
         if message.type == "error" and not text.startswith("Failed to load resource"):  # type: ignore[attr-defined]
             self.problems.append(f"console error: {text}")
+
+    def _dialog(self, dialog: object) -> None:
+        self.dialogs.append(dialog.message)  # type: ignore[attr-defined]
+        dialog.accept()  # type: ignore[attr-defined]
 
     def open(self, path: str = "/console") -> None:
         self.page.goto(self.url + path)
@@ -346,6 +351,15 @@ def test_models_view_migrates_a_gallery_and_follows_the_job(
     page.screenshot(path=str(artefacts / "models.png"), full_page=True)
     with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
         assert admin.get("/v1/galleries/faces").json()["model"] == "random@2"
+    # Deleting a gallery asks first, naming what goes with it.
+    page.click("#nav a[data-view=galleries]")
+    page.click("tr[data-gallery='faces'] button.danger")
+    page.wait_for_selector("tr[data-gallery='faces']", state="detached")
+    assert view.dialogs == [
+        'Delete gallery "faces" with its 3 subjects and 3 samples? This cannot be undone.'
+    ]
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        assert admin.get("/v1/galleries/faces").status_code == 404
     view.close()
 
 
