@@ -1,6 +1,7 @@
 """Gallery export and import: one tar archive that recreates a gallery exactly.
 
-The archive (format `opengallery-gallery`, version 1) holds, as plain tar members:
+The archive (format `opengallery-gallery`, version 1) holds, as plain tar members (in any
+order; the export writes the manifest last, once every checksum is known):
 
 - `manifest.json`: the format, the gallery's settings (model `name@version`, FPIR, scoring,
   keep_images), the counts, the embedding dimension, and the sha256 of every other member;
@@ -127,101 +128,95 @@ class GalleryTransfer:
         return ExportedArchive(archive, size, name)
 
     def _write_archive(self, record: GalleryRecord, work: Path, archive: IO[bytes]) -> None:
+        # One pass: images go into the tar as they are read; the line files and embeddings
+        # are written to `work` first (their sizes must be known before their headers); the
+        # manifest, which lists every member's checksum, comes last.
         model = self.models.get(record.model_id)
         dim = model.dim if model is not None else 0
-        members: list[tuple[str, Path]] = []
         checksums: dict[str, str] = {}
-
-        def add(member: str, path: Path) -> None:
-            digest = hashlib.sha256()
-            with path.open("rb") as file:
-                while chunk := file.read(1 << 20):
-                    digest.update(chunk)
-            checksums[member] = digest.hexdigest()
-            members.append((member, path))
-
-        subjects_path = work / "subjects"
-        subject_count = 0
-        with store_errors(), subjects_path.open("w", encoding="utf-8") as file:
-            after: str | None = None
-            while page := self.store.list_subjects(record.name, _EXPORT_PAGE, after):
-                for subject in page:
-                    line = {"subject_id": subject.subject_id, "metadata": subject.metadata}
-                    file.write(json.dumps(line, ensure_ascii=False) + "\n")
-                subject_count += len(page)
-                after = page[-1].subject_id
-        add(SUBJECTS, subjects_path)
-
-        samples_path, embeddings_path = work / "samples", work / "embeddings"
-        images_dir = work / "images"
-        images_dir.mkdir()
-        image_members: list[tuple[str, Path]] = []
-        sample_count = 0
-        with (
-            store_errors(),
-            samples_path.open("w", encoding="utf-8") as samples_file,
-            embeddings_path.open("wb") as embeddings_file,
-        ):
-            after_id = 0
-            while page := self.store.export_samples(
-                record.name, record.model_id, after_id, _EXPORT_PAGE
-            ):
-                for sample in page:
-                    image_member = None
-                    if sample.image is not None:
-                        image_member = f"images/{sample_count}"
-                        image_path = images_dir / str(sample_count)
-                        image_path.write_bytes(sample.image)
-                        image_members.append((image_member, image_path))
-                    line = {
-                        "subject_id": sample.subject_id,
-                        "source": sample.source,
-                        "content_sha256": sample.content_sha256,
-                        "image": image_member,
-                    }
-                    samples_file.write(json.dumps(line, ensure_ascii=False) + "\n")
-                    vector = np.ascontiguousarray(sample.embedding, dtype="<f4")
-                    dim = int(vector.shape[0])
-                    embeddings_file.write(vector.tobytes())
-                    sample_count += 1
-                after_id = page[-1].sample_id
-        add(SAMPLES, samples_path)
-        add(EMBEDDINGS, embeddings_path)
-        for member, path in image_members:
-            add(member, path)
-
-        calibration = self.calibration_for_export(record)
-        if calibration is not None:
-            calibration_path = work / "calibration"
-            calibration_path.write_bytes(np.ascontiguousarray(calibration, dtype="<f4").tobytes())
-            add(CALIBRATION, calibration_path)
-
-        manifest = {
-            "format": ARCHIVE_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "gallery": {
-                "name": record.name,
-                "model": record.model_id,
-                "fpir": record.fpir,
-                "scoring": record.scoring,
-                "keep_images": record.keep_images,
-            },
-            "subjects": subject_count,
-            "samples": sample_count,
-            "embedding_dim": dim,
-            "calibration_size": 0 if calibration is None else len(calibration),
-            "sha256": checksums,
-        }
-        manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8")
         with tarfile.open(fileobj=archive, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(manifest_bytes)
-            tar.addfile(info, io.BytesIO(manifest_bytes))
-            for member, path in members:
+
+            def add_bytes(member: str, data: bytes) -> None:
+                checksums[member] = _sha256(data)
                 info = tarfile.TarInfo(member)
-                info.size = path.stat().st_size
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+            def add_file(member: str, path: Path) -> None:
+                digest = hashlib.sha256()
                 with path.open("rb") as file:
+                    while chunk := file.read(1 << 20):
+                        digest.update(chunk)
+                    checksums[member] = digest.hexdigest()
+                    info = tarfile.TarInfo(member)
+                    info.size = file.tell()
+                    file.seek(0)
                     tar.addfile(info, file)
+
+            subjects_path = work / "subjects"
+            subject_count = 0
+            with store_errors(), subjects_path.open("w", encoding="utf-8") as file:
+                after: str | None = None
+                while page := self.store.list_subjects(record.name, _EXPORT_PAGE, after):
+                    for subject in page:
+                        line = {"subject_id": subject.subject_id, "metadata": subject.metadata}
+                        file.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    subject_count += len(page)
+                    after = page[-1].subject_id
+            add_file(SUBJECTS, subjects_path)
+
+            samples_path, embeddings_path = work / "samples", work / "embeddings"
+            sample_count = 0
+            with (
+                store_errors(),
+                samples_path.open("w", encoding="utf-8") as samples_file,
+                embeddings_path.open("wb") as embeddings_file,
+            ):
+                after_id = 0
+                while page := self.store.export_samples(
+                    record.name, record.model_id, after_id, _EXPORT_PAGE
+                ):
+                    for sample in page:
+                        image_member = None
+                        if sample.image is not None:
+                            image_member = f"images/{sample_count}"
+                            add_bytes(image_member, sample.image)
+                        line = {
+                            "subject_id": sample.subject_id,
+                            "source": sample.source,
+                            "content_sha256": sample.content_sha256,
+                            "image": image_member,
+                        }
+                        samples_file.write(json.dumps(line, ensure_ascii=False) + "\n")
+                        vector = np.ascontiguousarray(sample.embedding, dtype="<f4")
+                        dim = int(vector.shape[0])
+                        embeddings_file.write(vector.tobytes())
+                        sample_count += 1
+                    after_id = page[-1].sample_id
+            add_file(SAMPLES, samples_path)
+            add_file(EMBEDDINGS, embeddings_path)
+
+            calibration = self.calibration_for_export(record)
+            if calibration is not None:
+                add_bytes(CALIBRATION, np.ascontiguousarray(calibration, dtype="<f4").tobytes())
+
+            manifest = {
+                "format": ARCHIVE_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "gallery": {
+                    "name": record.name,
+                    "model": record.model_id,
+                    "fpir": record.fpir,
+                    "scoring": record.scoring,
+                    "keep_images": record.keep_images,
+                },
+                "subjects": subject_count,
+                "samples": sample_count,
+                "embedding_dim": dim,
+                "calibration_size": 0 if calibration is None else len(calibration),
+                "sha256": checksums,
+            }
+            add_bytes(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
 
     # -- import --
     def import_archive(self, archive: IO[bytes], name: str | None = None) -> GalleryRecord:
