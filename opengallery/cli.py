@@ -27,6 +27,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "client",
         "upload strangers as a gallery's own calibration set",
     ),
+    "export-gallery": (
+        "opengallery.transfer:export_main",
+        "client",
+        "download a gallery as one archive",
+    ),
+    "import-gallery": (
+        "opengallery.transfer:import_main",
+        "client",
+        "recreate a gallery from an archive",
+    ),
 }
 
 

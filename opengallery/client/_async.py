@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
@@ -234,6 +234,39 @@ class AsyncClient(ClientBase):
         return await self._send(
             calls.verify(gallery, subject_id, image, embedding, fpir, threshold)
         )
+
+    # -- export and import --
+    async def export_gallery(
+        self, gallery: str, destination: str | os.PathLike[str] | IO[bytes]
+    ) -> int:
+        call = calls.export_gallery(gallery)
+        if isinstance(destination, str | os.PathLike):
+            partial = calls.partial_path(destination)
+            try:
+                with partial.open("wb") as file:
+                    size = await self._download(call, file)
+                partial.replace(destination)
+            finally:
+                partial.unlink(missing_ok=True)
+            return size
+        return await self._download(call, destination)
+
+    async def _download(self, call: Call[None], file: IO[bytes]) -> int:
+        size = 0
+        try:
+            async with self._http.stream(call.method, call.path) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise calls.error_from_response(call, response)
+                async for chunk in response.aiter_bytes():
+                    file.write(chunk)
+                    size += len(chunk)
+        except httpx.TransportError as error:
+            raise calls.error_from_transport(call, self.url, error) from None
+        return size
+
+    async def import_gallery(self, archive: ImageInput, name: str | None = None) -> Gallery:
+        return await self._send(calls.import_gallery(archive, name))
 
     # -- models and migrations --
     async def list_models(self) -> list[ModelInfo]:

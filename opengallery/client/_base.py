@@ -331,6 +331,30 @@ def verify(
     raise neither_or_both("image", "embedding")
 
 
+def export_gallery(gallery: str) -> Call[None]:
+    """The export request; the clients stream its body to a file instead of reading JSON."""
+    return Call("GET", path("v1", "galleries", gallery, "export"), _ignore)
+
+
+def import_gallery(archive: ImageInput, name: str | None) -> Call[Gallery]:
+    _, (filename, data, _) = image_part("archive", archive, 0)
+    # A lost answer cannot be told from a name taken by someone else: never repeated.
+    return Call(
+        "POST",
+        path("v1", "galleries", "import"),
+        Gallery.from_json,
+        files=[("archive", (filename, data, "application/x-tar"))],
+        params=None if name is None else {"name": name},
+        repeatable=False,
+    )
+
+
+def partial_path(destination: str | os.PathLike[str]) -> Path:
+    """Where a download goes until it is complete (then renamed over `destination`)."""
+    target = Path(destination)
+    return target.with_name(target.name + ".part")
+
+
 def list_models() -> Call[list[ModelInfo]]:
     return Call(
         "GET", path("v1", "models"), lambda body: [ModelInfo.from_json(m) for m in body["models"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
@@ -249,6 +249,41 @@ class Client(ClientBase):
     ) -> Verification:
         """One probe against one subject, with identify's calibrated threshold."""
         return self._send(calls.verify(gallery, subject_id, image, embedding, fpir, threshold))
+
+    # -- export and import --
+    def export_gallery(self, gallery: str, destination: str | os.PathLike[str] | IO[bytes]) -> int:
+        """Download the gallery's archive (admin) to a path or a binary file; its size in
+        bytes. A path is written whole or not at all (via `<path>.part`)."""
+        call = calls.export_gallery(gallery)
+        if isinstance(destination, str | os.PathLike):
+            partial = calls.partial_path(destination)
+            try:
+                with partial.open("wb") as file:
+                    size = self._download(call, file)
+                partial.replace(destination)
+            finally:
+                partial.unlink(missing_ok=True)
+            return size
+        return self._download(call, destination)
+
+    def _download(self, call: Call[None], file: IO[bytes]) -> int:
+        size = 0
+        try:
+            with self._http.stream(call.method, call.path) as response:
+                if not response.is_success:
+                    response.read()
+                    raise calls.error_from_response(call, response)
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+                    size += len(chunk)
+        except httpx.TransportError as error:
+            raise calls.error_from_transport(call, self.url, error) from None
+        return size
+
+    def import_gallery(self, archive: ImageInput, name: str | None = None) -> Gallery:
+        """Recreate a gallery from an archive (a path, bytes or a binary file) (admin), named
+        `name` or as in the archive."""
+        return self._send(calls.import_gallery(archive, name))
 
     # -- models and migrations --
     def list_models(self) -> list[ModelInfo]:

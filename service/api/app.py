@@ -19,6 +19,7 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.api.routers import (
     calibration,
+    console,
     galleries,
     health,
     jobs,
@@ -28,6 +29,7 @@ from service.api.routers import (
     recognition,
     samples,
     subjects,
+    transfer,
 )
 from service.api.schemas import ErrorResponse
 from service.core.metrics import Metrics
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     for router in (
+        transfer.router,
         galleries.router,
         subjects.router,
         samples.router,
@@ -109,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     app.include_router(health.router)
+    app.include_router(console.router)
     app.add_middleware(
         RequestContextMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_request_bytes,

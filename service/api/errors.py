@@ -58,6 +58,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_model": 422,
     "unsupported_fpir": 422,
     "invalid_bundle": 422,
+    "invalid_archive": 422,
     # probes and samples
     "all_samples_rejected": 422,
     "invalid_embedding": 422,

@@ -296,6 +296,9 @@ class ModelOut(BaseModel):
     calibration_size: int
     default: bool
     galleries: list[str]
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="the bundle manifest's evaluation figures"
+    )
 
 
 class ModelList(BaseModel):

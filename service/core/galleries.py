@@ -19,6 +19,7 @@ from models.scoring import DEFAULT_SCORING, check_scoring
 from service.core.calibration import check_fpir_supported, default_fpir
 from service.core.errors import ServiceError, not_found, store_errors
 from service.core.ids import check_id
+from service.core.images import media_type
 from service.core.ingest import Ingest, Prepared, Upload
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.metrics import Metrics
@@ -85,6 +86,12 @@ class SubjectWrite:
 class SubjectDetail:
     record: SubjectRecord
     samples: list[SampleRecord]
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    data: bytes
+    media_type: str
 
 
 @dataclass(frozen=True)
@@ -179,14 +186,17 @@ class Galleries:
                 raise not_found("subject", subject_id)
             return SubjectDetail(record, self.store.list_samples(gallery_name, subject_id))
 
-    def list_subjects(self, gallery_name: str, limit: int, after: str | None) -> SubjectPage:
-        """Up to `limit` subjects ordered by id, strictly after `after`."""
+    def list_subjects(
+        self, gallery_name: str, limit: int, after: str | None, prefix: str | None = None
+    ) -> SubjectPage:
+        """Up to `limit` subjects ordered by id, strictly after `after`, whose ids start with
+        `prefix` when it is given."""
         if not 1 <= limit <= self.settings.max_page_size:
             raise ServiceError(
                 "invalid_limit", f"limit must be 1-{self.settings.max_page_size}, got {limit}"
             )
         with store_errors():
-            records = self.store.list_subjects(gallery_name, limit + 1, after)
+            records = self.store.list_subjects(gallery_name, limit + 1, after, prefix)
         page = records[:limit]
         return SubjectPage(page, page[-1].subject_id if len(records) > limit else None)
 
@@ -386,6 +396,18 @@ class Galleries:
                 )
                 active.calibration.samples_added_many(names, vectors)
             return result.items
+
+    def sample_image(self, gallery_name: str, subject_id: str, sample_id: int) -> SampleImage:
+        """A sample's kept image with its media type; not_found when none was kept."""
+        with store_errors():
+            data = self.store.get_sample_image(gallery_name, subject_id, sample_id)
+        if data is None:
+            raise ServiceError(
+                "not_found",
+                f"sample {sample_id} has no kept image (it was enrolled as an embedding, or "
+                "the gallery keeps no images)",
+            )
+        return SampleImage(data, media_type(data))
 
     def delete_sample(self, gallery_name: str, subject_id: str, sample_id: int) -> None:
         gallery = self.live.get(gallery_name)

@@ -101,3 +101,15 @@ def check_not_blank(image: Image.Image, color: str) -> None:
         raise ImageRejected(
             "blank_image", "the image has no content (all pixels are the same value)"
         )
+
+
+def media_type(data: bytes) -> str:
+    """The MIME type of image bytes by their header (nothing is decoded), or
+    application/octet-stream when Pillow cannot tell."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return Image.MIME.get(image.format or "", "application/octet-stream")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return "application/octet-stream"

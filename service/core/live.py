@@ -127,9 +127,13 @@ class LiveGalleries:
         with self._lock:
             return self._galleries.get(name)
 
-    def add(self, record: GalleryRecord, model: LoadedModel) -> LiveGallery:
-        """A new, empty gallery (the caller created it in the store)."""
-        index = self.backend.build(model.dim, record.scoring, IndexContents.empty(model.dim))
+    def add(
+        self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch | None = None
+    ) -> LiveGallery:
+        """A gallery the caller created in the store: empty, or served by `index` (built by
+        `build_index` from what the store holds)."""
+        if index is None:
+            index = self.backend.build(model.dim, record.scoring, IndexContents.empty(model.dim))
         gallery = LiveGallery(
             record, ActiveModel(model, index, self.build_calibration(record, model, index))
         )

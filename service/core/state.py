@@ -16,6 +16,7 @@ from service.core.metrics import Metrics
 from service.core.migration import MigrationManager
 from service.core.models import LoadedModels
 from service.core.recognition import Recognition
+from service.core.transfer import GalleryTransfer
 from service.index import open_index
 from service.settings import Settings
 from service.storage import Store, open_store
@@ -36,6 +37,7 @@ class ServiceState:
     migrations: MigrationManager
     keys: Authenticator
     metrics: Metrics
+    transfer: GalleryTransfer
     generated_admin_key: str | None = None
     indexes_built: bool = False
 
@@ -95,6 +97,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         migrations=migrations,
         keys=Authenticator(store),
         metrics=metrics,
+        transfer=GalleryTransfer(store, models, live),
         generated_admin_key=generated,
         indexes_built=True,
     )

@@ -20,6 +20,7 @@ from service.storage.protocols import (
     KeyStore,
     ModelStore,
     Store,
+    TransferStore,
 )
 from service.storage.records import (
     AddedSample,
@@ -28,6 +29,7 @@ from service.storage.records import (
     BulkEnrolled,
     CalibrationEmbeddings,
     CalibrationSampleRecord,
+    ExportedSample,
     GalleryEmbeddings,
     GalleryRecord,
     JobRecord,
@@ -46,6 +48,7 @@ __all__ = [
     "CalibrationEmbeddings",
     "CalibrationSampleRecord",
     "CalibrationStore",
+    "ExportedSample",
     "GalleryEmbeddings",
     "GalleryRecord",
     "GalleryStore",
@@ -62,6 +65,7 @@ __all__ = [
     "StoreError",
     "StoredImage",
     "SubjectRecord",
+    "TransferStore",
     "check_database_url",
     "open_store",
     "redact_url",

@@ -136,3 +136,16 @@ class ApiKeyRecord:
     scope: str
     name: str | None
     created: str
+
+
+@dataclass(frozen=True)
+class ExportedSample:
+    """One sample as a gallery export holds it: its embedding by the gallery's model and, when
+    the gallery keeps images, its image bytes."""
+
+    sample_id: int
+    subject_id: str
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    embedding: np.ndarray  # float32 [D]
+    image: bytes | None

@@ -88,11 +88,35 @@ async def add_samples(
     return SamplesOut(subject_id=subject_id, model=enrolment.model_id, samples=samples)
 
 
+SampleId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+@router.get(
+    "/{sample_id}/image",
+    summary="The kept image of one sample",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "the image bytes as enrolled"}},
+)
+async def get_sample_image(
+    gallery: GalleryName,
+    subject_id: SubjectId,
+    sample_id: SampleId,
+    galleries: GalleriesDep,
+    _: ClientKey,
+) -> Response:
+    image = await run_in_threadpool(galleries.sample_image, gallery, subject_id, sample_id)
+    return Response(
+        image.data,
+        media_type=image.media_type,
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"},
+    )
+
+
 @router.delete("/{sample_id}", status_code=204, summary="Delete one sample")
 async def delete_sample(
     gallery: GalleryName,
     subject_id: SubjectId,
-    sample_id: Annotated[int, Path(ge=1, le=2**62)],
+    sample_id: SampleId,
     galleries: GalleriesDep,
     _: ClientKey,
 ) -> Response:

@@ -83,9 +83,13 @@ async def list_subjects(
     _: ClientKey,
     limit: Annotated[int, Query(ge=1, description="page size")] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    prefix: Annotated[
+        str | None,
+        Query(max_length=256, description="only subjects whose id starts with this (exact case)"),
+    ] = None,
 ) -> SubjectPage:
     after = decode_cursor(cursor) if cursor else None
-    page = await run_in_threadpool(galleries.list_subjects, gallery, limit, after)
+    page = await run_in_threadpool(galleries.list_subjects, gallery, limit, after, prefix)
     return SubjectPage(
         subjects=[subject_out(r) for r in page.subjects],
         next_cursor=encode_cursor(page.last) if page.last is not None else None,

@@ -14,13 +14,22 @@ from service.storage.protocols.galleries import GalleryStore
 from service.storage.protocols.jobs import JobStore
 from service.storage.protocols.keys import KeyStore
 from service.storage.protocols.models import ModelStore
+from service.storage.protocols.transfer import TransferStore
 
 
-class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore):
+class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, TransferStore):
     """Durable state of the service. Implementations must be safe to call from many threads."""
 
     @abstractmethod
     def close(self) -> None: ...
 
 
-__all__ = ["CalibrationStore", "GalleryStore", "JobStore", "KeyStore", "ModelStore", "Store"]
+__all__ = [
+    "CalibrationStore",
+    "GalleryStore",
+    "JobStore",
+    "KeyStore",
+    "ModelStore",
+    "Store",
+    "TransferStore",
+]

@@ -57,8 +57,11 @@ class GalleryStore(ABC):
     def get_subject(self, gallery: str, subject_id: str) -> SubjectRecord | None: ...
 
     @abstractmethod
-    def list_subjects(self, gallery: str, limit: int, after: str | None) -> list[SubjectRecord]:
-        """Subjects ordered by subject_id, strictly after `after`."""
+    def list_subjects(
+        self, gallery: str, limit: int, after: str | None, prefix: str | None = None
+    ) -> list[SubjectRecord]:
+        """Subjects ordered by subject_id, strictly after `after`; only ids that start with
+        `prefix` (compared character by character, case-sensitive) when it is given."""
 
     @abstractmethod
     def delete_subject(self, gallery: str, subject_id: str) -> tuple[int, list[int], int]:
@@ -92,6 +95,11 @@ class GalleryStore(ABC):
     @abstractmethod
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
         """A subject's samples, ordered by sample id."""
+
+    @abstractmethod
+    def get_sample_image(self, gallery: str, subject_id: str, sample_id: int) -> bytes | None:
+        """The kept image of one of the subject's samples (None when none was kept);
+        NotFoundError for a gallery, subject or sample that does not exist."""
 
     @abstractmethod
     def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> tuple[int, int]:

@@ -157,6 +157,17 @@ class SQLiteSamples(SQLiteConnection):
             for row in rows
         ]
 
+    def get_sample_image(self, gallery: str, subject_id: str, sample_id: int) -> bytes | None:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            pk = self._subject_pk(connection, gallery_pk, subject_id)
+            row = connection.execute(
+                "SELECT image FROM samples WHERE id = ? AND subject_pk = ?", (sample_id, pk)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError("sample", sample_id)
+        return None if row[0] is None else bytes(row[0])
+
     def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> tuple[int, int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]

@@ -10,6 +10,7 @@ from service.storage.sqlite.keys import SQLiteKeys
 from service.storage.sqlite.migrations import SQLiteMigrations
 from service.storage.sqlite.models import SQLiteModels
 from service.storage.sqlite.samples import SQLiteSamples
+from service.storage.sqlite.transfer import SQLiteTransfer
 
 
 class SQLiteStore(
@@ -20,6 +21,7 @@ class SQLiteStore(
     SQLiteKeys,
     SQLiteModels,
     SQLiteJobs,
+    SQLiteTransfer,
     Store,
 ):
     """One SQLite database file in WAL mode; safe to call from many threads, and from several
