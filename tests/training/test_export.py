@@ -68,12 +68,12 @@ def test_onnx_names_no_local_path_and_is_reproducible(exported, tmp_path: Path) 
 
 def test_calibration_table_holds_on_its_own_set(exported) -> None:  # type: ignore[no-untyped-def]
     run, bundle = exported
-    from training.calibration import Gallery
+    from models.scoring import SubjectScorer
     from training.galleries import OnnxEmbedder, calibration_split
 
     embedder = OnnxEmbedder(bundle.onnx_path)
     known_train = run.data.train.with_roles(0)
-    gallery = Gallery(embedder(known_train), [str(c) for c in known_train.class_names()])
+    gallery = SubjectScorer(embedder(known_train), [str(c) for c in known_train.class_names()])
     _, scores = gallery.top1(embedder(calibration_split(run.data)))
     for row in bundle.manifest.calibration:
         assert realised_fpir(scores, row["threshold"]) <= row["fpir"]
