@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
     args = p.parse_args(list(argv))
 
     def body() -> int:
-        from training.galleries import evaluate_both
+        from training.calibration import SmallCalibrationWarning
+        from training.galleries import evaluate_both, side_by_side
 
         target = Path(args.target)
         if not target.is_dir():
@@ -163,6 +165,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
                 known=protocol["known"] if builtin else None,
                 negative=protocol["negative"] if builtin else None,
                 unknown=protocol["unknown"] if builtin else None,
+                gallery=protocol.get("gallery") if builtin else None,
                 split=protocol.get("split", (0.6, 0.2, 0.2)),
                 split_seed=protocol.get("split_seed", 0),
                 image_size=bundle.manifest.input.height,
@@ -178,12 +181,16 @@ def evaluate_main(argv: Sequence[str]) -> int:
             data = run.data
             embedder = TorchEmbedder(run.network)
             out = Path(args.out or target / "eval")
-        reports = evaluate_both(data, embedder, out)
+        with warnings.catch_warnings():
+            # rows with too few calibration searches are marked in the table
+            warnings.simplefilter("ignore", SmallCalibrationWarning)
+            reports = evaluate_both(data, embedder, out)
         for setting, report in reports.items():
             figures = "  ".join(
                 f"AUROC vs {kind} {m['auroc']:.4f}" for kind, m in report["open_set"].items()
             )
             print(f"{setting}: accuracy {report['closed_set_accuracy']:.4f}  {figures}")
+        print(side_by_side(reports))
         print(f"wrote {out / 'report.md'}")
         return 0
 
