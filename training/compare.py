@@ -11,6 +11,7 @@ plots overlay the mean DIR-vs-FPIR curves (against the held-out unknowns) of all
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -272,6 +273,15 @@ Ranking by mean DIR @ FPIR 1e-2: {ranking}.
 """
 
 
+def run_group(base: TrainConfig) -> str:
+    """The cache directory name of a base configuration: readable, plus a digest of every
+    field except the loss and seed, so that a changed recipe never reuses older runs."""
+    fields = {k: v for k, v in base.to_dict().items() if k not in ("loss", "seed", "device")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+    name = Path(base.protocol).name or "data"
+    return f"{name}-{base.network}-w{base.width}-e{base.epochs}-{digest}"
+
+
 def compare_command(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="opengallery compare",
@@ -300,7 +310,7 @@ def compare_command(argv: Sequence[str]) -> int:
         raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     data = load_from_config(base)
-    runs_dir = Path(args.runs) / f"{base.network}-w{base.width}-e{base.epochs}"
+    runs_dir = Path(args.runs) / run_group(base)
     results: dict[str, list[dict[str, Any]]] = {}
     jobs = [(loss, seed) for loss in losses for seed in seeds]
     with tqdm(jobs, desc="compare", file=sys.stderr, dynamic_ncols=True) as bar:
