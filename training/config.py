@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from training.augment import AugmentParams
 
 LOSSES = (
     "softmax",
@@ -124,7 +127,7 @@ class TrainConfig:
             raise ConfigError(f"augment must be true, false or null; got {self.augment!r}")
         self.augment_parameters()
 
-    def augment_parameters(self) -> Any:
+    def augment_parameters(self) -> AugmentParams:
         """The :class:`training.augment.AugmentParams` of this run (validated)."""
         from training.augment import AugmentParams
 
