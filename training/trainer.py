@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.augment import AugmentParams, augment, step_generator
 from training.config import TrainConfig
 from training.data import KNOWN, ProtocolData, Split, load_from_config
 from training.networks import EmbeddingNetwork, build_network
@@ -153,6 +154,32 @@ class EpochSampler:
                 # the last, short batch: wrap around so that every rank gets a full share
                 batch = np.concatenate([batch, order[: self.batch_size - len(batch)]])
             yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+
+def augmented_inputs(
+    split: Split,
+    batch: np.ndarray,
+    params: AugmentParams,
+    seed: int,
+    epoch: int,
+    step: int,
+    sampler: EpochSampler,
+) -> Tensor:
+    """Network input of one step's shard, augmented in pixel space, then normalised.
+
+    The random draws depend on (seed, epoch, step) only and are made for the global batch, so
+    a resumed run and N data-parallel processes see exactly what one uninterrupted process
+    would.
+    """
+    pixels = torch.from_numpy(split.pixels[batch]).permute(0, 3, 1, 2).float() / 255.0
+    # a shard is at most batch_size / world_size rows (shorter when the data are)
+    start = sampler.rank * (sampler.batch_size // sampler.world_size)
+    rows = slice(start, start + len(batch))
+    pixels = augment(pixels, params, step_generator(seed, epoch, step), rows, sampler.batch_size)
+    spec = split.protocol.input
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((pixels - mean) / std).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +385,7 @@ def train(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
 
+    augment_params = config.augment_parameters() if config.augments() else None
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed, config.deterministic)
@@ -429,7 +457,13 @@ def train(
         for step, batch in enumerate(sampler.batches(epoch)):
             if step >= steps:
                 break
-            x = torch.from_numpy(train_split.inputs(batch)).to(device)
+            if augment_params is None:
+                x = torch.from_numpy(train_split.inputs(batch))
+            else:
+                x = augmented_inputs(
+                    train_split, batch, augment_params, config.seed, epoch, step, sampler
+                )
+            x = x.to(device)
             y = targets_all[batch].to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 loss, predicted = wrapped(x, y)
