@@ -87,20 +87,17 @@ def check_embeddings(vectors: Sequence[Sequence[float]], dim: int) -> CheckedEmb
             )
         else:
             rows[number] = array
-    finite = np.isfinite(rows).all(axis=1)
-    rows[~finite] = 0.0
-    norms = np.linalg.norm(rows, axis=1)
-    for number in np.flatnonzero(~finite | (norms == 0) | ~np.isfinite(norms)).tolist():
+    squares = np.einsum("ij,ij->i", rows, rows)
+    bad = ~(np.isfinite(squares) & (squares > 0))  # NaN, infinite or overflowing, or zero
+    for number in np.flatnonzero(bad).tolist():
         if rejections[number] is None:
             rejections[number] = (
                 "embedding is not finite (NaN or infinite values)"
-                if not finite[number]
+                if not np.isfinite(rows[number]).all()
                 else "embedding is all zeros (or its norm overflows) and cannot be normalised"
             )
-    usable = np.array([reason is None for reason in rejections], dtype=bool)
-    unit = np.zeros((len(vectors), dim), dtype=np.float32)
-    if usable.any():
-        unit[usable] = l2_normalise(rows[usable], "embeddings")
+        rows[number] = 0.0
+    unit = l2_normalise(rows, "embeddings", allow_zero=True)  # rejected rows stay zero
     return CheckedEmbeddings(unit, rows.astype(np.float32), rejections)
 
 
