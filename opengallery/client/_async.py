@@ -199,9 +199,10 @@ class AsyncClient(ClientBase):
                 return
             cursor = page.next_cursor
 
-    async def get_calibration(self, gallery: str) -> Calibration:
-        """The calibration the gallery answers with: source, size, thresholds, fpir_upper."""
-        return await self._send(calls.get_calibration(gallery))
+    async def get_calibration(self, gallery: str, scores: bool = False) -> Calibration:
+        """The calibration the gallery answers with: source, size, thresholds, fpir_upper;
+        `scores=True` adds every calibration probe's best score, descending (`.scores`)."""
+        return await self._send(calls.get_calibration(gallery, scores))
 
     async def delete_calibration(self, gallery: str) -> Calibration:
         """Delete the gallery's own set: back to the bundle's (admin). Refused (409

@@ -277,8 +277,10 @@ def list_calibration_samples(
     return Call("GET", url, CalibrationSamplePage.from_json, params=params)
 
 
-def get_calibration(gallery: str) -> Call[Calibration]:
-    return Call("GET", path("v1", "galleries", gallery, "calibration"), Calibration.from_json)
+def get_calibration(gallery: str, scores: bool) -> Call[Calibration]:
+    params: dict[str, str | int] = {"scores": "true"} if scores else {}
+    url = path("v1", "galleries", gallery, "calibration")
+    return Call("GET", url, Calibration.from_json, params=params)
 
 
 def delete_calibration(gallery: str) -> Call[Calibration]:

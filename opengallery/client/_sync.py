@@ -213,9 +213,10 @@ class Client(ClientBase):
                 return
             cursor = page.next_cursor
 
-    def get_calibration(self, gallery: str) -> Calibration:
-        """The calibration the gallery answers with: source, size, thresholds, fpir_upper."""
-        return self._send(calls.get_calibration(gallery))
+    def get_calibration(self, gallery: str, scores: bool = False) -> Calibration:
+        """The calibration the gallery answers with: source, size, thresholds, fpir_upper;
+        `scores=True` adds every calibration probe's best score, descending (`.scores`)."""
+        return self._send(calls.get_calibration(gallery, scores))
 
     def delete_calibration(self, gallery: str) -> Calibration:
         """Delete the gallery's own set: back to the bundle's (admin). Refused (409

@@ -78,6 +78,8 @@ class Calibration(_Result):
     gallery_set_size: int
     needed: int
     thresholds: list[OperatingPoint]  # 0.001, 0.01, 0.1 and the gallery's FPIR, if supported
+    # get_calibration(scores=True) only: every probe's best score against the gallery, descending
+    scores: list[float] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:

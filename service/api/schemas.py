@@ -212,6 +212,15 @@ class CalibrationOut(BaseModel):
     )
 
 
+class CalibrationScoresOut(CalibrationOut):
+    scores: list[float] | None = Field(
+        None,
+        description="with ?scores=true only: each probe of the set in effect, its best score "
+        "against the gallery now (the scores the thresholds come from), descending; empty for "
+        "a gallery without samples",
+    )
+
+
 class CalibrationSampleInfo(BaseModel):
     sample_id: int
     source: Literal["image", "embedding"]

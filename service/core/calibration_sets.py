@@ -49,6 +49,9 @@ class CalibrationSummary:
     gallery_set_size: int  # probes in the gallery's own set (in effect or not yet)
     needed: int  # searches the gallery's FPIR needs: its own set takes effect from this size
     thresholds: list[Calibration]  # the standard FPIRs and the gallery's, where supported
+    # Each probe's best score against the gallery, descending (when asked for); probes with
+    # no best subject (an empty gallery) have none.
+    scores: list[float] | None = None
 
     @property
     def default(self) -> Calibration | None:
@@ -136,7 +139,9 @@ class CalibrationSets:
             probes, source = self.live.calibration_set(gallery.record, active.model)
             calibration.replace_probes(probes, source)
 
-    def describe(self, gallery_name: str) -> CalibrationSummary:
+    def describe(self, gallery_name: str, with_scores: bool = False) -> CalibrationSummary:
+        """The calibration the gallery answers with; `with_scores` adds the kept best score of
+        every probe of the set in effect, from the same state as the thresholds."""
         gallery = self.live.get(gallery_name)
         calibration = gallery.active.calibration
         fpir = gallery.record.fpir
@@ -145,6 +150,10 @@ class CalibrationSets:
         kept = calibration.kept  # one state: source, size and thresholds agree
         thresholds = calibration.operating_points((*STANDARD_FPIRS, fpir), kept)
         size = kept.size
+        scores = None
+        if with_scores:
+            finite = kept.scores[np.isfinite(kept.scores)]
+            scores = [float(score) for score in np.sort(finite)[::-1]]
         return CalibrationSummary(
             source=kept.source,
             size=size,
@@ -153,6 +162,7 @@ class CalibrationSets:
             gallery_set_size=stored,
             needed=min_searches_for_fpir(fpir),
             thresholds=thresholds,
+            scores=scores,
         )
 
     def list_samples(self, gallery_name: str, limit: int, after: int) -> ProbePage:

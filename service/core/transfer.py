@@ -10,10 +10,16 @@ order; the export writes the manifest last, once every checksum is known):
   sample order; `image` names the member holding its bytes, or is null;
 - `embeddings.f32`: the samples' embeddings by the gallery's model, little-endian float32,
   one row per line of samples.jsonl (bit for bit what the gallery searches);
-- `images/<n>`: kept image bytes, when the gallery keeps images.
+- `images/<n>`: kept image bytes, when the gallery keeps images;
+- when the gallery has its own calibration set (`calibration_size` probes in the manifest):
+  `calibration.jsonl`, one `{"source", "content_sha256", "image"}` per probe in probe order,
+  `calibration.f32`, their embeddings by the gallery's model as `embeddings.f32` holds the
+  samples', and `calibration_images/<n>`, the probes' kept images. An archive without these
+  members recreates a gallery without its own set.
 
 The embeddings travel as they are, so the imported gallery gives the same candidates, scores,
-thresholds and decisions as the original without re-embedding anything. An import checks all
+thresholds and decisions as the original without re-embedding anything (its thresholds come
+from the same calibration set, searched against the same vectors). An import checks all
 of it before writing and writes it in one store transaction: an archive that is corrupt,
 truncated or tampered with, names a model this service does not have, or a name already taken,
 is refused and leaves nothing behind.
@@ -51,8 +57,10 @@ MANIFEST = "manifest.json"
 SUBJECTS = "subjects.jsonl"
 SAMPLES = "samples.jsonl"
 EMBEDDINGS = "embeddings.f32"
+CALIBRATION_PROBES = "calibration.jsonl"
 CALIBRATION = "calibration.f32"
 _IMAGE_MEMBER = re.compile(r"^images/[0-9]{1,12}$")
+_CALIBRATION_IMAGE_MEMBER = re.compile(r"^calibration_images/[0-9]{1,12}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _EXPORT_PAGE = 512
 _NORM_TOLERANCE = 1e-3  # stored embeddings are unit vectors; float32 rounding stays far below
@@ -91,20 +99,6 @@ class GalleryTransfer:
         self.store = store
         self.models = models
         self.live = live
-
-    # -- the gallery's own calibration set --
-    # A gallery's calibration set travels with it as `calibration.f32` once the store keeps
-    # per-gallery sets. These two hooks are the only places that need to change then: the
-    # export reads the set, the import writes it in the same transaction as the gallery.
-    def calibration_for_export(self, gallery: GalleryRecord) -> np.ndarray | None:
-        """The gallery's own calibration embeddings, float32 [M, D], or None (the bundle's)."""
-        return None
-
-    def check_calibration_import(self, vectors: np.ndarray | None) -> None:
-        if vectors is not None:
-            raise invalid_archive(
-                "it holds a gallery calibration set, which this service cannot import"
-            )
 
     # -- export --
     def export(self, name: str) -> ExportedArchive:
@@ -196,9 +190,38 @@ class GalleryTransfer:
             add_file(SAMPLES, samples_path)
             add_file(EMBEDDINGS, embeddings_path)
 
-            calibration = self.calibration_for_export(record)
-            if calibration is not None:
-                add_bytes(CALIBRATION, np.ascontiguousarray(calibration, dtype="<f4").tobytes())
+            # The gallery's own calibration set, whether or not it is large enough yet to be
+            # in effect: the copy holds what the original's database holds.
+            probes_path, probe_vectors_path = work / "calibration", work / "calibration.f32"
+            probe_count = 0
+            with (
+                store_errors(),
+                probes_path.open("w", encoding="utf-8") as probes_file,
+                probe_vectors_path.open("wb") as probe_vectors_file,
+            ):
+                after_id = 0
+                while page := self.store.export_calibration_samples(
+                    record.name, record.model_id, after_id, _EXPORT_PAGE
+                ):
+                    for probe in page:
+                        image_member = None
+                        if probe.image is not None:
+                            image_member = f"calibration_images/{probe_count}"
+                            add_bytes(image_member, probe.image)
+                        line = {
+                            "source": probe.source,
+                            "content_sha256": probe.content_sha256,
+                            "image": image_member,
+                        }
+                        probes_file.write(json.dumps(line) + "\n")
+                        vector = np.ascontiguousarray(probe.embedding, dtype="<f4")
+                        dim = int(vector.shape[0])
+                        probe_vectors_file.write(vector.tobytes())
+                        probe_count += 1
+                    after_id = page[-1].sample_id
+            if probe_count:
+                add_file(CALIBRATION_PROBES, probes_path)
+                add_file(CALIBRATION, probe_vectors_path)
 
             manifest = {
                 "format": ARCHIVE_FORMAT,
@@ -213,7 +236,7 @@ class GalleryTransfer:
                 "subjects": subject_count,
                 "samples": sample_count,
                 "embedding_dim": dim,
-                "calibration_size": 0 if calibration is None else len(calibration),
+                "calibration_size": probe_count,
                 "sha256": checksums,
             }
             add_bytes(MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode("utf-8"))
@@ -241,8 +264,10 @@ class GalleryTransfer:
                 f"have (registered: {known}); register that bundle first (POST /v1/models)",
             )
         fpir, scoring, keep_images = _gallery_settings(settings)
+        probe_count = manifest["calibration_size"]
         try:
-            check_fpir_supported(fpir, len(model.calibration))
+            # The gallery's own set answers once it holds 10/fpir probes, the bundle's before.
+            check_fpir_supported(fpir, max(len(model.calibration), probe_count))
         except UnsupportedFPIR as error:
             raise invalid_archive(
                 f"its FPIR does not suit model {model.model_id}: {error}"
@@ -252,22 +277,22 @@ class GalleryTransfer:
 
         subjects = _read_subjects(contents[SUBJECTS], manifest["subjects"])
         dim = manifest.get("embedding_dim")
-        if manifest["samples"] and dim != model.dim:
+        if (manifest["samples"] or probe_count) and dim != model.dim:
             raise invalid_archive(
                 f"its embeddings have dimension {dim}; model {model.model_id} makes {model.dim}"
             )
         vectors = _read_vectors(contents[EMBEDDINGS], manifest["samples"], model.dim, EMBEDDINGS)
         samples = _read_samples(contents, manifest["samples"], vectors, {s for s, _ in subjects})
-        calibration = None
-        if CALIBRATION in contents:
-            calibration = _read_vectors(
-                contents[CALIBRATION], manifest.get("calibration_size"), model.dim, CALIBRATION
+        probes: list[NewSample] = []
+        if probe_count:
+            probe_vectors = _read_vectors(
+                contents[CALIBRATION], probe_count, model.dim, CALIBRATION
             )
-        self.check_calibration_import(calibration)
+            probes = _read_probes(contents, probe_count, probe_vectors)
 
         with store_errors():
             record = self.store.import_gallery(
-                target, model.model_id, fpir, scoring, keep_images, subjects, samples
+                target, model.model_id, fpir, scoring, keep_images, subjects, samples, probes
             )
         try:
             self.live.add(record, model, self.live.build_index(record, model))
@@ -278,13 +303,17 @@ class GalleryTransfer:
             self.store.delete_gallery(target)
             raise
         logger.info(
-            "imported gallery %r: %d subjects, %d samples, model %s",
+            "imported gallery %r: %d subjects, %d samples, %d calibration probes, model %s",
             target,
             record.subject_count,
             record.sample_count,
+            len(probes),
             model.model_id,
         )
         return record
+
+
+_MEMBERS = {MANIFEST, SUBJECTS, SAMPLES, EMBEDDINGS, CALIBRATION_PROBES, CALIBRATION}
 
 
 def _read_members(archive: IO[bytes]) -> dict[str, bytes]:
@@ -293,8 +322,11 @@ def _read_members(archive: IO[bytes]) -> dict[str, bytes]:
     try:
         with tarfile.open(fileobj=archive, mode="r:") as tar:
             for member in tar:
-                allowed = member.name in {MANIFEST, SUBJECTS, SAMPLES, EMBEDDINGS, CALIBRATION}
-                if not (allowed or _IMAGE_MEMBER.match(member.name)):
+                allowed = member.name in _MEMBERS or any(
+                    pattern.match(member.name)
+                    for pattern in (_IMAGE_MEMBER, _CALIBRATION_IMAGE_MEMBER)
+                )
+                if not allowed:
                     raise invalid_archive(f"unexpected member {member.name!r}")
                 # A sparse member would inflate beyond the archive's own size when read.
                 if not member.isfile() or member.issparse():
@@ -331,8 +363,11 @@ def _read_manifest(contents: dict[str, bytes]) -> dict[str, Any]:
     checksums = manifest.get("sha256")
     if not isinstance(checksums, dict) or not isinstance(manifest.get("gallery"), dict):
         raise invalid_archive(f"{MANIFEST} lacks the gallery or the checksums")
-    for count in ("subjects", "samples"):
-        if not isinstance(manifest.get(count), int) or manifest[count] < 0:
+    # Archives of galleries without their own calibration set may not name its size.
+    manifest.setdefault("calibration_size", 0)
+    for count in ("subjects", "samples", "calibration_size"):
+        value = manifest.get(count)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise invalid_archive(f"{MANIFEST} has no valid {count} count")
     listed, present = set(checksums), set(contents) - {MANIFEST}
     if missing := sorted(listed - present):
@@ -342,6 +377,15 @@ def _read_manifest(contents: dict[str, bytes]) -> dict[str, Any]:
     for required in (SUBJECTS, SAMPLES, EMBEDDINGS):
         if required not in listed:
             raise invalid_archive(f"{required} is missing")
+    calibration_members = {CALIBRATION_PROBES, CALIBRATION} | {
+        member for member in listed if _CALIBRATION_IMAGE_MEMBER.match(member)
+    }
+    if manifest["calibration_size"]:
+        for required in (CALIBRATION_PROBES, CALIBRATION):
+            if required not in listed:
+                raise invalid_archive(f"{required} is missing")
+    elif stray := sorted(listed & calibration_members):
+        raise invalid_archive(f"calibration members but a calibration_size of 0: {stray[:5]}")
     for member, expected in checksums.items():
         if not isinstance(expected, str) or _sha256(contents[member]) != expected:
             raise invalid_archive(f"checksum mismatch in {member!r} (damaged or altered)")
@@ -417,7 +461,7 @@ def _read_samples(
     used_images: set[str] = set()
     for row, line in enumerate(_jsonl(contents[SAMPLES], SAMPLES, expected)):
         subject_id, source = line.get("subject_id"), line.get("source")
-        digest, image_member = line.get("content_sha256"), line.get("image")
+        digest = line.get("content_sha256")
         if subject_id not in subject_ids:
             raise invalid_archive(f"sample {row} belongs to subject {subject_id!r}, not listed")
         if source not in {"image", "embedding"}:
@@ -427,18 +471,57 @@ def _read_samples(
         if (subject_id, digest) in seen:
             raise invalid_archive(f"sample {row} repeats content of subject {subject_id!r}")
         seen.add((subject_id, digest))
-        image = None
-        if image_member is not None:
-            if not isinstance(image_member, str) or image_member not in contents:
-                raise invalid_archive(f"sample {row} names image {image_member!r}, not present")
-            if not _IMAGE_MEMBER.match(image_member) or image_member in used_images:
-                raise invalid_archive(f"sample {row} names image {image_member!r} twice or oddly")
-            used_images.add(image_member)
-            image = contents[image_member]
-            if source != "image" or _sha256(image) != digest:
-                raise invalid_archive(f"sample {row}: its image does not match its content hash")
+        image = _image(contents, f"sample {row}", line, _IMAGE_MEMBER, used_images)
         samples.append((str(subject_id), NewSample(digest, source, vectors[row], image)))
-    images = {member for member in contents if _IMAGE_MEMBER.match(member)}
-    if unused := sorted(images - used_images):
-        raise invalid_archive(f"images no sample names: {unused[:5]}")
+    _check_all_used(contents, _IMAGE_MEMBER, used_images, "sample")
     return samples
+
+
+def _read_probes(contents: dict[str, bytes], expected: int, vectors: np.ndarray) -> list[NewSample]:
+    probes: list[NewSample] = []
+    seen: set[str] = set()
+    used_images: set[str] = set()
+    for row, line in enumerate(_jsonl(contents[CALIBRATION_PROBES], CALIBRATION_PROBES, expected)):
+        source, digest = line.get("source"), line.get("content_sha256")
+        what = f"calibration probe {row}"
+        if source not in {"image", "embedding"}:
+            raise invalid_archive(f"{what} has source {source!r}")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            raise invalid_archive(f"{what} has no valid content_sha256")
+        if digest in seen:
+            raise invalid_archive(f"{what} repeats the content of another probe")
+        seen.add(digest)
+        image = _image(contents, what, line, _CALIBRATION_IMAGE_MEMBER, used_images)
+        probes.append(NewSample(digest, source, vectors[row], image))
+    _check_all_used(contents, _CALIBRATION_IMAGE_MEMBER, used_images, "calibration probe")
+    return probes
+
+
+def _image(
+    contents: dict[str, bytes],
+    what: str,
+    line: dict[str, Any],
+    pattern: re.Pattern[str],
+    used_images: set[str],
+) -> bytes | None:
+    """The bytes of the image member `line` names (checked against its content hash), or None."""
+    image_member = line.get("image")
+    if image_member is None:
+        return None
+    if not isinstance(image_member, str) or image_member not in contents:
+        raise invalid_archive(f"{what} names image {image_member!r}, not present")
+    if not pattern.match(image_member) or image_member in used_images:
+        raise invalid_archive(f"{what} names image {image_member!r} twice or oddly")
+    used_images.add(image_member)
+    image = contents[image_member]
+    if line.get("source") != "image" or _sha256(image) != line.get("content_sha256"):
+        raise invalid_archive(f"{what}: its image does not match its content hash")
+    return image
+
+
+def _check_all_used(
+    contents: dict[str, bytes], pattern: re.Pattern[str], used_images: set[str], what: str
+) -> None:
+    images = {member for member in contents if pattern.match(member)}
+    if unused := sorted(images - used_images):
+        raise invalid_archive(f"images no {what} names: {unused[:5]}")

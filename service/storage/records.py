@@ -149,3 +149,15 @@ class ExportedSample:
     content_sha256: str
     embedding: np.ndarray  # float32 [D]
     image: bytes | None
+
+
+@dataclass(frozen=True)
+class ExportedProbe:
+    """One probe of a gallery's own calibration set as an export holds it: its embedding by
+    the gallery's model and, when kept, its image bytes."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    embedding: np.ndarray  # float32 [D]
+    image: bytes | None

@@ -150,6 +150,17 @@ async def every_method(url: str, tmp_path: Path, kind: str) -> None:
     assert (calibration.source, calibration.size) == ("gallery", 101)
     assert [p.fpir for p in calibration.thresholds] == [0.1]
     assert calibration == await r(client.get_calibration(gallery))
+    assert calibration.scores is None
+    with_scores = await r(client.get_calibration(gallery, scores=True))
+    assert with_scores.thresholds == calibration.thresholds
+    scores = with_scores.scores
+    assert scores is not None and len(scores) == 101 and scores == sorted(scores, reverse=True)
+    # The FPIR-0.1 threshold accepts at most 10 of these 101 strangers, and the score just
+    # above the accepted ones is below it.
+    threshold = calibration.thresholds[0].threshold
+    assert threshold is not None
+    accepted = sum(score >= threshold for score in scores)
+    assert accepted <= 10 and scores[accepted] < threshold
     listed_probes = await collect(client.iter_calibration_samples(gallery, page_size=40))
     assert len(listed_probes) == 101 and listed_probes[60].source == "image"
     summary = (await r(client.get_gallery(gallery))).calibration

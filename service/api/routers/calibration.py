@@ -16,6 +16,7 @@ from service.api.schemas import (
     CalibrationSampleInfo,
     CalibrationSamplePage,
     CalibrationSamplesOut,
+    CalibrationScoresOut,
     OperatingPointOut,
     SamplesJson,
 )
@@ -131,14 +132,24 @@ async def list_calibration_samples(
 
 @router.get(
     "",
-    response_model=CalibrationOut,
+    response_model=CalibrationScoresOut,
+    # `scores` is left out unless asked for (it holds one number per calibration probe).
+    response_model_exclude_unset=True,
     summary="The gallery's calibration: its source, size and thresholds with fpir_upper",
 )
 async def get_calibration(
-    gallery: GalleryName, calibration_sets: CalibrationSetsDep, _: ClientKey
-) -> CalibrationOut:
-    summary = await run_in_threadpool(calibration_sets.describe, gallery)
-    return CalibrationOut(**calibration_out(summary))
+    gallery: GalleryName,
+    calibration_sets: CalibrationSetsDep,
+    _: ClientKey,
+    scores: Annotated[
+        bool,
+        Query(description="add `scores`: every calibration probe's best score, descending"),
+    ] = False,
+) -> CalibrationScoresOut:
+    summary = await run_in_threadpool(calibration_sets.describe, gallery, scores)
+    if summary.scores is None:
+        return CalibrationScoresOut(**calibration_out(summary))
+    return CalibrationScoresOut(**calibration_out(summary), scores=summary.scores)
 
 
 @router.delete(

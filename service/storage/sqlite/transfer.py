@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.storage.errors import AlreadyExistsError, NotFoundError
-from service.storage.records import ExportedSample, GalleryRecord, NewSample
+from service.storage.records import ExportedProbe, ExportedSample, GalleryRecord, NewSample
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
 
@@ -41,6 +41,29 @@ class SQLiteTransfer(SQLiteConnection):
             for row in rows
         ]
 
+    def export_calibration_samples(
+        self, gallery: str, model_id: str, after_id: int, limit: int
+    ) -> list[ExportedProbe]:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            rows = connection.execute(
+                "SELECT c.id, c.source, c.content_sha256, e.dim, e.vector, c.image"
+                " FROM calibration_samples c"
+                " JOIN calibration_embeddings e ON e.sample_id = c.id AND e.model_id = ?"
+                " WHERE c.gallery_id = ? AND c.id > ? ORDER BY c.id LIMIT ?",
+                (model_id, gallery_pk, after_id, limit),
+            ).fetchall()
+        return [
+            ExportedProbe(
+                sample_id=int(row[0]),
+                source=row[1],
+                content_sha256=row[2],
+                embedding=np.frombuffer(row[4], dtype=np.float32, count=int(row[3])).copy(),
+                image=None if row[5] is None else bytes(row[5]),
+            )
+            for row in rows
+        ]
+
     def import_gallery(
         self,
         name: str,
@@ -50,6 +73,7 @@ class SQLiteTransfer(SQLiteConnection):
         keep_images: bool,
         subjects: Sequence[tuple[str, Mapping[str, Any]]],
         samples: Sequence[tuple[str, NewSample]],
+        calibration: Sequence[NewSample] = (),
     ) -> GalleryRecord:
         with self._write() as connection:
             now = _now()
@@ -89,6 +113,29 @@ class SQLiteTransfer(SQLiteConnection):
                 vector = np.ascontiguousarray(sample.embedding, dtype=np.float32)
                 connection.execute(
                     "INSERT INTO embeddings (sample_id, model_id, dim, vector) VALUES (?, ?, ?, ?)",
+                    (cursor.lastrowid, model_id, int(vector.shape[0]), vector.tobytes()),
+                )
+            for probe in calibration:
+                try:
+                    cursor = connection.execute(
+                        "INSERT INTO calibration_samples (gallery_id, source, content_sha256,"
+                        " image, created) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            gallery_pk,
+                            probe.source,
+                            probe.content_sha256,
+                            probe.image if keep_images else None,
+                            now,
+                        ),
+                    )
+                except sqlite3.IntegrityError as error:
+                    raise AlreadyExistsError(
+                        f"calibration probe {probe.content_sha256} appears twice"
+                    ) from error
+                vector = np.ascontiguousarray(probe.embedding, dtype=np.float32)
+                connection.execute(
+                    "INSERT INTO calibration_embeddings (sample_id, model_id, dim, vector)"
+                    " VALUES (?, ?, ?, ?)",
                     (cursor.lastrowid, model_id, int(vector.shape[0]), vector.tobytes()),
                 )
             self._bump(connection, gallery_pk)

@@ -301,3 +301,51 @@ def test_a_set_of_embeddings_cannot_migrate(client: TestClient, tmp_path: Path) 
     response = client.post("/v1/galleries/g/migrate", json={"model": "random@9"})
     assert response.status_code == 409 and response.json()["error"]["code"] == "cannot_migrate"
     assert "3 of the 3 probes of its calibration set" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean"])
+def test_scores_true_gives_every_probes_best_score_descending(
+    client: TestClient, bundle_path: Path, scoring: str
+) -> None:
+    rng = np.random.default_rng(30)
+    made = client.post("/v1/galleries", json={"name": "g", "fpir": 0.1, "scoring": scoring})
+    assert made.status_code == 201
+    url = "/v1/galleries/g/calibration"
+    # An empty gallery: no probe has a best subject, so there are no scores.
+    assert client.get(url, params={"scores": "true"}).json()["scores"] == []
+    gallery = unit(rng, 30)
+    labels = [f"s{i % 12:03d}" for i in range(30)]  # several samples per subject
+    for subject in sorted(set(labels)):
+        client.put(f"/v1/galleries/g/subjects/{subject}")
+        rows = [v.tolist() for v, label in zip(gallery, labels, strict=True) if label == subject]
+        response = client.post(
+            f"/v1/galleries/g/subjects/{subject}/samples", json={"embeddings": rows}
+        )
+        assert response.status_code == 201, response.text
+
+    def reference(probes: np.ndarray) -> np.ndarray:
+        # The brute-force rule: every probe's top-1 subject score, sorted descending.
+        _, scores = SubjectScorer(gallery, labels, scoring).top1(l2_normalise(probes))
+        return np.sort(scores)[::-1]
+
+    # The bundle's set answers: 2000 scores.
+    plain = client.get(url).json()
+    assert "scores" not in plain
+    assert "scores" not in client.get(url, params={"scores": "false"}).json()
+    body = client.get(url, params={"scores": "true"}).json()
+    assert {k: v for k, v in body.items() if k != "scores"} == plain
+    bundle = load_bundle(bundle_path).load_calibration()
+    np.testing.assert_allclose(body["scores"], reference(bundle), atol=1e-6)
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    # The threshold for FPIR 0.1 accepts at most 10% of exactly these scores.
+    threshold = next(p["threshold"] for p in body["thresholds"] if p["fpir"] == 0.1)
+    assert sum(score >= threshold for score in body["scores"]) <= 200
+    # The gallery's own set once it is in effect: its 120 probes.
+    strangers = unit(rng, 120)
+    upload(client, strangers)
+    own = client.get(url, params={"scores": "true"}).json()
+    assert (own["source"], len(own["scores"])) == ("gallery", 120)
+    np.testing.assert_allclose(own["scores"], reference(strangers), atol=1e-6)
+    refused = client.get(url, params={"scores": "maybe"})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "validation_error"

@@ -483,3 +483,32 @@ def test_export_and_import_a_gallery_in_the_console(
         copied = admin.get("/v1/galleries/faces-copy/subjects/alice").json()
     assert copied["metadata"] == {"desk": 4} and len(copied["samples"]) == 1
     view.close()
+
+
+def test_calibration_view_draws_the_services_own_scores(
+    browser: object, server: ServerThread
+) -> None:
+    """The calibration view against the real API: it asks for ?scores=true and the service's
+    answer carries the scores it draws."""
+    vectors = [[1.0 if j == i else 0.0 for j in range(16)] for i in range(4)]  # unit, DIM 16
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        admin.post("/v1/galleries", json={"name": "faces", "fpir": 0.05})
+        admin.put("/v1/galleries/faces/subjects/ana")
+        enrolled = admin.post(
+            "/v1/galleries/faces/subjects/ana/samples", json={"embeddings": vectors}
+        )
+        assert enrolled.status_code == 201, enrolled.text
+    view = Page(browser, server, viewport={"width": 1280, "height": 900})
+    page = view.page
+    with page.expect_response(re.compile(r".*/v1/galleries/faces/calibration\?")) as answer:
+        view.open()
+        view.log_in(ADMIN_KEY)
+        page.wait_for_selector("tr[data-gallery='faces']")
+        page.click("#nav a[data-view=calibration]")
+    response = answer.value
+    assert response.url.endswith("/v1/galleries/faces/calibration?scores=true")
+    body = response.json()
+    assert len(body["scores"]) == body["size"] == 2000  # the bundle's strangers
+    page.wait_for_selector("#calibration-histogram[width]")
+    assert "no per-stranger scores" not in page.text_content("#view")
+    view.close()

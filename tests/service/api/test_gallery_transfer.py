@@ -332,3 +332,135 @@ def test_a_gallery_that_cannot_be_indexed_after_import_is_taken_away(
     assert client.get("/v1/galleries/copy").status_code == 404
     monkeypatch.undo()
     assert import_(client, archive).status_code == 201
+
+
+def add_calibration(client: TestClient, name: str, count: int, seed: int = 3) -> None:
+    """`count` stranger embeddings and two stranger images in gallery `name`'s own set."""
+    vectors = unit(np.random.default_rng(seed), count)
+    for start in range(0, count, 64):
+        response = client.post(
+            f"/v1/galleries/{name}/calibration/samples",
+            json={"embeddings": vectors[start : start + 64].tolist()},
+        )
+        assert response.status_code == 201, response.text
+    files = [("images", (f"{i}.png", png_bytes(200 + i), "image/png")) for i in range(2)]
+    response = client.post(f"/v1/galleries/{name}/calibration/samples", files=files)
+    assert response.status_code == 201, response.text
+
+
+def probes_of(client: TestClient, gallery: str) -> list[tuple]:
+    body = client.get(f"/v1/galleries/{gallery}/calibration/samples?limit=1000").json()
+    return [(p["source"], p["content_sha256"], p["has_image"]) for p in body["samples"]]
+
+
+def calibration_of(client: TestClient, gallery: str) -> dict:
+    response = client.get(f"/v1/galleries/{gallery}/calibration")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(("scoring", "strangers"), [("max", 230), ("mean", 230), ("max", 20)])
+def test_the_gallerys_calibration_set_travels_with_it(
+    settings: Settings, scoring: str, strangers: int
+) -> None:
+    # 232 probes support the gallery's FPIR 0.05 (200 needed): its own set answers; 22 do not
+    # yet, and the copy keeps them for later as the original does.
+    with open_client(settings) as client:
+        images = build_gallery(client, "orig", scoring)
+        add_calibration(client, "orig", strangers)
+        original = calibration_of(client, "orig")
+        assert original["source"] == ("gallery" if strangers >= 200 else "bundle")
+        assert original["gallery_set_size"] == strangers + 2
+        archive = export(client, "orig")
+        members = read_tar(archive)
+        manifest = json.loads(members["manifest.json"])
+        assert manifest["calibration_size"] == strangers + 2
+        assert len(members["calibration.f32"]) == (strangers + 2) * DIM * 4
+        assert sorted(m for m in members if m.startswith("calibration_images/")) == [
+            f"calibration_images/{strangers}",
+            f"calibration_images/{strangers + 1}",
+        ]
+        for member in ("calibration.jsonl", "calibration.f32", f"calibration_images/{strangers}"):
+            assert manifest["sha256"][member] == hashlib.sha256(members[member]).hexdigest()
+        created = import_(client, archive)
+        assert created.status_code == 201, created.text
+        details = [client.get(f"/v1/galleries/{g}").json() for g in ("copy", "orig")]
+        assert details[0]["calibration"] == details[1]["calibration"] is not None
+        assert calibration_of(client, "copy") == original
+        assert probes_of(client, "copy") == probes_of(client, "orig")
+        answers = identify_all(client, "copy", images)
+        # The stranger images came along byte for byte (their hashes match the originals').
+        kept = client.get("/v1/galleries/copy/calibration/samples?limit=1000").json()["samples"]
+        assert [p["content_sha256"] for p in kept if p["has_image"]] == [
+            hashlib.sha256(png_bytes(200 + i)).hexdigest() for i in range(2)
+        ]
+    # As a restarted service serves them, the original and the copy answer identically:
+    # calibration, thresholds and every identify answer (thresholds and decisions included).
+    with open_client(settings) as client:
+        assert calibration_of(client, "copy") == calibration_of(client, "orig") == original
+        assert identify_all(client, "orig", images) == answers
+        assert identify_all(client, "copy", images) == answers
+
+
+def test_a_bad_calibration_member_is_refused_and_changes_nothing(client: TestClient) -> None:
+    build_gallery(client, "orig", "max")
+    add_calibration(client, "orig", 6)
+    archive = export(client, "orig")
+    members = read_tar(archive)
+    probes = members["calibration.jsonl"].decode().splitlines()
+    vectors = members["calibration.f32"]
+    flipped = bytearray(vectors)
+    flipped[9] ^= 0x40
+    stretched = np.frombuffer(vectors, dtype="<f4") * 2
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        inside = tar.getmember("calibration.f32")
+        cut = inside.offset_data + inside.size // 2  # the archive ends inside the member
+    cases: list[tuple[bytes, str]] = [
+        (write_tar({**members, "calibration.f32": bytes(flipped)}), "checksum"),
+        (write_tar({**members, "calibration.jsonl": b""}), "checksum"),
+        (archive[:cut], "truncated"),
+        (rehashed(members, "calibration.f32", vectors[:-4]), "bytes"),
+        (rehashed(members, "calibration.f32", stretched.tobytes()), "unit length"),
+        (
+            rehashed(members, "calibration.jsonl", "\n".join([probes[0], *probes[:-1]]).encode()),
+            "repeats",
+        ),
+        (
+            rehashed(members, "calibration_images/6", png_bytes(201)),
+            "does not match its content hash",
+        ),
+        (
+            write_tar({k: v for k, v in members.items() if k != "calibration.jsonl"}),
+            "missing",
+        ),
+        (with_manifest(members, {"calibration_size": 0}), "calibration_size of 0"),
+        (with_manifest(members, {"calibration_size": 9}), "not 9 rows"),
+        (with_manifest(members, {"calibration_size": "8"}), "calibration_size count"),
+    ]
+    before = client.get("/v1/galleries").json()
+    for number, (data, words) in enumerate(cases):
+        response = import_(client, data)
+        assert response.status_code == 422, (number, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_archive", (number, error)
+        assert words in error["message"], (number, error["message"])
+    assert client.get("/v1/galleries").json() == before
+    assert client.get("/v1/galleries/copy").status_code == 404
+    assert import_(client, archive).status_code == 201
+
+
+def test_archives_without_a_calibration_set_still_import(client: TestClient) -> None:
+    images = build_gallery(client, "orig", "max")
+    members = read_tar(export(client, "orig"))
+    assert json.loads(members["manifest.json"])["calibration_size"] == 0
+    assert not any(member.startswith("calibration") for member in members)
+    manifest = json.loads(members["manifest.json"])
+    del manifest["calibration_size"]
+    unnamed = write_tar({**members, "manifest.json": json.dumps(manifest).encode()})
+    for name, archive in (("copy", write_tar(members)), ("copy2", unnamed)):
+        created = import_(client, archive, name)
+        assert created.status_code == 201, created.text
+        calibration = calibration_of(client, name)
+        assert calibration == calibration_of(client, "orig")
+        assert (calibration["source"], calibration["gallery_set_size"]) == ("bundle", 0)
+        assert identify_all(client, name, images) == identify_all(client, "orig", images)

@@ -152,3 +152,74 @@ def test_a_failed_import_leaves_nothing(store: Store) -> None:
     assert [g.name for g in store.list_galleries()] == before
     # The name is free again afterwards.
     assert store.import_gallery("new", OLD, 0.01, "max", True, [], []).subject_count == 0
+
+
+def test_export_calibration_samples_pages_by_id_with_one_models_embeddings(
+    store: Store, gallery: str
+) -> None:
+    vectors = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
+    probes = [sample(list(vectors[0]), b"c0"), *(sample(list(v)) for v in vectors[1:])]
+    added, _ = store.add_calibration_samples(gallery, OLD, probes)
+    ids = [item.sample_id for item in added]
+    store.put_calibration_embeddings(NEW, ids[1:2], np.ones((1, 5), dtype=np.float32))
+    store.create_gallery("other", OLD, 0.01, "max", True)
+    store.add_calibration_samples("other", OLD, [sample([7, 7, 7])])
+
+    exported, after = [], 0
+    while page := store.export_calibration_samples(gallery, OLD, after, 3):
+        assert len(page) <= 3
+        exported += page
+        after = page[-1].sample_id
+    assert [p.sample_id for p in exported] == ids
+    assert [p.image for p in exported] == [b"c0", None, None, None]
+    assert [p.source for p in exported] == ["image", "embedding", "embedding", "embedding"]
+    assert [p.content_sha256 for p in exported] == [p.content_sha256 for p in probes]
+    np.testing.assert_array_equal(np.stack([p.embedding for p in exported]), vectors)
+    assert all(p.embedding.dtype == np.float32 for p in exported)
+    shadow = store.export_calibration_samples(gallery, NEW, 0, 10)
+    assert [p.sample_id for p in shadow] == ids[1:2]
+    np.testing.assert_array_equal(shadow[0].embedding, np.ones(5, dtype=np.float32))
+    with pytest.raises(NotFoundError):
+        store.export_calibration_samples("nope", OLD, 0, 10)
+
+
+def test_import_gallery_writes_its_calibration_set_too(store: Store) -> None:
+    vectors = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    probes = [sample(list(vectors[0])), sample(list(vectors[1]), b"img"), sample(list(vectors[2]))]
+    record = store.import_gallery(
+        "copy", OLD, 0.05, "max", True, [("a", {})], [("a", sample([1, 0, 0, 0]))], probes
+    )
+    assert (record.subject_count, record.sample_count) == (1, 1)
+    assert store.count_calibration_samples("copy") == (3, 2)
+    loaded = store.load_calibration("copy", OLD)
+    np.testing.assert_array_equal(loaded.vectors, vectors)  # in the order given
+    listed = store.list_calibration_samples("copy", 0, 10)
+    assert [p.content_sha256 for p in listed] == [p.content_sha256 for p in probes]
+    assert [(p.source, p.has_image) for p in listed] == [
+        ("embedding", False),
+        ("image", True),
+        ("embedding", False),
+    ]
+    assert store.export_calibration_samples("copy", OLD, 0, 10)[1].image == b"img"
+    # A gallery that keeps no images keeps no probe images either.
+    store.import_gallery("plain", OLD, 0.05, "max", False, [], [], probes[1:2])
+    assert store.count_calibration_samples("plain") == (1, 1)
+    # Without a calibration set, the gallery has none.
+    store.import_gallery("bare", OLD, 0.05, "max", True, [], [])
+    assert store.count_calibration_samples("bare") == (0, 0)
+
+
+def test_an_import_with_a_bad_calibration_set_leaves_nothing(store: Store) -> None:
+    before = [g.name for g in store.list_galleries()]
+    probe = sample([1.0, 2.0])
+    # The probes are written last: the repeated content fails after the gallery, its
+    # subjects and samples were written, and the whole transaction goes.
+    with pytest.raises(AlreadyExistsError):
+        store.import_gallery(
+            "new", OLD, 0.01, "max", True, [("a", {})], [("a", sample([3.0, 4.0]))], [probe, probe]
+        )
+    assert store.get_gallery("new") is None
+    assert [g.name for g in store.list_galleries()] == before
+    record = store.import_gallery("new", OLD, 0.01, "max", True, [], [], [probe])
+    assert record.sample_count == 0
+    assert store.count_calibration_samples("new") == (1, 1)
