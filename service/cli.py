@@ -36,10 +36,11 @@ def _settings_or_exit(prog: str, overrides: dict[str, object]) -> Settings | Non
 
 def configure_logging(level: str) -> None:
     from service.api.middleware import RequestIdFilter
+    from service.core.logsafe import EscapingFormatter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     root = logging.getLogger("opengallery")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body, status_for
 from service.core.errors import ServiceError
+from service.core.logsafe import escape_control
 from service.core.metrics import Metrics
 
 logger = logging.getLogger("opengallery.access")
@@ -85,8 +86,8 @@ class RequestContextMiddleware:
             # The request id is in the record (RequestIdFilter) while the contextvar is set.
             logger.info(
                 '"%s %s" %d %.1fms',
-                scope.get("method"),
-                scope.get("path"),
+                escape_control(scope.get("method")),
+                escape_control(scope.get("path")),
                 status,
                 seconds * 1000,
             )
