@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,20 @@ def http_stack() -> tuple[str, str]:
     return loop, http
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), as uvicorn binds it; OSError when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="opengallery serve",
@@ -95,6 +110,17 @@ def serve_main(argv: Sequence[str]) -> int:
 
     from service.api.app import create_app
 
+    # Bind before the app starts: its start-up may print a one-time admin key, which must not
+    # be shown by a server that then fails to listen (the key would be lost with it).
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        print(
+            f"opengallery serve: cannot listen on {settings.host}:{settings.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
     configure_logging(settings.log_level)
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     loop, http = http_stack()
@@ -105,7 +131,7 @@ def serve_main(argv: Sequence[str]) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -114,7 +140,10 @@ def serve_main(argv: Sequence[str]) -> int:
         http=http,
         access_log=False,  # our middleware logs each request with its request id
     )
-    return 0
+    server = uvicorn.Server(config)
+    with sock:
+        server.run(sockets=[sock])
+    return 0 if server.started else 1  # not started: the app's start-up failed (logged)
 
 
 def keys_main(argv: Sequence[str]) -> int:
