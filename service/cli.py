@@ -84,6 +84,12 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--data-dir", type=Path, help="database and data (default ./var)")
     parser.add_argument("--model", type=Path, help="default model bundle (default models/default)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--allow-empty-database",
+        action="store_true",
+        default=None,
+        help="start on a zero-length database file in a data directory used before",
+    )
     args = parser.parse_args(list(argv))
     settings = _settings_or_exit(
         "opengallery serve",
@@ -93,6 +99,7 @@ def serve_main(argv: Sequence[str]) -> int:
             "data_dir": args.data_dir,
             "model": args.model,
             "log_level": args.log_level,
+            "allow_empty_database": args.allow_empty_database,
         },
     )
     if settings is None:
@@ -109,6 +116,8 @@ def serve_main(argv: Sequence[str]) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.core.errors import StartupError
+    from service.core.state import open_state
 
     # Bind before the app starts: its start-up may print a one-time admin key, which must not
     # be shown by a server that then fails to listen (the key would be lost with it).
@@ -122,6 +131,12 @@ def serve_main(argv: Sequence[str]) -> int:
         )
         return 1
     configure_logging(settings.log_level)
+    try:
+        state = open_state(settings)
+    except StartupError as error:
+        sock.close()
+        print(f"opengallery serve: {error}", file=sys.stderr)
+        return 2
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     loop, http = http_stack()
     print(
@@ -132,7 +147,7 @@ def serve_main(argv: Sequence[str]) -> int:
         flush=True,
     )
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(state=state),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

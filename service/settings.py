@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # Recognition defaults.
     default_fpir: float = Field(0.01, gt=0.0, le=1.0)
     keep_images: bool = Field(True, description="keep enrolled image bytes (needed to migrate)")
+    allow_empty_database: bool = Field(
+        False,
+        description="start on a zero-length database file although the data directory was "
+        "already initialised (refused by default: the data would look lost)",
+    )
 
     # Limits: each refusal is a 4xx JSON error.
     max_request_bytes: int = Field(64 * MiB, gt=0)

@@ -30,7 +30,7 @@ from service.api.routers import (
 )
 from service.api.schemas import ErrorResponse
 from service.core.metrics import Metrics
-from service.core.state import open_state
+from service.core.state import ServiceState, open_state
 from service.settings import Settings
 
 logger = logging.getLogger("opengallery.service")
@@ -66,13 +66,16 @@ def announce_admin_key(key: str) -> None:
     print(banner, file=sys.stderr, flush=True)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    metrics = Metrics()
+def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
+    """The app; it opens its state at start-up, or serves `state` opened beforehand (by
+    `opengallery serve`, which reports a failed start in one line)."""
+    settings = state.settings if state is not None else settings or Settings()
+    metrics = state.metrics if state is not None else Metrics()
+    opened = state
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await run_in_threadpool(open_state, settings, metrics)
+        state = opened or await run_in_threadpool(open_state, settings, metrics)
         app.state.opengallery = state
         if state.generated_admin_key:
             announce_admin_key(state.generated_admin_key)

@@ -24,6 +24,10 @@ class ServiceError(Exception):
         self.details = details
 
 
+class StartupError(Exception):
+    """The service must not start; str() is one line for the operator, naming what and where."""
+
+
 def not_found(what: str, name: object) -> ServiceError:
     return ServiceError("not_found", f"{what} {name!r} does not exist")
 

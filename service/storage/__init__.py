@@ -11,6 +11,7 @@ from service.storage.errors import (
     StoreConfigError,
     StoreConflict,
     StoreError,
+    StoreOpenError,
 )
 from service.storage.factory import check_database_url, open_store, redact_url
 from service.storage.protocols import GalleryStore, JobStore, KeyStore, ModelStore, Store
@@ -44,6 +45,7 @@ __all__ = [
     "StoreConfigError",
     "StoreConflict",
     "StoreError",
+    "StoreOpenError",
     "StoredImage",
     "SubjectRecord",
     "check_database_url",

@@ -11,6 +11,10 @@ class StoreConfigError(StoreError):
     """A database URL that names no backend this build can open."""
 
 
+class StoreOpenError(StoreError):
+    """The database exists but cannot be opened (corrupt, not a database, unreadable)."""
+
+
 class AlreadyExistsError(StoreError):
     pass
 

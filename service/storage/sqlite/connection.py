@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from service.storage.errors import NotFoundError
+from service.storage.errors import NotFoundError, StoreOpenError
 from service.storage.records import SubjectRecord
 from service.storage.sqlite.schema import SCHEMA
 
@@ -31,8 +31,12 @@ class SQLiteConnection:
         # One writer at a time inside this process; BEGIN IMMEDIATE orders us against other
         # processes (e.g. `opengallery keys create` while the server runs).
         self._write_lock = threading.Lock()
-        with self._write_lock:
-            self._connection().executescript(SCHEMA)
+        try:
+            with self._write_lock:
+                self._connection().executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise StoreOpenError(f"{self.path}: cannot open the database: {error}") from None
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
