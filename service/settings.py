@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         "the previous batch ran)",
     )
 
+    metrics_gallery_labels: bool = Field(
+        False,
+        description="label /metrics series with gallery names (off: totals only, since "
+        "/metrics needs no key and names may be sensitive)",
+    )
+
     # Migrations.
     migration_chunk_size: int = Field(64, gt=0, description="images re-embedded per commit")
     migration_pause_ms: float = Field(

@@ -70,7 +70,11 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     """The app; it opens its state at start-up, or serves `state` opened beforehand (by
     `opengallery serve`, which reports a failed start in one line)."""
     settings = state.settings if state is not None else settings or Settings()
-    metrics = state.metrics if state is not None else Metrics()
+    metrics = (
+        state.metrics
+        if state is not None
+        else Metrics(gallery_labels=settings.metrics_gallery_labels)
+    )
     opened = state
 
     @asynccontextmanager

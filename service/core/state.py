@@ -86,7 +86,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         store = open_store(settings.effective_database_url)
     except StoreOpenError as error:  # its message names the file
         raise StartupError(str(error)) from None
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(gallery_labels=settings.metrics_gallery_labels)
     models = LoadedModels(
         threads=settings.inference_threads,
         batch_size=settings.inference_batch_size,
