@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    # Failed authentications per client address: `auth_failure_burst` at once, then
+    # `auth_failures_per_second`; past that 429 with Retry-After. 0 turns the limit off.
+    auth_failure_burst: int = Field(20, ge=0, description="failed authentications at once")
+    auth_failures_per_second: float = Field(
+        1.0, ge=0.0, description="failed authentications a second, after the burst"
+    )
+
     # Recognition defaults.
     default_fpir: float = Field(0.01, gt=0.0, le=1.0)
     keep_images: bool = Field(True, description="keep enrolled image bytes (needed to migrate)")

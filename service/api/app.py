@@ -30,6 +30,7 @@ from service.api.routers import (
 )
 from service.api.schemas import ErrorResponse
 from service.core.metrics import Metrics
+from service.core.ratelimit import FailureLimiter
 from service.core.state import ServiceState, open_state
 from service.settings import Settings
 
@@ -52,6 +53,7 @@ _ERRORS = {
         (413, "too large"),
         (415, "unsupported media type"),
         (422, "invalid input"),
+        (429, "too many failed authentications from this address (see Retry-After)"),
     ]
 }
 
@@ -117,5 +119,8 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         RequestContextMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_request_bytes,
         metrics=metrics,
+        auth_failures=FailureLimiter(
+            settings.auth_failure_burst, settings.auth_failures_per_second
+        ),
     )
     return app

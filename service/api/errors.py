@@ -42,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     # who is asking
     "unauthorized": 401,
     "forbidden": 403,
+    "too_many_requests": 429,
     # resources and their state
     "not_found": 404,
     "already_exists": 409,
@@ -78,6 +79,7 @@ _CODE_BY_STATUS = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_requests",
 }
 
 

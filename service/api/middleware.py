@@ -1,7 +1,10 @@
-"""ASGI middleware: request ids in logs and headers, body size limit, metrics per route.
+"""ASGI middleware: request ids in logs and headers, the API key gate, body size limit,
+metrics per route.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so that streaming bodies are counted as they
-arrive and a too-large upload is refused before it is read in full.
+arrive and a too-large upload is refused before it is read in full. Every `/v1/` request must
+carry a valid key before any of its body is read (the route's dependency then checks the
+key's scope); failed attempts are limited per client address.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from service.api.errors import error_body, status_for
 from service.core.errors import ServiceError
 from service.core.logsafe import escape_control
 from service.core.metrics import Metrics
+from service.core.ratelimit import FailureLimiter
 
 logger = logging.getLogger("opengallery.access")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -42,7 +46,14 @@ class BodyTooLarge(ServiceError):
         super().__init__("payload_too_large", f"request body exceeds {limit} bytes")
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+async def _send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps(error_body(code, message)).encode("utf-8")
     await send(
         {
@@ -52,6 +63,7 @@ async def _send_error(send: Send, status: int, code: str, message: str, request_
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
+                *(headers or []),
             ],
         }
     )
@@ -59,10 +71,18 @@ async def _send_error(send: Send, status: int, code: str, message: str, request_
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        auth_failures: FailureLimiter | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.auth_failures = auth_failures or FailureLimiter(0, 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,10 +122,15 @@ class RequestContextMiddleware:
         request_id: str,
         status_holder: dict[str, Any],
     ) -> None:
-        async def reply(code: str, message: str) -> None:
+        async def reply(
+            code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
+        ) -> None:
             status = status_for(code)
             status_holder["status"] = status
-            await _send_error(send, status, code, message, request_id)
+            # A body left unread is not worth reading to keep the connection: close it.
+            if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+                extra = [*(extra or []), (b"connection", b"close")]
+            await _send_error(send, status, code, message, request_id, extra)
 
         # An encoded '/' in an id would be decoded into the path and silently route elsewhere.
         raw_path: bytes = scope.get("raw_path") or b""
@@ -119,6 +144,10 @@ class RequestContextMiddleware:
                 unquote_to_bytes(raw_path).decode("utf-8")
             except UnicodeDecodeError:
                 await reply("invalid_id", "the path's percent-encoding is not valid UTF-8")
+                return
+            refusal = self._check_key(scope, headers)
+            if refusal is not None:
+                await reply(*refusal)
                 return
         length = headers.get(b"content-length")
         if length is not None:
@@ -159,3 +188,29 @@ class RequestContextMiddleware:
                 await reply(
                     "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes"
                 )
+
+    def _check_key(
+        self, scope: Scope, headers: dict[bytes, bytes]
+    ) -> tuple[str, str, list[tuple[bytes, bytes]]] | None:
+        """None when the request carries a valid key; else the refusal (code, message, headers).
+
+        A valid key always passes, so that nobody is locked out by others' failures from the
+        same address; only failures count, and past the limit they are answered 429.
+        """
+        state = getattr(scope["app"].state, "opengallery", None)
+        if state is None:  # not started: the route answers (it cannot be reached before)
+            return None
+        key = headers.get(b"x-api-key", b"").decode("latin-1")
+        try:
+            state.keys.authenticate(key, "client")
+            return None
+        except ServiceError as error:
+            refusal = error
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+        wait = self.auth_failures.retry_after(address)
+        if wait > 0:
+            message = f"too many failed authentications from this address; retry in {wait} s"
+            return "too_many_requests", message, [(b"retry-after", str(wait).encode())]
+        self.auth_failures.record_failure(address)
+        return refusal.code, refusal.message, []

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import socket
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.app import create_app
 from service.cli import configure_logging
+from service.settings import Settings
+from service.testing import ServerThread
+
+from ..conftest import ADMIN_KEY
 
 
 def test_control_characters_in_a_url_are_escaped_in_the_access_log(
@@ -39,3 +46,83 @@ def test_the_service_log_format_keeps_each_record_on_one_line() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1
     assert lines[0].endswith("gallery g\\nFAKE\\r\\x1b[0m\\x00")
+
+
+JSON_ROUTES = [
+    ("POST", "/v1/galleries"),
+    ("POST", "/v1/keys"),
+    ("POST", "/v1/models"),
+    ("PUT", "/v1/galleries/g/subjects/a"),
+    ("POST", "/v1/galleries/g/identify"),
+    ("POST", "/v1/galleries/g/subjects/a/samples"),
+    ("POST", "/v1/galleries/g/migrate"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+def test_a_request_without_a_key_is_401_whatever_its_body(
+    client: TestClient, method: str, path: str
+) -> None:
+    for key in ("", "wrong-key"):
+        response = client.request(
+            method,
+            path,
+            content=b"{not json",
+            headers={"X-API-Key": key, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_a_large_body_without_a_key_is_refused_before_it_is_read(settings: Settings) -> None:
+    declared = 60 * 1024 * 1024
+    head = (
+        f"POST /v1/galleries HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    with (
+        ServerThread(create_app(settings)) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock,
+    ):
+        sock.sendall(head.encode() + b"[" * 65536)  # a sliver of the declared body
+        answer = b""
+        while chunk := sock.recv(65536):  # the server answers and closes; 30 s timeout
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 401"), answer[:200]
+    header_block, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in header_block.lower()
+    assert json.loads(body)["error"]["code"] == "unauthorized"
+
+
+def test_failed_authentication_is_rate_limited_per_address_but_valid_keys_pass(
+    settings: Settings,
+) -> None:
+    limited = settings.model_copy(
+        update={"auth_failure_burst": 3, "auth_failures_per_second": 0.01}
+    )
+    with TestClient(create_app(limited)) as client:
+        statuses = [
+            client.get("/v1/galleries", headers={"X-API-Key": f"wrong-{n}"}).status_code
+            for n in range(5)
+        ]
+        assert statuses == [401, 401, 401, 429, 429]
+        refused = client.get("/v1/galleries", headers={"X-API-Key": "wrong"})
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 100
+        valid = client.get("/v1/galleries", headers={"X-API-Key": ADMIN_KEY})
+        assert valid.status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+def test_the_failure_limiter_refills_at_its_rate() -> None:
+    from service.core.ratelimit import FailureLimiter
+
+    now = [0.0]
+    limiter = FailureLimiter(2, 0.5, clock=lambda: now[0])
+    limiter.record_failure("a")
+    limiter.record_failure("a")
+    assert limiter.retry_after("a") == 2  # one token back after 1 / 0.5 s
+    assert limiter.retry_after("b") == 0  # another address is not affected
+    now[0] = 2.0
+    assert limiter.retry_after("a") == 0
