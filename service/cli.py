@@ -14,7 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.core.logsafe import escape_control
 from service.settings import Settings
+from service.storage import Store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
@@ -170,6 +172,13 @@ def keys_main(argv: Sequence[str]) -> int:
     create.add_argument("--scope", choices=["admin", "client"], default="client")
     create.add_argument("--name", help="a label for the key")
     create.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
+    listing = commands.add_parser("list", help="list keys: id, scope, name, created, last used")
+    listing.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
+    revoke = commands.add_parser(
+        "revoke", help="revoke a key by id (a running service stops accepting it within seconds)"
+    )
+    revoke.add_argument("key_id", type=int, help="the key's id (from `opengallery keys list`)")
+    revoke.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
     args = parser.parse_args(list(argv))
     settings = _settings_or_exit("opengallery keys", {"data_dir": args.data_dir})
     if settings is None:
@@ -185,12 +194,40 @@ def keys_main(argv: Sequence[str]) -> int:
         print(f"opengallery keys: cannot open {database}: {error}", file=sys.stderr)
         return 1
     try:
+        if args.command != "create":
+            return _list_or_revoke_keys(store, args, database)
         key, record = create_key(store, args.scope, args.name)
     finally:
         store.close()
     print(key)
     print(
         f"created {record.scope} key #{record.key_id} in {database} (shown once; stored hashed)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _list_or_revoke_keys(store: Store, args: argparse.Namespace, database: str) -> int:
+    from service.core.errors import ServiceError
+    from service.core.keys import revoke_key
+
+    if args.command == "list":
+        print("id\tscope\tname\tcreated\tlast_used")
+        for record in store.list_api_keys():
+            name = escape_control(record.name or "-")
+            print(
+                f"{record.key_id}\t{record.scope}\t{name}\t{record.created}\t"
+                f"{record.last_used or 'never'}"
+            )
+        return 0
+    try:
+        record = revoke_key(store, args.key_id)
+    except ServiceError as error:
+        print(f"opengallery keys revoke: {error.message}", file=sys.stderr)
+        return 1
+    print(
+        f"revoked {record.scope} key #{record.key_id} in {database}; a running service stops "
+        "accepting it within OPENGALLERY_KEY_CACHE_SECONDS (default 5 s)",
         file=sys.stderr,
     )
     return 0

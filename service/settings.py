@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        description="how long a key's record is cached: a key deleted from the database by "
+        "another process stops working within this time (revoking through the API: at once)",
+    )
     # Failed authentications per client address: `auth_failure_burst` at once, then
     # `auth_failures_per_second`; past that 429 with Retry-After. 0 turns the limit off.
     auth_failure_burst: int = Field(20, ge=0, description="failed authentications at once")

@@ -51,6 +51,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "model_changed": 409,
     "no_samples": 409,
     "already_on_model": 409,
+    "last_admin_key": 409,
     "cannot_migrate": 409,
     "migration_running": 409,
     "target_unsupported_fpir": 409,

@@ -216,6 +216,20 @@ class KeyCreated(BaseModel):
     name: str | None
 
 
+class KeyInfo(BaseModel):
+    key_id: int
+    scope: str
+    name: str | None
+    created: str
+    last_used: str | None = Field(
+        description="when the key was last used (recorded at most once a minute); null if never"
+    )
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

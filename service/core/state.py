@@ -124,7 +124,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         galleries=galleries,
         recognition=recognition,
         migrations=migrations,
-        keys=Authenticator(store),
+        keys=Authenticator(store, cache_seconds=settings.key_cache_seconds),
         metrics=metrics,
         generated_admin_key=generated,
         indexes_built=True,

@@ -7,6 +7,7 @@
 
 from service.storage.errors import (
     AlreadyExistsError,
+    LastAdminKeyError,
     NotFoundError,
     StoreConfigError,
     StoreConflict,
@@ -37,6 +38,7 @@ __all__ = [
     "JobRecord",
     "JobStore",
     "KeyStore",
+    "LastAdminKeyError",
     "ModelStore",
     "NewSample",
     "NotFoundError",

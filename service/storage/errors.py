@@ -23,6 +23,10 @@ class StoreConflict(StoreError):
     """The state changed under an operation that expected it not to (e.g. a model switch)."""
 
 
+class LastAdminKeyError(StoreError):
+    """Revoking this key would leave no admin key: nobody could manage the service."""
+
+
 class NotFoundError(StoreError):
     def __init__(self, what: str, name: object) -> None:
         super().__init__(f"{what} {name!r} does not exist")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from service.storage.errors import NotFoundError, StoreOpenError
 from service.storage.records import SubjectRecord
-from service.storage.sqlite.schema import SCHEMA
+from service.storage.sqlite.schema import ADDED_COLUMNS, SCHEMA
 
 
 class SQLiteConnection:
@@ -34,9 +34,18 @@ class SQLiteConnection:
         try:
             with self._write_lock:
                 self._connection().executescript(SCHEMA)
+                self._add_missing_columns(self._connection())
         except sqlite3.DatabaseError as error:
             self.close()
             raise StoreOpenError(f"{self.path}: cannot open the database: {error}") from None
+
+    @staticmethod
+    def _add_missing_columns(connection: sqlite3.Connection) -> None:
+        """Columns added to tables after their first release: databases made before gain them."""
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
