@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import ServiceError
+from service.core.errors import ServiceError, insufficient_storage
+from service.storage import StoreFullError
 
 logger = logging.getLogger("opengallery.service")
 
@@ -67,6 +68,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "blank_image": 422,
     "invalid_base64": 422,
     "image_too_large": 413,
+    # the server
+    "insufficient_storage": 507,
     "too_many_pixels": 413,
 }
 _CODE_BY_STATUS = {
@@ -142,6 +145,11 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
     return response
 
 
+async def _store_full(request: Request, _: Exception) -> JSONResponse:
+    # Writes outside the domain's store_errors() blocks reach here with the same answer.
+    return await _service_error(request, insufficient_storage())
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     logger.exception("unexpected error (request %s): %r", request_id, error)
@@ -150,6 +158,7 @@ async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StoreFullError, _store_full)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

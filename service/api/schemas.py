@@ -238,6 +238,9 @@ class Readiness(BaseModel):
     ready: bool
     model_loaded: bool
     indexes_built: bool
+    storage_full: bool = Field(
+        False, description="writes fail for lack of space (answered 507); not ready meanwhile"
+    )
     models: list[str]
 
 

@@ -46,6 +46,7 @@ class Metrics:
         self._enrolled: dict[tuple[str, str], int] = defaultdict(int)
         # Gauges read at scrape time: gallery name -> (subjects, samples).
         self.gallery_sizes: Callable[[], dict[str, tuple[int, int]]] = dict
+        self.storage_full: Callable[[], bool] = lambda: False
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -113,6 +114,11 @@ class Metrics:
             for (gallery, status), count in sorted(self._enrolled.items()):
                 labels = _labels([*self._gallery_label(gallery), ("status", status)])
                 lines.append(f"opengallery_samples_submitted_total{labels} {count}")
+        lines += [
+            "# HELP opengallery_storage_full 1 while writes fail for lack of space (507).",
+            "# TYPE opengallery_storage_full gauge",
+            f"opengallery_storage_full {int(self.storage_full())}",
+        ]
         sizes = self.gallery_sizes()
         if not self.gallery_labels:
             subjects_total = sum(subjects for subjects, _ in sizes.values())

@@ -105,6 +105,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         live = LiveGalleries(store, models, backend)
         live.load_all()
         metrics.gallery_sizes = live.sizes
+        metrics.storage_full = store.space_exhausted
         ingest = Ingest(settings)
         calibrator = Calibrator()
         galleries = Galleries(settings, store, models, live, ingest, metrics)

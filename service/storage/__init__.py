@@ -12,6 +12,7 @@ from service.storage.errors import (
     StoreConfigError,
     StoreConflict,
     StoreError,
+    StoreFullError,
     StoreOpenError,
 )
 from service.storage.factory import check_database_url, open_store, redact_url
@@ -47,6 +48,7 @@ __all__ = [
     "StoreConfigError",
     "StoreConflict",
     "StoreError",
+    "StoreFullError",
     "StoreOpenError",
     "StoredImage",
     "SubjectRecord",

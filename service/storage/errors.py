@@ -15,6 +15,10 @@ class StoreOpenError(StoreError):
     """The database exists but cannot be opened (corrupt, not a database, unreadable)."""
 
 
+class StoreFullError(StoreError):
+    """A write failed for lack of space (disk or database size limit); nothing was written."""
+
+
 class AlreadyExistsError(StoreError):
     pass
 

@@ -21,5 +21,13 @@ class Store(GalleryStore, KeyStore, ModelStore, JobStore):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def space_exhausted(self) -> bool:
+        """True while writes fail for lack of space (StoreFullError).
+
+        Once a write has failed so, each call tries a small write to see whether space is
+        back (at most once a second); any successful write ends the state.
+        """
+
 
 __all__ = ["GalleryStore", "JobStore", "KeyStore", "ModelStore", "Store"]

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import socket
+import sqlite3
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,7 +15,8 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.cli import configure_logging
 from service.settings import Settings
-from service.testing import ServerThread
+from service.storage.sqlite.connection import SQLiteConnection
+from service.testing import ServerThread, png_bytes
 
 from ..conftest import ADMIN_KEY
 
@@ -126,3 +129,51 @@ def test_the_failure_limiter_refills_at_its_rate() -> None:
     assert limiter.retry_after("b") == 0  # another address is not affected
     now[0] = 2.0
     assert limiter.retry_after("a") == 0
+
+
+def test_a_full_disk_is_507_reported_by_readyz_and_recovers_by_itself(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page_limit: list[int | None] = [None]
+    opened = SQLiteConnection._connection
+
+    def limited_connection(self: SQLiteConnection) -> sqlite3.Connection:
+        connection = opened(self)
+        if page_limit[0] is not None:  # a database that may not grow: what a full disk does
+            connection.execute(f"PRAGMA max_page_count = {page_limit[0]}")
+        return connection
+
+    monkeypatch.setattr(SQLiteConnection, "_connection", limited_connection)
+    with TestClient(create_app(settings)) as client:
+        client.headers["X-API-Key"] = ADMIN_KEY
+        assert client.post("/v1/galleries", json={"name": "g"}).status_code == 201
+        assert client.put("/v1/galleries/g/subjects/a").status_code == 201
+        first = client.post(
+            "/v1/galleries/g/subjects/a/samples",
+            files=[("images", ("0.png", png_bytes(0, (28, 28)), "image/png"))],
+        )
+        assert first.status_code == 201
+        store = client.app.state.opengallery.store  # type: ignore[attr-defined]
+        page_limit[0] = int(store._connection().execute("PRAGMA page_count").fetchone()[0])
+
+        big = [("images", (f"{n}.png", png_bytes(n, (200, 200)), "image/png")) for n in (1, 2)]
+        full = client.post("/v1/galleries/g/subjects/a/samples", files=big)
+        assert full.status_code == 507, full.text
+        assert full.json()["error"]["code"] == "insufficient_storage"
+        readiness = client.get("/readyz")
+        assert readiness.status_code == 503 and readiness.json()["storage_full"] is True
+        assert "opengallery_storage_full 1" in client.get("/metrics").text
+
+        page_limit[0] = 1_000_000_000  # space is back
+        for connection in store._connections:
+            connection.execute(f"PRAGMA max_page_count = {page_limit[0]}")
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200:  # probed at most once a second
+            assert time.monotonic() < deadline, "readyz did not recover"
+            time.sleep(0.05)
+        assert client.get("/readyz").json()["storage_full"] is False
+        again = client.post("/v1/galleries/g/subjects/a/samples", files=big)
+        assert again.status_code == 201, again.text
+        samples = client.get("/v1/galleries/g/subjects/a").json()["samples"]
+        assert len(samples) == 3  # the first (acknowledged) sample and the two retried
+        assert "opengallery_storage_full 0" in client.get("/metrics").text
