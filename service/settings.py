@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * MiB, gt=0)
     max_image_bytes: int = Field(16 * MiB, gt=0)
     max_image_pixels: int = Field(25_000_000, gt=0)
+    max_request_pixels: int = Field(
+        100_000_000,
+        gt=0,
+        description="pixels all images of one request may hold, read from their headers "
+        "before decoding",
+    )
     max_items_per_request: int = Field(64, gt=0, description="images/embeddings per request")
     max_top_k: int = Field(100, gt=0)
     max_metadata_bytes: int = Field(16 * 1024, gt=0)
