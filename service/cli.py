@@ -118,6 +118,7 @@ def serve_main(argv: Sequence[str]) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.server import uvicorn_options
     from service.core.errors import StartupError
     from service.core.state import open_state
 
@@ -154,8 +155,8 @@ def serve_main(argv: Sequence[str]) -> int:
         port=settings.port,
         log_level=settings.log_level,
         loop=loop,
-        http=http,
         access_log=False,  # our middleware logs each request with its request id
+        **uvicorn_options(settings, http),
     )
     server = uvicorn.Server(config)
     with sock:

@@ -75,6 +75,21 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16 * 1024, gt=0)
     max_page_size: int = Field(1000, gt=0)
 
+    # Connections (`opengallery serve`).
+    keep_alive_timeout: float = Field(
+        5.0, gt=0.0, description="seconds an idle keep-alive connection stays open"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0.0, description="seconds a connection has to send a request's headers"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0.0, description="seconds to wait for each next part of a request body"
+    )
+    max_connections: int = Field(
+        1000, gt=0, description="open connections (or requests) before new requests get 503"
+    )
+    max_header_bytes: int = Field(64 * 1024, gt=0, description="request line and headers")
+
     # Inference and search. One thread each by default: requests already run in parallel in
     # worker threads, and OpenMP/onnxruntime pools that spin on a busy machine cost
     # milliseconds per call (measured: a 1k-vector FAISS search took 8 ms with the default

@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         RequestContextMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_request_bytes,
         metrics=metrics,
+        body_timeout=settings.body_timeout,
         auth_failures=FailureLimiter(
             settings.auth_failure_burst, settings.auth_failures_per_second
         ),

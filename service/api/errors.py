@@ -27,6 +27,8 @@ logger = logging.getLogger("opengallery.service")
 STATUS_BY_CODE: dict[str, int] = {
     # the request itself
     "bad_request": 400,
+    "request_timeout": 408,
+    "headers_too_large": 431,
     "invalid_json": 422,
     "validation_error": 422,
     "invalid_id": 422,
@@ -79,6 +81,7 @@ _CODE_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -121,7 +124,10 @@ def validation_error_response(errors: list[Any]) -> JSONResponse:
 
 async def _service_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
-    return error_response(status_for(error.code), error.code, error.message, error.details)
+    response = error_response(status_for(error.code), error.code, error.message, error.details)
+    if error.code in {"request_timeout", "payload_too_large"}:
+        response.headers["connection"] = "close"  # the rest of the body is not worth reading
+    return response
 
 
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
@@ -153,7 +159,11 @@ async def _store_full(request: Request, _: Exception) -> JSONResponse:
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     logger.exception("unexpected error (request %s): %r", request_id, error)
-    return error_response(500, "internal_error", f"internal error; request id {request_id}")
+    response = error_response(500, "internal_error", f"internal error; request id {request_id}")
+    # The server may not be in a state to keep this connection: say so, so that the client
+    # does not reuse it and see it reset.
+    response.headers["connection"] = "close"
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

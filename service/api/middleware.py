@@ -9,6 +9,7 @@ key's scope); failed attempts are limited per client address.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -39,8 +40,17 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class BodyTooSlow(ServiceError):
+    """The next part of the body did not come in time (answered 408 by the middleware)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            "request_timeout", f"the request body stalled: nothing arrived for {seconds:g} s"
+        )
+
+
 class BodyTooLarge(ServiceError):
-    """Raised from `receive`: the app's error handler answers it with a 413."""
+    """The body grew past the limit as it arrived (answered 413 by the middleware)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__("payload_too_large", f"request body exceeds {limit} bytes")
@@ -78,8 +88,10 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         metrics: Metrics,
         auth_failures: FailureLimiter | None = None,
+        body_timeout: float | None = None,
     ) -> None:
         self.app = app
+        self.body_timeout = body_timeout
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
         self.auth_failures = auth_failures or FailureLimiter(0, 0.0)
@@ -128,7 +140,8 @@ class RequestContextMiddleware:
             status = status_for(code)
             status_holder["status"] = status
             # A body left unread is not worth reading to keep the connection: close it.
-            if headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers:
+            unread = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+            if unread and (b"connection", b"close") not in (extra or []):
                 extra = [*(extra or []), (b"connection", b"close")]
             await _send_error(send, status, code, message, request_id, extra)
 
@@ -163,31 +176,50 @@ class RequestContextMiddleware:
                 )
                 return
         received = 0
+        body_done = False
+        refused = False
+
+        async def refuse(error: ServiceError) -> Message:
+            # Answered here, not raised: the app's body parsing would turn an exception into a
+            # generic 400. The app is told the client left, and whatever it sends is dropped.
+            nonlocal refused
+            if not status_holder["started"] and not refused:
+                await reply(error.code, error.message, [(b"connection", b"close")])
+            refused = True
+            return {"type": "http.disconnect"}
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if refused:
+                return {"type": "http.disconnect"}
+            if body_done or self.body_timeout is None:
+                # After the body, receive() waits for a disconnect: no timeout applies.
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                except TimeoutError:
+                    return await refuse(BodyTooSlow(self.body_timeout))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                    return await refuse(BodyTooLarge(self.max_body_bytes))
             return message
 
         async def tracking_send(message: Message) -> None:
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not status_holder["started"]:
-                await reply(
-                    "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes"
-                )
+        await self.app(scope, counting_receive, tracking_send)
 
     def _check_key(
         self, scope: Scope, headers: dict[bytes, bytes]
