@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.api.routers import (
@@ -101,8 +102,11 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         description=API_DESCRIPTION,
         lifespan=lifespan,
         responses=_ERRORS,  # type: ignore[arg-type]
+        docs_url=None,  # served from the package by install_docs: no CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for router in (
         galleries.router,
         subjects.router,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import socket
 import sqlite3
 import time
@@ -177,3 +178,16 @@ def test_a_full_disk_is_507_reported_by_readyz_and_recovers_by_itself(
         samples = client.get("/v1/galleries/g/subjects/a").json()["samples"]
         assert len(samples) == 3  # the first (acknowledged) sample and the two retried
         assert "opengallery_storage_full 0" in client.get("/metrics").text
+
+
+def test_docs_work_offline_and_the_root_leads_there(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(source.startswith("/") for source in sources), sources
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200 and len(asset.content) > 100, source
+    assert client.get("/openapi.json").status_code == 200
+    root = client.get("/", follow_redirects=False)
+    assert root.status_code in (302, 307) and root.headers["location"] == "/docs"
