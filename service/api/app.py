@@ -47,14 +47,19 @@ one subject. Send an API key in the `X-API-Key` header. Every error is
 _ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in [
+        (400, "malformed request (e.g. an invalid Content-Length header or malformed HTTP)"),
         (401, "missing or invalid API key"),
         (403, "the key's scope does not allow this"),
         (404, "not found"),
+        (405, "method not allowed (the Allow header lists the allowed ones)"),
+        (408, "the request's headers or body did not arrive in time"),
         (409, "conflict"),
         (413, "too large"),
         (415, "unsupported media type"),
         (422, "invalid input"),
         (429, "too many failed authentications from this address (see Retry-After)"),
+        (431, "request headers too large"),
+        (507, "the server's storage is full: nothing was written"),
     ]
 }
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.core.errors import ServiceError, insufficient_storage
 from service.storage import StoreFullError
@@ -135,7 +136,7 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return validation_error_response(list(error.errors()))
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     status = error.status_code
     code = _CODE_BY_STATUS.get(status, "error")
@@ -148,7 +149,22 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
     response = error_response(status, code, detail)
     if error.headers:
         response.headers.update(error.headers)
+    if status == 405:
+        # The router names the methods of the first route that matched the path only.
+        response.headers["allow"] = ", ".join(_allowed_methods(request))
     return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 async def _store_full(request: Request, _: Exception) -> JSONResponse:

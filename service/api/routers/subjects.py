@@ -82,7 +82,14 @@ async def list_subjects(
     galleries: GalleriesDep,
     _: ClientKey,
     limit: Annotated[int, Query(ge=1, description="page size")] = 100,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=2048,
+            description="`next_cursor` of the previous page, as given (opaque, base64url); "
+            "a cursor this service did not issue is 422 invalid_cursor",
+        ),
+    ] = None,
 ) -> SubjectPage:
     after = decode_cursor(cursor) if cursor else None
     page = await run_in_threadpool(galleries.list_subjects, gallery, limit, after)

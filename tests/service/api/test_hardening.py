@@ -191,3 +191,38 @@ def test_docs_work_offline_and_the_root_leads_there(client: TestClient) -> None:
     assert client.get("/openapi.json").status_code == 200
     root = client.get("/", follow_redirects=False)
     assert root.status_code in (302, 307) and root.headers["location"] == "/docs"
+
+
+def test_405_lists_every_allowed_method(client: TestClient) -> None:
+    client.post("/v1/galleries", json={"name": "g"})
+    response = client.patch("/v1/galleries/g")
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    allowed = {method.strip() for method in response.headers["allow"].split(",")}
+    assert {"GET", "DELETE"} <= allowed and "PATCH" not in allowed
+
+
+def test_openapi_documents_id_rules_cursor_form_bounds_and_400(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    operation = document["paths"]["/v1/galleries/{gallery}/subjects/{subject_id}"]["put"]
+    parameters = {p["name"]: p["schema"] for p in operation["parameters"]}
+    for name in ("gallery", "subject_id"):
+        schema = parameters[name]
+        assert (schema["minLength"], schema["maxLength"]) == (1, 256)
+        pattern = re.compile(schema["pattern"])
+        assert pattern.match("José Ñ-1") and pattern.match("名前")
+        for invalid in ("a/b", ".", "..", "a\nb"):
+            assert not pattern.match(invalid), invalid
+    listing = document["paths"]["/v1/galleries/{gallery}/subjects"]["get"]
+    cursor = next(p for p in listing["parameters"] if p["name"] == "cursor")
+    assert "next_cursor" in cursor["description"]
+    identify = document["paths"]["/v1/galleries/{gallery}/identify"]["post"]
+    form = identify["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["fpir"]["exclusiveMinimum"] == 0 and form["fpir"]["maximum"] == 1
+    assert "400" in identify["responses"] and "507" in identify["responses"]
+
+
+def test_a_subnormal_fpir_is_422_not_500(client: TestClient) -> None:
+    response = client.post("/v1/galleries", json={"name": "g", "fpir": 5e-324})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "unsupported_fpir"
