@@ -45,8 +45,10 @@ def header_pixels(data: bytes) -> int:
     """The pixel count an image's header declares, without decoding it; 0 if unreadable (the
     decoder then rejects it with its reason)."""
     try:
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-            width, height = image.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # counted below
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+                width, height = image.size
     except Exception:  # any unreadable header: decode_image says why
         return 0
     return max(0, width) * max(0, height)
