@@ -109,9 +109,21 @@ class SubjectPage(BaseModel):
 
 
 # -- samples --
+# Documented, not enforced by the model: the domain answers these cases with its own codes
+# (no_input, validation_error "either ... not both").
+_ONE_INPUT = {"oneOf": [{"required": ["images"]}, {"required": ["embeddings"]}]}
+_AT_LEAST_ONE = {"minItems": 1}
+
+
 class SamplesJson(Strict):
-    images: list[str] | None = Field(None, description="base64-encoded image files")
-    embeddings: list[list[float]] | None = Field(None, description="embeddings of the model")
+    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+
+    images: list[str] | None = Field(
+        None, description="base64-encoded image files", json_schema_extra=_AT_LEAST_ONE
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="embeddings of the model", json_schema_extra=_AT_LEAST_ONE
+    )
 
 
 class SampleOutcomeOut(BaseModel):
@@ -131,9 +143,20 @@ class SamplesOut(BaseModel):
 
 # -- recognition --
 class IdentifyJson(Strict):
-    images: list[str] | None = Field(None, description="base64-encoded probe images")
-    embeddings: list[list[float]] | None = Field(None, description="probe embeddings")
-    top_k: int = Field(5, ge=1, description="candidates per probe, one per subject")
+    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+
+    images: list[str] | None = Field(
+        None, description="base64-encoded probe images", json_schema_extra=_AT_LEAST_ONE
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="probe embeddings", json_schema_extra=_AT_LEAST_ONE
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        description="candidates per probe, one per subject; at most OPENGALLERY_MAX_TOP_K",
+        json_schema_extra={"maximum": 100},
+    )
     fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     threshold: float | None = Field(None, allow_inf_nan=False, description="instead of fpir")
 

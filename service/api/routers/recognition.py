@@ -19,7 +19,12 @@ router = APIRouter(prefix="/v1/galleries/{gallery}", tags=["recognition"])
 
 _NUMBER = {"type": "number"}
 _FPIR = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
-_TOP_K = {"type": "integer", "minimum": 1, "description": "at most OPENGALLERY_MAX_TOP_K (100)"}
+_TOP_K = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 100,
+    "description": "at most OPENGALLERY_MAX_TOP_K",
+}
 
 
 class _IdentifyForm(BaseModel):

@@ -81,7 +81,14 @@ async def list_subjects(
     gallery: GalleryName,
     galleries: GalleriesDep,
     _: ClientKey,
-    limit: Annotated[int, Query(ge=1, description="page size")] = 100,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            description="page size, at most OPENGALLERY_MAX_PAGE_SIZE",
+            json_schema_extra={"maximum": 1000},
+        ),
+    ] = 100,
     cursor: Annotated[
         str | None,
         Query(

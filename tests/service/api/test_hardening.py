@@ -222,6 +222,19 @@ def test_openapi_documents_id_rules_cursor_form_bounds_and_400(client: TestClien
     assert "400" in identify["responses"] and "507" in identify["responses"]
 
 
+def test_openapi_bounds_what_the_server_refuses(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    listing = document["paths"]["/v1/galleries/{gallery}/subjects"]["get"]
+    limit = next(p for p in listing["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 1000  # OPENGALLERY_MAX_PAGE_SIZE's default
+    identify = document["paths"]["/v1/galleries/{gallery}/identify"]["post"]["requestBody"]
+    form = identify["content"]["multipart/form-data"]["schema"]
+    assert form["additionalProperties"] is False and form["properties"]["top_k"]["maximum"] == 100
+    json_body = identify["content"]["application/json"]["schema"]
+    assert json_body["properties"]["top_k"]["maximum"] == 100
+    assert {"required": ["images"]} in json_body["oneOf"]
+
+
 def test_a_subnormal_fpir_is_422_not_500(client: TestClient) -> None:
     response = client.post("/v1/galleries", json={"name": "g", "fpir": 5e-324})
     assert response.status_code == 422, response.text
