@@ -373,6 +373,7 @@ class KeyInfo(_Result):
     scope: str
     name: str | None = None
     created: str | None = None
+    last_used: str | None = None  # recorded at most once a minute; None if never used
 
 
 @dataclass(frozen=True)
@@ -386,3 +387,4 @@ class Readiness(_Result):
     model_loaded: bool
     indexes_built: bool
     models: list[str]
+    storage_full: bool = False  # writes fail for lack of space (507) until space is freed

@@ -130,9 +130,21 @@ class SubjectPage(BaseModel):
 
 
 # -- samples --
+# Documented, not enforced by the model: the domain answers these cases with its own codes
+# (no_input, validation_error "either ... not both").
+_ONE_INPUT = {"oneOf": [{"required": ["images"]}, {"required": ["embeddings"]}]}
+_AT_LEAST_ONE = {"minItems": 1}
+
+
 class SamplesJson(Strict):
-    images: list[str] | None = Field(None, description="base64-encoded image files")
-    embeddings: list[list[float]] | None = Field(None, description="embeddings of the model")
+    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+
+    images: list[str] | None = Field(
+        None, description="base64-encoded image files", json_schema_extra=_AT_LEAST_ONE
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="embeddings of the model", json_schema_extra=_AT_LEAST_ONE
+    )
 
 
 class SampleOutcomeOut(BaseModel):
@@ -241,9 +253,20 @@ class CalibrationSamplesOut(CalibrationOut):
 
 # -- recognition --
 class IdentifyJson(Strict):
-    images: list[str] | None = Field(None, description="base64-encoded probe images")
-    embeddings: list[list[float]] | None = Field(None, description="probe embeddings")
-    top_k: int = Field(5, ge=1, description="candidates per probe, one per subject")
+    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+
+    images: list[str] | None = Field(
+        None, description="base64-encoded probe images", json_schema_extra=_AT_LEAST_ONE
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="probe embeddings", json_schema_extra=_AT_LEAST_ONE
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        description="candidates per probe, one per subject; at most OPENGALLERY_MAX_TOP_K",
+        json_schema_extra={"maximum": 100},
+    )
     fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     threshold: float | None = Field(None, allow_inf_nan=False, description="instead of fpir")
 
@@ -334,6 +357,20 @@ class KeyCreated(BaseModel):
     name: str | None
 
 
+class KeyInfo(BaseModel):
+    key_id: int
+    scope: str
+    name: str | None
+    created: str
+    last_used: str | None = Field(
+        description="when the key was last used (recorded at most once a minute); null if never"
+    )
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -342,6 +379,9 @@ class Readiness(BaseModel):
     ready: bool
     model_loaded: bool
     indexes_built: bool
+    storage_full: bool = Field(
+        False, description="writes fail for lack of space (answered 507); not ready meanwhile"
+    )
     models: list[str]
 
 

@@ -56,6 +56,7 @@ def request_body(
             **form_fields,
         },
         "required": [file_field, *[name for name in form_fields if name == "subject_id"]],
+        "additionalProperties": False,
     }
     return {
         "requestBody": {

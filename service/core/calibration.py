@@ -58,6 +58,11 @@ def check_fpir_supported(
 ) -> None:
     if not 0.0 < fpir <= 1.0:
         raise UnsupportedFPIR(f"fpir must be in (0, 1], got {fpir}")
+    if 10.0 / fpir > 2.0**53:  # a subnormal fpir: 10 / fpir is no count (or infinite)
+        raise UnsupportedFPIR(
+            f"fpir {fpir} is too small to calibrate: choose fpir >= "
+            f"{10.0 / max(num_searches, 1):.6g} or pass an explicit threshold"
+        )
     needed = min_searches_for_fpir(fpir)
     if num_searches < needed:
         raise UnsupportedFPIR(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from service.storage import AlreadyExistsError, NotFoundError
+from service.storage import AlreadyExistsError, NotFoundError, StoreFullError
 
 
 class ServiceError(Exception):
@@ -22,6 +22,10 @@ class ServiceError(Exception):
         self.code = code
         self.message = message
         self.details = details
+
+
+class StartupError(Exception):
+    """The service must not start; str() is one line for the operator, naming what and where."""
 
 
 def not_found(what: str, name: object) -> ServiceError:
@@ -41,3 +45,13 @@ def store_errors() -> Iterator[None]:
         raise not_found(error.what, error.name) from None
     except AlreadyExistsError as error:
         raise ServiceError("already_exists", str(error)) from None
+    except StoreFullError:
+        raise insufficient_storage() from None
+
+
+def insufficient_storage() -> ServiceError:
+    return ServiceError(
+        "insufficient_storage",
+        "the server's storage is full: nothing was written; retry once space is freed "
+        "(GET /readyz reports it)",
+    )

@@ -7,10 +7,13 @@ errors derive from `StoreError` and carry no HTTP status.
 
 from service.storage.errors import (
     AlreadyExistsError,
+    LastAdminKeyError,
     NotFoundError,
     StoreConfigError,
     StoreConflict,
     StoreError,
+    StoreFullError,
+    StoreOpenError,
 )
 from service.storage.factory import check_database_url, open_store, redact_url
 from service.storage.protocols import (
@@ -57,6 +60,7 @@ __all__ = [
     "JobRecord",
     "JobStore",
     "KeyStore",
+    "LastAdminKeyError",
     "ModelStore",
     "NewSample",
     "NotFoundError",
@@ -65,6 +69,8 @@ __all__ = [
     "StoreConfigError",
     "StoreConflict",
     "StoreError",
+    "StoreFullError",
+    "StoreOpenError",
     "StoredImage",
     "SubjectRecord",
     "TransferStore",

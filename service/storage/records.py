@@ -136,6 +136,7 @@ class ApiKeyRecord:
     scope: str
     name: str | None
     created: str
+    last_used: str | None = None  # recorded at most once a minute per key
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,14 @@ class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, Tran
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def space_exhausted(self) -> bool:
+        """True while writes fail for lack of space (StoreFullError).
+
+        Once a write has failed so, each call tries a small write to see whether space is
+        back (at most once a second); any successful write ends the state.
+        """
+
 
 __all__ = [
     "CalibrationStore",

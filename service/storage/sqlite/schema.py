@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     scope TEXT NOT NULL,
     name TEXT,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    last_used TEXT
 );
 CREATE TABLE IF NOT EXISTS models (
     model_id TEXT PRIMARY KEY,
@@ -92,6 +93,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated TEXT NOT NULL
 );
 """
+
+# (table, column, declaration) of columns added since a table's first release; opening an
+# older database adds them.
+ADDED_COLUMNS = [("api_keys", "last_used", "TEXT")]
 
 
 def now() -> str:

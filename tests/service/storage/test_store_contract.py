@@ -21,6 +21,7 @@ import pytest
 from service.storage import (
     AlreadyExistsError,
     BulkAdded,
+    LastAdminKeyError,
     NewSample,
     NotFoundError,
     Store,
@@ -640,6 +641,26 @@ def test_api_keys(store: Store) -> None:
     assert store.count_api_keys() == 3
     assert (store.count_api_keys("admin"), store.count_api_keys("client")) == (1, 2)
     assert store.count_api_keys("none") == 0
+
+
+def test_api_keys_are_listed_touched_and_revoked(store: Store) -> None:
+    admin = store.add_api_key("h1", "admin", "first")
+    client = store.add_api_key("h2", "client", None)
+    assert store.list_api_keys() == [admin, client] and admin.last_used is None
+    store.touch_api_key(client.key_id, "2026-01-02T03:04:05+00:00")
+    touched = store.find_api_key("h2")
+    assert touched is not None and touched.last_used == "2026-01-02T03:04:05+00:00"
+    store.touch_api_key(999, "2026-01-02T03:04:05+00:00")  # a missing key: nothing happens
+    assert store.revoke_api_key(client.key_id) == touched
+    assert store.find_api_key("h2") is None and store.list_api_keys() == [admin]
+    with pytest.raises(NotFoundError):
+        store.revoke_api_key(client.key_id)
+    with pytest.raises(LastAdminKeyError):
+        store.revoke_api_key(admin.key_id)
+    assert store.list_api_keys() == [admin]
+    second = store.add_api_key("h3", "admin", None)
+    store.revoke_api_key(admin.key_id)  # another admin key remains
+    assert store.list_api_keys() == [second]
 
 
 # -- registered models --
