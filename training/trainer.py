@@ -36,6 +36,7 @@ from tqdm import tqdm
 from training.augment import AugmentParams, augment, step_generator
 from training.config import TrainConfig
 from training.data import KNOWN, ProtocolData, Split, load_from_config
+from training.metrics import closed_set_accuracy
 from training.networks import EmbeddingNetwork, build_network
 from training.objectives import Objective, build_objective
 
@@ -255,23 +256,22 @@ def embed(
 
 
 @torch.no_grad()
-def closed_set_accuracy(module: TrainModule, split: Split, device: torch.device) -> float:
+def validation_accuracy(module: TrainModule, split: Split, device: torch.device) -> float:
     """Share of a split's known samples whose predicted class is right (NaN if none)."""
     known = split.with_roles(KNOWN)
     if len(known) == 0:
         return float("nan")
     was_training = module.training
     module.eval()
-    correct = 0
+    predicted = []
     try:
         for start in range(0, len(known), 256):
             x = torch.from_numpy(known.inputs(slice(start, start + 256))).to(device)
             embedding, logits = module.network(x)
-            predicted = module.objective.predict(embedding, logits).cpu().numpy()
-            correct += int((predicted == known.targets[start : start + 256]).sum())
+            predicted.append(module.objective.predict(embedding, logits).cpu().numpy())
     finally:
         module.train(was_training)
-    return correct / len(known)
+    return closed_set_accuracy(np.concatenate(predicted), known.targets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,7 +495,7 @@ def train(
             "epoch": epoch + 1,
             "loss": total_loss / max(total_seen, 1),
             "train_accuracy": total_correct / max(total_known, 1),
-            "val_accuracy": closed_set_accuracy(module, data.val, device),
+            "val_accuracy": validation_accuracy(module, data.val, device),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - epoch_started,
         }
