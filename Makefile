@@ -32,18 +32,22 @@ serve: $(SERVICE_VENV)/.installed
 	$(SERVICE_VENV)/bin/opengallery serve --host 127.0.0.1 --port 8000 --data-dir ./var --model models/default
 
 # The shipped bundle, reproducibly: a fixed seed, deterministic kernels, one thread
-# (configs/default.yaml). About a minute on 2 quiet cores.
+# (configs/default.yaml). A few minutes on 2 cores (docs/benchmarks.md).
 model: $(VENV)/.installed
 	rm -rf runs/default
 	$(VENV)/bin/opengallery train --config configs/default.yaml --out runs/default --no-progress
-	$(VENV)/bin/opengallery export runs/default --out models/default --name opengallery-mnist5k --version 1 --overwrite
+	$(VENV)/bin/opengallery export runs/default --out models/default --name opengallery-mnist5k --version 2 --overwrite
 
-# Every loss over 3 seeds -> docs/results.md (cached under runs/compare; reruns resume).
+# Every loss over 3 seeds -> docs/results.md (mnist5k) and docs/results_glyphs.md (glyphs,
+# open world), cached under runs/compare; reruns resume.
 compare: $(VENV)/.installed
 	$(VENV)/bin/opengallery compare
+	$(VENV)/bin/opengallery compare --config configs/compare-glyphs.yaml \
+		--results docs/results_glyphs.md --plot docs/results_glyphs_dir_fpir.png
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/losses.py
+	$(VENV)/bin/python bench/training.py
 	$(VENV)/bin/python bench/service.py --model models/default
 	$(VENV)/bin/python bench/batching.py --model models/default
 

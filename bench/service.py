@@ -3,6 +3,7 @@ ceiling (onnxruntime + FAISS called directly, same process, same data), and enro
 
     .venv/bin/python bench/service.py                       # gallery sizes 1k and 100k
     .venv/bin/python bench/service.py --sizes 1000,100000,1000000 --requests 1000
+    .venv/bin/python bench/service.py --mixed --sizes 10000,100000   # identify + 10% enrolments
 
 The server runs as a separate process (`opengallery serve`) on a free loopback port; the
 galleries are filled directly through the store (bulk import), then indexed by the server at
@@ -13,6 +14,7 @@ Markdown table (copy into docs/benchmarks.md) and, with --out, as JSON.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import http.client
 import json
@@ -105,12 +107,12 @@ class RawClient:
         host, port = url.removeprefix("http://").split(":")
         self.connection = http.client.HTTPConnection(host, int(port), timeout=600)
 
-    def post(self, path: str, body: bytes, content_type: str) -> bytes:
+    def post(self, path: str, body: bytes, content_type: str, expect: int = 200) -> bytes:
         headers = {"X-API-Key": ADMIN_KEY, "Content-Type": content_type}
         self.connection.request("POST", path, body=body, headers=headers)
         response = self.connection.getresponse()
         data = response.read()
-        if response.status != 200:
+        if response.status != expect:
             raise RuntimeError(f"HTTP {response.status}: {data[:300]!r}")
         return data
 
@@ -211,6 +213,200 @@ def http_scenarios(
     return results
 
 
+ENROL_EVERY = 10  # the mixed load: every 10th request of each client is an enrolment
+ROUNDS = 3
+
+
+def mixed_load(
+    url: str, probes: dict, size: int, dim: int, n: int, clients: tuple[int, ...] = (1, 4)
+) -> dict[str, dict]:
+    """Identify alone against identify with 10% enrolments (one embedding added to an existing
+    subject, which changes the gallery's vectors and so its calibration), at 1 and 4 clients;
+    and the first identify after one enrolment against an identify after an identify."""
+    identify_path = f"/v1/galleries/{GALLERY}/identify"
+    json_type = "application/json"
+    identify_bodies = [
+        json.dumps({"embeddings": [e], "top_k": TOP_K}).encode() for e in probes["embeddings"]
+    ]
+    rng = np.random.default_rng(size)
+    enrol_vectors = unit_vectors(rng, 4096, dim)
+    enrol_subjects = rng.integers(0, size, len(enrol_vectors))
+    counter = iter(range(10**9))
+
+    enrol_latencies: list[float] = []
+
+    def enrol(client: RawClient) -> None:
+        i = next(counter) % len(enrol_vectors)
+        body = json.dumps({"embeddings": [enrol_vectors[i].tolist()]}).encode()
+        path = f"/v1/galleries/{GALLERY}/subjects/s{enrol_subjects[i]:07d}/samples"
+        started = time.perf_counter()
+        client.post(path, body, json_type, expect=201)
+        enrol_latencies.append(time.perf_counter() - started)
+
+    def identify(client: RawClient, i: int) -> float:
+        started = time.perf_counter()
+        client.post(identify_path, identify_bodies[i % len(identify_bodies)], json_type)
+        return time.perf_counter() - started
+
+    def run(workers: int, mixed: bool) -> dict[str, float]:
+        per_worker = max(n // workers, ENROL_EVERY)
+
+        def worker(worker_id: int) -> list[float]:
+            own = RawClient(url)
+            latencies = []
+            try:
+                for j in range(per_worker):
+                    if mixed and j % ENROL_EVERY == ENROL_EVERY - 1:
+                        enrol(own)
+                    else:
+                        latencies.append(identify(own, worker_id * per_worker + j))
+            finally:
+                own.close()
+            return latencies
+
+        started = time.perf_counter()
+        latencies: list[float] = []
+        with ThreadPoolExecutor(workers) as pool:
+            for worker_latencies in pool.map(worker, range(workers)):
+                latencies += worker_latencies
+        wall = time.perf_counter() - started
+        summary = summarise(latencies, per_worker * workers, wall)  # requests/s, all kinds
+        return summary
+
+    results: dict[str, dict] = {}
+    warm = RawClient(url)
+    try:
+        for i in range(20):
+            identify(warm, i)
+        enrol(warm)
+        identify(warm, 0)
+        for workers in clients:
+            # Alternated, several rounds, medians: the machine's load drifts between runs.
+            rounds: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+            for _ in range(ROUNDS):
+                for mixed in (False, True):
+                    rounds[mixed].append(run(workers, mixed))
+            for mixed, name in ((False, "identify only"), (True, "identify + 10% enrolments")):
+                results[f"{name}, {workers} client(s)"] = {
+                    key: statistics.median(r[key] for r in rounds[mixed])
+                    for key in rounds[mixed][0]
+                }
+    finally:
+        warm.close()
+    # The first identify after one enrolment against the identify just before it (on a new
+    # connection: the server closes one left idle during the runs above).
+    sequential = RawClient(url)
+    enrol_latencies.clear()  # from here on: one client, nothing else running
+    try:
+        normal, after = [], []
+        for i in range(max(n // 10, 50)):
+            normal.append(identify(sequential, i))
+            enrol(sequential)
+            after.append(identify(sequential, i + 1))
+        results["enrolment"] = {"p50_ms": 1000 * statistics.median(enrol_latencies)}
+        results["first identify after one enrolment"] = {
+            "normal_p50_ms": 1000 * statistics.median(normal),
+            "after_p50_ms": 1000 * statistics.median(after),
+            "normal_p99_ms": 1000 * sorted(normal)[int(0.99 * len(normal))],
+            "after_p99_ms": 1000 * sorted(after)[int(0.99 * len(after))],
+        }
+    finally:
+        sequential.close()
+    return results
+
+
+def calibration_update_cost(bundle: Bundle, vectors: np.ndarray, writes: int = 200) -> dict:
+    """In process: what keeping the calibration current costs per write (no HTTP, no store)."""
+    from service.core.calibration import GalleryCalibration
+    from service.index.faiss import FaissSubjectIndex
+
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    subjects = {int(i): f"s{int(i) - 1:07d}" for i in ids}
+    index = FaissSubjectIndex.from_contents(
+        vectors.shape[1], "max", IndexContents(ids, ids, vectors, subjects)
+    )
+    started = time.perf_counter()
+    calibration = GalleryCalibration(index, bundle.load_calibration(), "bundle", warm_fpir=0.02)
+    build = time.perf_counter() - started
+    rng = np.random.default_rng(1)
+    new = unit_vectors(rng, writes, vectors.shape[1])
+    targets = rng.integers(1, len(vectors) + 1, writes)
+    enrol_times, delete_times = [], []
+    for number, (pk, vector) in enumerate(zip(targets.tolist(), new, strict=True)):
+        sample_id = len(vectors) + 1 + number
+        index.add_samples(pk, subjects[pk], np.array([sample_id]), vector[None, :])
+        started = time.perf_counter()
+        calibration.samples_added(subjects[pk], vector[None, :])
+        enrol_times.append(time.perf_counter() - started)
+    for number, pk in enumerate(targets.tolist()):
+        index.remove_samples(np.array([len(vectors) + 1 + number]))
+        started = time.perf_counter()
+        calibration.samples_removed(subjects[pk])
+        delete_times.append(time.perf_counter() - started)
+    return {
+        "calibration_size": calibration.size,
+        "full_build_ms": 1000 * build,
+        "enrol_update_ms": 1000 * statistics.median(enrol_times),
+        "delete_update_ms": 1000 * statistics.median(delete_times),
+    }
+
+
+def mixed_markdown(report: dict) -> str:
+    lines = [
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; model {report['model']}; top_k {TOP_K}; one embedding "
+        f"per identify; an enrolment adds one embedding to an existing subject. Each row: the "
+        f"median of {ROUNDS} alternated rounds.",
+        "",
+        "| gallery | clients | identify-only req/s | mixed req/s | mixed / identify-only "
+        "| identify p99 ms, identify-only | identify p99 ms, mixed | p99 mixed / only "
+        "| load average |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, result in report["sizes"].items():
+        mixed = result["mixed"]
+        for workers in (1, 4):
+            only = mixed.get(f"identify only, {workers} client(s)")
+            both = mixed.get(f"identify + 10% enrolments, {workers} client(s)")
+            if not only or not both:
+                continue
+            lines.append(
+                f"| {int(size):,} | {workers} | {only['per_s']:.0f} | {both['per_s']:.0f} "
+                f"| {both['per_s'] / only['per_s']:.2f} | {only['p99_ms']:.2f} "
+                f"| {both['p99_ms']:.2f} | {both['p99_ms'] / only['p99_ms']:.2f} "
+                f"| {result['load_average_1min']:.1f} |"
+            )
+    lines += [
+        "",
+        "| gallery | identify p50 ms | first identify after one enrolment, p50 ms | ratio "
+        "| identify p99 ms | after one enrolment, p99 ms | enrolment p50 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, result in report["sizes"].items():
+        first = result["mixed"]["first identify after one enrolment"]
+        lines.append(
+            f"| {int(size):,} | {first['normal_p50_ms']:.2f} | {first['after_p50_ms']:.2f} "
+            f"| {first['after_p50_ms'] / first['normal_p50_ms']:.2f} "
+            f"| {first['normal_p99_ms']:.2f} | {first['after_p99_ms']:.2f} "
+            f"| {result['mixed']['enrolment']['p50_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        "Keeping the calibration current, in process (no HTTP, no database), per write:",
+        "",
+        "| gallery | calibration searches | full calibration (start, swap) ms "
+        "| enrolment update ms | sample deletion update ms |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, result in report["sizes"].items():
+        cost = result["calibration_update"]
+        lines.append(
+            f"| {int(size):,} | {cost['calibration_size']} | {cost['full_build_ms']:.1f} "
+            f"| {cost['enrol_update_ms']:.3f} | {cost['delete_update_ms']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def in_process_ceiling(bundle: Bundle, vectors: np.ndarray, probes: dict, n: int) -> dict:
     """The same work without HTTP: decode + onnxruntime + FAISS, called directly."""
     dim = vectors.shape[1]
@@ -292,6 +488,62 @@ def enrolment(url: str, rng: np.random.Generator, dim: int, concurrency: int) ->
 
     run("embeddings, 64 per request", 32, embeddings_request)
     run("images, 16 per request", 32, images_request)
+
+    def bulk(name: str, bodies: list[bytes], per_request: int) -> None:
+        """Bulk enrolment of bodies encoded before the clock starts, `concurrency` at once."""
+
+        def worker(worker_id: int) -> None:
+            with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
+                for body in bodies[worker_id::concurrency]:
+                    response = client.post(
+                        "/v1/galleries/enrol/samples",
+                        content=body,
+                        headers={"content-type": "application/json"},
+                    )
+                    assert response.status_code == 201, response.text[:300]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(worker, range(concurrency)))
+        wall = time.perf_counter() - started
+        results[name] = {
+            "samples": len(bodies) * per_request,
+            "per_s": len(bodies) * per_request / wall,
+        }
+
+    def bulk_body(items: list[dict]) -> bytes:
+        return json.dumps({"items": items, "create_subjects": True}).encode()
+
+    subject = iter(range(10_000_000))
+    bulk(
+        "bulk embeddings, 5000 per request",
+        [
+            bulk_body(
+                [
+                    {"subject_id": f"b{next(subject)}", "embedding": vector}
+                    for vector in unit_vectors(rng, 5000, dim).tolist()
+                ]
+            )
+            for _ in range(8)
+        ],
+        5000,
+    )
+    bulk(
+        "bulk images, 500 per request",
+        [
+            bulk_body(
+                [
+                    {
+                        "subject_id": f"b{next(subject)}",
+                        "image": base64.b64encode(png_bytes(next(seeds))).decode("ascii"),
+                    }
+                    for _ in range(500)
+                ]
+            )
+            for _ in range(6)
+        ],
+        500,
+    )
     return results
 
 
@@ -317,6 +569,11 @@ def main() -> int:
     parser.add_argument("--random-bundle", action="store_true", help="ignore models/default")
     parser.add_argument("--embedding-dim", type=int, default=64, help="of the random bundle")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--mixed",
+        action="store_true",
+        help="only the mixed load: identify alone and with 10%% enrolments, 1 and 4 clients",
+    )
     parser.add_argument(
         "--batching",
         action="store_true",
@@ -357,6 +614,15 @@ def main() -> int:
                 print(f"  server ready in {startup:.1f}s; HTTP ...", file=sys.stderr, flush=True)
                 assert server.process is not None
                 pid = server.process.pid
+                if args.mixed:
+                    mixed = mixed_load(server.url, probes, size, dim, args.requests)
+                    report["sizes"][size] = {
+                        "load_average_1min": load,
+                        "load_average_1min_after": os.getloadavg()[0],
+                        "mixed": mixed,
+                        "calibration_update": calibration_update_cost(bundle, vectors),
+                    }
+                    continue
                 http = http_scenarios(server.url, pid, probes, args.requests, args.concurrency)
                 enrol = enrolment(server.url, rng, dim, args.concurrency) if size == 1000 else {}
             finally:
@@ -378,7 +644,7 @@ def main() -> int:
             report["batching"] = batching.compare(
                 [bundle], clients=[1, 8, 32], requests=400, rounds=3, env=overrides
             )
-    print(markdown(report))
+    print(mixed_markdown(report) if args.mixed else markdown(report))
     if "batching" in report:
         print("\nDynamic batching:\n\n" + batching.markdown(report["batching"]))
     if args.out:

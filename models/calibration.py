@@ -19,11 +19,16 @@ ones calibrated on.
 The rule is only as good as M: with M < 10/α fewer than 10 non-mated searches sit above θ,
 and the realised FPIR on new data is noisy; :func:`min_searches_for_fpir` tells how many
 are needed, callers report the shortfall.
+
+A threshold calibrated on M searches estimates the FPIR from a sample: :func:`fpir_upper_bound`
+gives the one-sided Clopper-Pearson (exact binomial) upper confidence bound on the FPIR it
+realises for strangers like the calibration set, from the searches it accepted.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -106,3 +111,51 @@ def realised_fpir(nonmated_top1_scores: np.ndarray, threshold: float) -> float:
         raise CalibrationError("threshold is NaN")
     # Compared exactly (float64 holds every float32), whatever precision the scores have.
     return float(np.count_nonzero(scores.astype(np.float64) >= threshold) / scores.size)
+
+
+def fpir_upper_bound(accepted: int, searches: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on the FPIR behind ``accepted`` of ``searches``.
+
+    The largest p with P(X <= accepted) >= 1 - confidence for X ~ Binomial(searches, p): with
+    probability ``confidence`` the FPIR that the threshold realises for strangers like the
+    calibration set is at most this. Equals the beta quantile B(confidence; k + 1, M - k);
+    k = 0 gives 1 - (1 - confidence)^(1/M), k = M gives 1.
+    """
+    for name, value in (("accepted", accepted), ("searches", searches)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise CalibrationError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= accepted <= searches or searches < 1:
+        raise CalibrationError(
+            f"need 0 <= accepted <= searches and searches >= 1, got {accepted} of {searches}"
+        )
+    if not 0.0 < float(confidence) < 1.0:
+        raise CalibrationError(f"confidence must be in (0, 1), got {confidence}")
+    return _clopper_pearson_upper(int(accepted), int(searches), float(confidence))
+
+
+@lru_cache(maxsize=4096)
+def _clopper_pearson_upper(k: int, m: int, confidence: float) -> float:
+    alpha = 1.0 - confidence
+    if k == m:
+        return 1.0
+    if k == 0:  # P(X = 0) = (1 - p)^M = alpha
+        return -math.expm1(math.log(alpha) / m)
+    # log C(M, j) for j = 0..k, summed term by term (lgamma(M + 1) - ... loses digits for a
+    # large M); then bisection on p of log P(X <= k), which decreases in p.
+    j = np.arange(1, k + 1, dtype=np.float64)
+    log_choose = np.concatenate(([0.0], np.cumsum(np.log(m - j + 1.0) - np.log(j))))
+    successes = np.arange(k + 1, dtype=np.float64)
+    log_alpha = math.log(alpha)
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if middle in (low, high):
+            break
+        terms = log_choose + successes * math.log(middle) + (m - successes) * math.log1p(-middle)
+        peak = float(terms.max())
+        log_cdf = peak + math.log(float(np.exp(terms - peak).sum()))
+        if log_cdf > log_alpha:
+            low = middle
+        else:
+            high = middle
+    return high

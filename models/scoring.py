@@ -43,14 +43,16 @@ def l2_normalise(
     array = np.asarray(embeddings, dtype=np.float64)
     if array.ndim != 2:
         raise EmbeddingError(f"{what} must be a 2-D array [N, D], got shape {list(array.shape)}")
-    if not np.isfinite(array).all():
-        raise EmbeddingError(f"{what} are not finite (NaN or infinite values)")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    bad = (norms == 0) | ~np.isfinite(norms)  # a finite row can still overflow its norm
-    if bad.any() and not allow_zero:
-        where = "" if array.shape[0] == 1 else f": row {int(np.flatnonzero(bad)[0])}"
-        raise EmbeddingError(f"{what}{where} is all zeros (or its norm overflows)")
-    return (array / np.where(bad, np.inf, norms)).astype(np.float32)
+    squares = np.einsum("ij,ij->i", array, array)
+    bad = ~(np.isfinite(squares) & (squares > 0))  # NaN, infinite or overflowing, or zero
+    if bad.any():
+        if not np.isfinite(array).all():
+            raise EmbeddingError(f"{what} are not finite (NaN or infinite values)")
+        if not allow_zero:
+            where = "" if array.shape[0] == 1 else f": row {int(np.flatnonzero(bad)[0])}"
+            raise EmbeddingError(f"{what}{where} is all zeros (or its norm overflows)")
+    norms = np.where(bad, np.inf, np.sqrt(squares))
+    return (array / norms[:, None]).astype(np.float32)
 
 
 class SubjectScorer:

@@ -23,6 +23,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "db": ("service.cli:db_main", "service", "copy a SQLite database to PostgreSQL"),
     "enroll": ("opengallery.enroll:main", "client", "batch-enrol a folder over HTTP"),
     "push": ("opengallery.push:main", "client", "register a local bundle with a service"),
+    "calibrate": (
+        "opengallery.calibrate:main",
+        "client",
+        "upload strangers as a gallery's own calibration set",
+    ),
+    "export-gallery": (
+        "opengallery.transfer:export_main",
+        "client",
+        "download a gallery as one archive",
+    ),
+    "import-gallery": (
+        "opengallery.transfer:import_main",
+        "client",
+        "recreate a gallery from an archive",
+    ),
 }
 
 

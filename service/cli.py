@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.core.logsafe import escape_control
 from service.settings import Settings
+from service.storage import Store
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
@@ -36,10 +39,11 @@ def _settings_or_exit(prog: str, overrides: dict[str, object]) -> Settings | Non
 
 def configure_logging(level: str) -> None:
     from service.api.middleware import RequestIdFilter
+    from service.core.logsafe import EscapingFormatter
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     root = logging.getLogger("opengallery")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -79,6 +83,20 @@ def _startup_problem(settings: Settings) -> str | None:
     return None
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), as uvicorn binds it; OSError when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="opengallery serve",
@@ -90,6 +108,12 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--data-dir", type=Path, help="database and data (default ./var)")
     parser.add_argument("--model", type=Path, help="default model bundle (default models/default)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--allow-empty-database",
+        action="store_true",
+        default=None,
+        help="start on a zero-length database file in a data directory used before",
+    )
     args = parser.parse_args(list(argv))
     settings = _settings_or_exit(
         "opengallery serve",
@@ -99,6 +123,7 @@ def serve_main(argv: Sequence[str]) -> int:
             "data_dir": args.data_dir,
             "model": args.model,
             "log_level": args.log_level,
+            "allow_empty_database": args.allow_empty_database,
         },
     )
     if settings is None:
@@ -119,8 +144,28 @@ def serve_main(argv: Sequence[str]) -> int:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.server import uvicorn_options
+    from service.core.errors import StartupError
+    from service.core.state import open_state
 
+    # Bind before the app starts: its start-up may print a one-time admin key, which must not
+    # be shown by a server that then fails to listen (the key would be lost with it).
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        print(
+            f"opengallery serve: cannot listen on {settings.host}:{settings.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
     configure_logging(settings.log_level)
+    try:
+        state = open_state(settings)
+    except StartupError as error:
+        sock.close()
+        print(f"opengallery serve: {error}", file=sys.stderr)
+        return 2
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     loop, http = http_stack()
     print(
@@ -130,16 +175,19 @@ def serve_main(argv: Sequence[str]) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
+    config = uvicorn.Config(
+        create_app(state=state),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         loop=loop,
-        http=http,
         access_log=False,  # our middleware logs each request with its request id
+        **uvicorn_options(settings, http),
     )
-    return 0
+    server = uvicorn.Server(config)
+    with sock:
+        server.run(sockets=[sock])
+    return 0 if server.started else 1  # not started: the app's start-up failed (logged)
 
 
 def keys_main(argv: Sequence[str]) -> int:
@@ -156,6 +204,13 @@ def keys_main(argv: Sequence[str]) -> int:
         action="store_true",
         help="start a new database if the data dir holds none (default: refuse)",
     )
+    listing = commands.add_parser("list", help="list keys: id, scope, name, created, last used")
+    listing.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
+    revoke = commands.add_parser(
+        "revoke", help="revoke a key by id (a running service stops accepting it within seconds)"
+    )
+    revoke.add_argument("key_id", type=int, help="the key's id (from `opengallery keys list`)")
+    revoke.add_argument("--data-dir", type=Path, help="the service's data dir (default ./var)")
     args = parser.parse_args(list(argv))
     settings = _settings_or_exit("opengallery keys", {"data_dir": args.data_dir})
     if settings is None:
@@ -188,6 +243,8 @@ def keys_main(argv: Sequence[str]) -> int:
         print(f"opengallery keys: cannot open {database}: {error}", file=sys.stderr)
         return 1
     try:
+        if args.command != "create":
+            return _list_or_revoke_keys(store, args, database)
         key, record = create_key(store, args.scope, args.name)
     finally:
         store.close()
@@ -248,4 +305,29 @@ def db_main(argv: Sequence[str]) -> int:
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
     print(f"copied {counts.summary()} from {args.source} to {target}", file=sys.stderr)
+
+
+def _list_or_revoke_keys(store: Store, args: argparse.Namespace, database: str) -> int:
+    from service.core.errors import ServiceError
+    from service.core.keys import revoke_key
+
+    if args.command == "list":
+        print("id\tscope\tname\tcreated\tlast_used")
+        for record in store.list_api_keys():
+            name = escape_control(record.name or "-")
+            print(
+                f"{record.key_id}\t{record.scope}\t{name}\t{record.created}\t"
+                f"{record.last_used or 'never'}"
+            )
+        return 0
+    try:
+        record = revoke_key(store, args.key_id)
+    except ServiceError as error:
+        print(f"opengallery keys revoke: {error.message}", file=sys.stderr)
+        return 1
+    print(
+        f"revoked {record.scope} key #{record.key_id} in {database}; a running service stops "
+        "accepting it within OPENGALLERY_KEY_CACHE_SECONDS (default 5 s)",
+        file=sys.stderr,
+    )
     return 0

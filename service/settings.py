@@ -41,18 +41,60 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        description="how long a key's record is cached: a key deleted from the database by "
+        "another process stops working within this time (revoking through the API: at once)",
+    )
+    # Failed authentications per client address: `auth_failure_burst` at once, then
+    # `auth_failures_per_second`; past that 429 with Retry-After. 0 turns the limit off.
+    auth_failure_burst: int = Field(20, ge=0, description="failed authentications at once")
+    auth_failures_per_second: float = Field(
+        1.0, ge=0.0, description="failed authentications a second, after the burst"
+    )
+
     # Recognition defaults.
     default_fpir: float = Field(0.01, gt=0.0, le=1.0)
     keep_images: bool = Field(True, description="keep enrolled image bytes (needed to migrate)")
+    allow_empty_database: bool = Field(
+        False,
+        description="start on a zero-length database file although the data directory was "
+        "already initialised (refused by default: the data would look lost)",
+    )
 
     # Limits: each refusal is a 4xx JSON error.
     max_request_bytes: int = Field(64 * MiB, gt=0)
     max_image_bytes: int = Field(16 * MiB, gt=0)
     max_image_pixels: int = Field(25_000_000, gt=0)
+    max_request_pixels: int = Field(
+        100_000_000,
+        gt=0,
+        description="pixels all images of one request may hold, read from their headers "
+        "before decoding",
+    )
     max_items_per_request: int = Field(64, gt=0, description="images/embeddings per request")
+    max_bulk_items: int = Field(
+        5000, gt=0, description="items per bulk enrolment (POST /v1/galleries/{g}/samples)"
+    )
     max_top_k: int = Field(100, gt=0)
     max_metadata_bytes: int = Field(16 * 1024, gt=0)
     max_page_size: int = Field(1000, gt=0)
+
+    # Connections (`opengallery serve`).
+    keep_alive_timeout: float = Field(
+        5.0, gt=0.0, description="seconds an idle keep-alive connection stays open"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0.0, description="seconds a connection has to send a request's headers"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0.0, description="seconds to wait for each next part of a request body"
+    )
+    max_connections: int = Field(
+        1000, gt=0, description="open connections (or requests) before new requests get 503"
+    )
+    max_header_bytes: int = Field(64 * 1024, gt=0, description="request line and headers")
 
     # Inference and search. One thread each by default: requests already run in parallel in
     # worker threads, and OpenMP/onnxruntime pools that spin on a busy machine cost
@@ -78,6 +120,12 @@ class Settings(BaseSettings):
         ge=0.0,
         description="extra wait for more requests after the first (0: take what queued while "
         "the previous batch ran)",
+    )
+
+    metrics_gallery_labels: bool = Field(
+        False,
+        description="label /metrics series with gallery names (off: totals only, since "
+        "/metrics needs no key and names may be sensitive)",
     )
 
     # Migrations.

@@ -172,7 +172,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
 
     def body() -> int:
         from training.calibration import SmallCalibrationWarning
-        from training.galleries import evaluate_both
+        from training.galleries import evaluate_both, side_by_side
 
         target = Path(args.target)
         if not target.is_dir():
@@ -195,6 +195,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
                 known=protocol["known"] if builtin else None,
                 negative=protocol["negative"] if builtin else None,
                 unknown=protocol["unknown"] if builtin else None,
+                gallery=protocol.get("gallery") if builtin else None,
                 split=protocol.get("split", (0.6, 0.2, 0.2)),
                 split_seed=protocol.get("split_seed", 0),
                 image_size=bundle.manifest.input.height,
@@ -222,6 +223,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
             fpirs = [row["fpir"] for row in report["calibration"]]
             searches = report["counts"]["calibration"]
             _warn_small_calibration("evaluate", searches, fpirs, f"{setting}: ")
+        print(side_by_side(reports))
         print(f"wrote {out / 'report.md'}")
         return 0
 

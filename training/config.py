@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from training.augment import AugmentParams
 
 LOSSES = (
     "softmax",
@@ -40,14 +43,18 @@ class TrainConfig:
     """Everything a training run depends on (saved as ``config.yaml`` in the run directory)."""
 
     # data
-    protocol: str = "mnist5k"  # "mnist5k", "digits", or a path to an image-folder root
+    protocol: str = "mnist5k"  # "mnist5k", "digits", "glyphs" or an image-folder root
     known: list[Any] | None = None  # class lists; None = the protocol's defaults
     negative: list[Any] | None = None
     unknown: list[Any] | None = None
+    gallery: list[Any] | None = None  # open world: enrolled at evaluation, never trained on
     split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train/val/test
     split_seed: int = 0  # the data split; fixed while the training seed varies
     image_size: int = 64  # H = W for image-folder data (built-in data is 28x28)
     color: str = "RGB"  # "L" or "RGB" for image-folder data
+    # augmentation (training/augment.py): None = on for image-folder data, off for built-in
+    augment: bool | None = None
+    augment_params: dict[str, Any] = field(default_factory=dict)  # overrides of the defaults
     # network
     network: str = "lenetpp"
     embedding_dim: int = 32
@@ -116,6 +123,21 @@ class TrainConfig:
             )
         if not isinstance(self.loss_params, dict):
             raise ConfigError(f"loss_params must be a mapping; got {self.loss_params!r}")
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise ConfigError(f"augment must be true, false or null; got {self.augment!r}")
+        self.augment_parameters()
+
+    def augment_parameters(self) -> AugmentParams:
+        """The :class:`training.augment.AugmentParams` of this run (validated)."""
+        from training.augment import AugmentParams
+
+        return AugmentParams.from_dict(self.augment_params)
+
+    def augments(self) -> bool:
+        """Whether training augments: ``augment``, or by default only for image folders."""
+        from training.data import BUILTIN
+
+        return self.augment if self.augment is not None else self.protocol not in BUILTIN
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

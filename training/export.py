@@ -14,6 +14,7 @@ closed-world gallery (known classes, training samples) -> closed-world evaluatio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import tempfile
@@ -193,5 +194,6 @@ def _training_summary(run: TrainedRun) -> dict[str, Any]:
         "schedule": config.schedule,
         "seed": config.seed,
         "loss_params": config.loss_params,
+        "augment": (dataclasses.asdict(config.augment_parameters()) if config.augments() else None),
         "torch": torch.__version__,
     }

@@ -5,10 +5,14 @@
   test negatives ("negative") and the test unknowns ("unknown"); the calibration set is the
   validation unknowns (the set a bundle ships in calibration.npz, see
   :func:`calibration_split`).
-- **open world**: the gallery enrols subjects the network never saw: the *unknown* classes,
-  with their validation samples; mated probes are their test samples; non-mated probes are the
-  test negatives ("negative") and the test samples of the known training classes, which are not
-  enrolled here (reported under "unknown": outside the gallery and never a negative); the
+- **open world**: the gallery enrols subjects the network never saw.
+  With an open-world protocol (gallery classes): the *gallery* classes with their validation
+  samples; mated probes are their test samples; non-mated probes are the test negatives
+  ("negative") and the test unknowns, strangers never trained on nor enrolled ("unknown");
+  the calibration set is the validation unknowns, as in the closed world.
+  Otherwise the *unknown* classes are enrolled (validation samples; test samples are the
+  mated probes); non-mated probes are the test negatives ("negative") and the test samples of
+  the known training classes, which are not enrolled here (reported under "unknown"); the
   calibration set is the validation negatives + validation known samples.
 
 An :class:`Embedder` maps a :class:`~training.data.Split` to raw embeddings [N, D]: with the
@@ -25,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from training.data import KNOWN, NEGATIVE, UNKNOWN, ProtocolData, Split
+from training.data import GALLERY, KNOWN, NEGATIVE, UNKNOWN, ProtocolData, Split
 from training.evaluate import evaluate_gallery, write_report
 
 FPIRS = (1e-3, 1e-2, 1e-1, 1.0)
@@ -145,6 +149,21 @@ def closed_world(data: ProtocolData, embedder: Embedder) -> GallerySetting:
 
 
 def open_world(data: ProtocolData, embedder: Embedder) -> GallerySetting:
+    if data.protocol.open_world:
+        enrolled = data.val.with_roles(GALLERY)
+        probes = _probes(
+            data.test.with_roles(GALLERY),
+            data.test.with_roles(NEGATIVE),
+            data.test.with_roles(UNKNOWN),
+            embedder,
+        )
+        return GallerySetting(
+            "open_world",
+            embedder(enrolled),
+            _subjects(enrolled),
+            *probes,
+            embedder(calibration_split(data)),
+        )
     gallery = data.val.with_roles(UNKNOWN)
     if len(gallery) == 0:
         raise ValueError(
@@ -189,16 +208,65 @@ def evaluate_both(
 ) -> dict[str, dict[str, Any]]:
     """Closed- and open-world reports (written to OUT and OUT/open_world when given)."""
     reports = {"closed_world": closed_world(data, embedder).evaluate()}
-    if len(data.val.with_roles(UNKNOWN)) and len(data.test.with_roles(UNKNOWN)):
+    if has_open_world(data):
         reports["open_world"] = open_world(data, embedder).evaluate()
     if out_dir is not None:
         out = Path(out_dir)
         write_report(reports["closed_world"], out)
         if "open_world" in reports:
             write_report(reports["open_world"], out / "open_world")
+            enrolled = "gallery" if data.protocol.open_world else "unknown"
             with open(out / "report.md", "a", encoding="utf-8") as handle:
                 handle.write(
-                    "\n## Open-world gallery\n\nEnrols the unknown classes (never trained on): "
-                    "see [open_world/report.md](open_world/report.md).\n"
+                    f"\n## Open-world gallery\n\nEnrols the {enrolled} classes (never trained "
+                    "on): see [open_world/report.md](open_world/report.md).\n\n"
+                    + side_by_side(reports)
                 )
     return reports
+
+
+def has_open_world(data: ProtocolData) -> bool:
+    """Whether the data has what an open-world gallery needs (classes to enrol and probe)."""
+    role = GALLERY if data.protocol.open_world else UNKNOWN
+    return bool(len(data.val.with_roles(role)) and len(data.test.with_roles(role)))
+
+
+SIDE_BY_SIDE_FPIRS = (1e-2, 1e-1)
+
+
+def side_by_side(reports: dict[str, dict[str, Any]]) -> str:
+    """Markdown: each gallery setting's rank-1 and, per target FPIR, the DIR at the calibrated
+    threshold with the FPIR it realises on the held-out unknowns, and the oracle DIR."""
+    header = "| setting | subjects | rank-1 |"
+    rule = "|---|---|---|"
+    for fpir in SIDE_BY_SIDE_FPIRS:
+        header += f" DIR @ {fpir:g} (calibrated) | realised FPIR | DIR @ {fpir:g} (oracle) |"
+        rule += "---|---|---|"
+    lines = [header, rule]
+    for setting, report in reports.items():
+        cells = [
+            setting.replace("_", " "),
+            str(report["counts"]["gallery_subjects"]),
+            f"{report['closed_set_accuracy']:.4f}",
+        ]
+        oracle = report["open_set"].get("unknown", {}).get("dir", [])
+        for fpir in SIDE_BY_SIDE_FPIRS:
+            points = report["operating_points"]
+            point = next((p for p in points if np.isclose(p["fpir"], fpir)), None)
+            row = next((r for r in oracle if np.isclose(r["fpir"], fpir)), None)
+            if point is None:
+                cells += ["-", "-", "-"]
+                continue
+            mark = "" if point["supported"] else " *"
+            realised = point["realised_fpir"].get("unknown", float("nan"))
+            cells += [
+                f"{point['dir']:.4f}{mark}",
+                f"{realised:.4f}",
+                "-" if row is None else f"{row['dir']:.4f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = (
+        "\nRealised FPIR: on the held-out unknowns (strangers). * fewer than 10/FPIR "
+        "calibration searches.\n"
+    )
+    return "\n".join(lines) + "\n" + note

@@ -128,6 +128,22 @@ class Similarity(_LogitLoss):
     name = "simloss"
 
 
+def margin_scale(scale: Any, num_classes: int) -> float:
+    """The scale s of a margin head: a number, or ``"auto"`` for AdaCos' fixed scale.
+
+    ``"auto"`` (the training default) is ``sqrt(2)·ln(C - 1)``: the face-recognition s = 64
+    saturates the softmax of a few classes and left ArcFace stuck on 6 digit classes (see
+    docs/training.md); ``loss_params: {scale: 64}`` keeps the papers' setting.
+    """
+    from training.losses import adacos_fixed_scale
+
+    if scale == "auto":
+        return adacos_fixed_scale(num_classes)
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        raise ValueError(f"loss_params.scale must be a positive number or 'auto'; got {scale!r}")
+    return float(scale)
+
+
 def build_objective(
     name: str, num_classes: int, embedding_dim: int, params: dict[str, Any] | None = None
 ) -> Objective:
@@ -154,11 +170,10 @@ def build_objective(
                 num_classes,
                 embedding_dim,
             )
-        if name == "arcface":
-            loss = losses.ArcFaceLoss(num_classes, embedding_dim, **params)
-            return MarginHead(name, loss, num_classes, embedding_dim)
-        if name == "cosface":
-            loss = losses.CosFaceLoss(num_classes, embedding_dim, **params)
+        if name in ("arcface", "cosface"):
+            params["scale"] = margin_scale(params.get("scale", "auto"), num_classes)
+            head = losses.ArcFaceLoss if name == "arcface" else losses.CosFaceLoss
+            loss = head(num_classes, embedding_dim, **params)
             return MarginHead(name, loss, num_classes, embedding_dim)
         if name == "cac":
             return ClassAnchorClustering(

@@ -33,8 +33,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from training.augment import AugmentParams, augment, step_generator
 from training.config import TrainConfig
 from training.data import KNOWN, ProtocolData, Split, load_from_config
+from training.metrics import closed_set_accuracy
 from training.networks import EmbeddingNetwork, build_network
 from training.objectives import Objective, build_objective
 
@@ -155,6 +157,32 @@ class EpochSampler:
             yield batch[self.rank * per_rank : (self.rank + 1) * per_rank]
 
 
+def augmented_inputs(
+    split: Split,
+    batch: np.ndarray,
+    params: AugmentParams,
+    seed: int,
+    epoch: int,
+    step: int,
+    sampler: EpochSampler,
+) -> Tensor:
+    """Network input of one step's shard, augmented in pixel space, then normalised.
+
+    The random draws depend on (seed, epoch, step) only and are made for the global batch, so
+    a resumed run and N data-parallel processes see exactly what one uninterrupted process
+    would.
+    """
+    pixels = torch.from_numpy(split.pixels[batch]).permute(0, 3, 1, 2).float() / 255.0
+    # a shard is at most batch_size / world_size rows (shorter when the data are)
+    start = sampler.rank * (sampler.batch_size // sampler.world_size)
+    rows = slice(start, start + len(batch))
+    pixels = augment(pixels, params, step_generator(seed, epoch, step), rows, sampler.batch_size)
+    spec = split.protocol.input
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((pixels - mean) / std).contiguous()
+
+
 # ---------------------------------------------------------------------------------------------
 # Model
 
@@ -228,23 +256,22 @@ def embed(
 
 
 @torch.no_grad()
-def closed_set_accuracy(module: TrainModule, split: Split, device: torch.device) -> float:
+def validation_accuracy(module: TrainModule, split: Split, device: torch.device) -> float:
     """Share of a split's known samples whose predicted class is right (NaN if none)."""
     known = split.with_roles(KNOWN)
     if len(known) == 0:
         return float("nan")
     was_training = module.training
     module.eval()
-    correct = 0
+    predicted = []
     try:
         for start in range(0, len(known), 256):
             x = torch.from_numpy(known.inputs(slice(start, start + 256))).to(device)
             embedding, logits = module.network(x)
-            predicted = module.objective.predict(embedding, logits).cpu().numpy()
-            correct += int((predicted == known.targets[start : start + 256]).sum())
+            predicted.append(module.objective.predict(embedding, logits).cpu().numpy())
     finally:
         module.train(was_training)
-    return correct / len(known)
+    return closed_set_accuracy(np.concatenate(predicted), known.targets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,6 +385,7 @@ def train(
             f"{out} already holds a run: pass --resume to continue it, or choose another --out"
         )
 
+    augment_params = config.augment_parameters() if config.augments() else None
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed, config.deterministic)
@@ -429,7 +457,13 @@ def train(
         for step, batch in enumerate(sampler.batches(epoch)):
             if step >= steps:
                 break
-            x = torch.from_numpy(train_split.inputs(batch)).to(device)
+            if augment_params is None:
+                x = torch.from_numpy(train_split.inputs(batch))
+            else:
+                x = augmented_inputs(
+                    train_split, batch, augment_params, config.seed, epoch, step, sampler
+                )
+            x = x.to(device)
             y = targets_all[batch].to(device)
             with torch.autocast(device.type, enabled=use_amp):
                 loss, predicted = wrapped(x, y)
@@ -461,7 +495,7 @@ def train(
             "epoch": epoch + 1,
             "loss": total_loss / max(total_seen, 1),
             "train_accuracy": total_correct / max(total_known, 1),
-            "val_accuracy": closed_set_accuracy(module, data.val, device),
+            "val_accuracy": validation_accuracy(module, data.val, device),
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - epoch_started,
         }

@@ -12,6 +12,7 @@
 """
 
 from opengallery.client._async import AsyncClient
+from opengallery.client._base import BulkItem
 from opengallery.client._sync import Client
 from opengallery.client.errors import (
     CONNECTION_ERROR,
@@ -21,10 +22,18 @@ from opengallery.client.errors import (
     OpenGalleryError,
 )
 from opengallery.client.types import (
+    BulkEnrolment,
+    BulkOutcome,
+    Calibration,
+    CalibrationProbe,
+    CalibrationSample,
+    CalibrationSamplePage,
+    CalibrationUpload,
     Candidate,
     CreatedKey,
     Enrolment,
     Gallery,
+    GalleryCalibration,
     Health,
     Identification,
     IdentifyResult,
@@ -32,6 +41,7 @@ from opengallery.client.types import (
     JobProgress,
     KeyInfo,
     ModelInfo,
+    OperatingPoint,
     Readiness,
     Sample,
     SampleOutcome,
@@ -46,11 +56,20 @@ __all__ = [
     "INVALID_RESPONSE",
     "TIMEOUT",
     "AsyncClient",
+    "BulkEnrolment",
+    "BulkItem",
+    "BulkOutcome",
+    "Calibration",
+    "CalibrationProbe",
+    "CalibrationSample",
+    "CalibrationSamplePage",
+    "CalibrationUpload",
     "Candidate",
     "Client",
     "CreatedKey",
     "Enrolment",
     "Gallery",
+    "GalleryCalibration",
     "Health",
     "Identification",
     "IdentifyResult",
@@ -59,6 +78,7 @@ __all__ = [
     "KeyInfo",
     "ModelInfo",
     "OpenGalleryError",
+    "OperatingPoint",
     "Readiness",
     "Sample",
     "SampleOutcome",

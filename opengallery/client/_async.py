@@ -6,13 +6,18 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
 from opengallery.client import _base as calls
-from opengallery.client._base import Call, ClientBase, Embedding, ImageInput
+from opengallery.client._base import BulkItem, Call, ClientBase, Embedding, ImageInput
 from opengallery.client.types import (
+    BulkEnrolment,
+    Calibration,
+    CalibrationSample,
+    CalibrationSamplePage,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -146,8 +151,63 @@ class AsyncClient(ClientBase):
     ) -> Enrolment:
         return await self._send(calls.enroll(gallery, subject_id, images, embeddings))
 
+    async def enroll_many(
+        self, gallery: str, items: Sequence[BulkItem], *, create_subjects: bool = False
+    ) -> BulkEnrolment:
+        """Bulk enrolment: samples of many subjects in one request and one transaction.
+
+        Each item (`BulkItem(subject_id, image=... | embedding=...)`) gets an outcome in
+        order; unknown subjects are `subject_not_found` unless `create_subjects`. When every
+        item is rejected the service answers 422: an OpenGalleryError whose
+        `details["samples"]` lists the outcomes. The service takes at most 5000 items per
+        request by default (more is a 413).
+        """
+        return await self._send(calls.enroll_many(gallery, items, create_subjects))
+
     async def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> None:
         await self._send(calls.delete_sample(gallery, subject_id, sample_id))
+
+    # -- the gallery's own calibration set --
+    async def add_calibration_samples(
+        self,
+        gallery: str,
+        images: Sequence[ImageInput] | None = None,
+        embeddings: Sequence[Embedding] | None = None,
+    ) -> CalibrationUpload:
+        """Add non-mated probes (people NOT enrolled, from the deployment) to the gallery's
+        own calibration set (admin). Each is accepted or rejected with a reason; content
+        already in the set is not added twice. The set replaces the bundle's once it holds
+        `calibration.needed` probes. All rejected: an OpenGalleryError (422)."""
+        return await self._send(calls.add_calibration_samples(gallery, images, embeddings))
+
+    async def list_calibration_samples(
+        self, gallery: str, limit: int | None = None, cursor: str | None = None
+    ) -> CalibrationSamplePage:
+        """One page of the probes of the gallery's own set, by id (admin)."""
+        return await self._send(calls.list_calibration_samples(gallery, limit, cursor))
+
+    async def iter_calibration_samples(
+        self, gallery: str, page_size: int = 100
+    ) -> AsyncIterator[CalibrationSample]:
+        """Every probe of the gallery's own set, fetched a page at a time (admin)."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_calibration_samples(gallery, limit=page_size, cursor=cursor)
+            for sample in page.samples:
+                yield sample
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def get_calibration(self, gallery: str, scores: bool = False) -> Calibration:
+        """The calibration the gallery answers with: source, size, thresholds, fpir_upper;
+        `scores=True` adds every calibration probe's best score, descending (`.scores`)."""
+        return await self._send(calls.get_calibration(gallery, scores))
+
+    async def delete_calibration(self, gallery: str) -> Calibration:
+        """Delete the gallery's own set: back to the bundle's (admin). Refused (409
+        calibration_required) when the bundle's set cannot support the gallery's FPIR."""
+        return await self._send(calls.delete_calibration(gallery))
 
     # -- recognition --
     async def identify(
@@ -175,6 +235,39 @@ class AsyncClient(ClientBase):
         return await self._send(
             calls.verify(gallery, subject_id, image, embedding, fpir, threshold)
         )
+
+    # -- export and import --
+    async def export_gallery(
+        self, gallery: str, destination: str | os.PathLike[str] | IO[bytes]
+    ) -> int:
+        call = calls.export_gallery(gallery)
+        if isinstance(destination, str | os.PathLike):
+            partial = calls.partial_path(destination)
+            try:
+                with partial.open("wb") as file:
+                    size = await self._download(call, file)
+                partial.replace(destination)
+            finally:
+                partial.unlink(missing_ok=True)
+            return size
+        return await self._download(call, destination)
+
+    async def _download(self, call: Call[None], file: IO[bytes]) -> int:
+        size = 0
+        try:
+            async with self._http.stream(call.method, call.path) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise calls.error_from_response(call, response)
+                async for chunk in response.aiter_bytes():
+                    file.write(chunk)
+                    size += len(chunk)
+        except httpx.TransportError as error:
+            raise calls.error_from_transport(call, self.url, error) from None
+        return size
+
+    async def import_gallery(self, archive: ImageInput, name: str | None = None) -> Gallery:
+        return await self._send(calls.import_gallery(archive, name))
 
     # -- models and migrations --
     async def list_models(self) -> list[ModelInfo]:

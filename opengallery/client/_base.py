@@ -8,6 +8,7 @@ and turning answers into results or `OpenGalleryError` happen here.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import email.utils
 import math
@@ -29,6 +30,10 @@ from opengallery.client.errors import (
     OpenGalleryError,
 )
 from opengallery.client.types import (
+    BulkEnrolment,
+    Calibration,
+    CalibrationSamplePage,
+    CalibrationUpload,
     CreatedKey,
     Enrolment,
     Gallery,
@@ -220,6 +225,68 @@ def enroll(
     raise neither_or_both("images", "embeddings")
 
 
+@dataclass(frozen=True)
+class BulkItem:
+    """One sample of a bulk enrolment: a subject id with an image or an embedding."""
+
+    subject_id: str
+    image: ImageInput | None = None
+    embedding: Embedding | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if (self.image is None) == (self.embedding is None):
+            raise neither_or_both("image", "embedding")
+        if self.embedding is not None:
+            return {"subject_id": self.subject_id, "embedding": vector(self.embedding)}
+        data = image_part("image", self.image, 0)[1][1]  # type: ignore[arg-type]
+        return {"subject_id": self.subject_id, "image": base64.b64encode(data).decode("ascii")}
+
+
+def enroll_many(
+    gallery: str, items: Sequence[BulkItem], create_subjects: bool
+) -> Call[BulkEnrolment]:
+    # Content a subject already holds is answered with the existing sample: repeatable.
+    body = {"items": [item.to_json() for item in items], "create_subjects": create_subjects}
+    return Call(
+        "POST", path("v1", "galleries", gallery, "samples"), BulkEnrolment.from_json, json=body
+    )
+
+
+def add_calibration_samples(
+    gallery: str, images: Sequence[ImageInput] | None, embeddings: Sequence[Embedding] | None
+) -> Call[CalibrationUpload]:
+    url = path("v1", "galleries", gallery, "calibration", "samples")
+    # Content the set already holds is not added again: repeatable.
+    if images is not None and embeddings is None:
+        return Call("POST", url, CalibrationUpload.from_json, files=image_parts("images", images))
+    if embeddings is not None and images is None:
+        body = {"embeddings": vectors(embeddings)}
+        return Call("POST", url, CalibrationUpload.from_json, json=body)
+    raise neither_or_both("images", "embeddings")
+
+
+def list_calibration_samples(
+    gallery: str, limit: int | None, cursor: str | None
+) -> Call[CalibrationSamplePage]:
+    params: dict[str, str | int] = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    url = path("v1", "galleries", gallery, "calibration", "samples")
+    return Call("GET", url, CalibrationSamplePage.from_json, params=params)
+
+
+def get_calibration(gallery: str, scores: bool) -> Call[Calibration]:
+    params: dict[str, str | int] = {"scores": "true"} if scores else {}
+    url = path("v1", "galleries", gallery, "calibration")
+    return Call("GET", url, Calibration.from_json, params=params)
+
+
+def delete_calibration(gallery: str) -> Call[Calibration]:
+    return Call("DELETE", path("v1", "galleries", gallery, "calibration"), Calibration.from_json)
+
+
 def delete_sample(gallery: str, subject_id: str, sample_id: int) -> Call[None]:
     url = path("v1", "galleries", gallery, "subjects", subject_id, "samples", sample_id)
     return Call("DELETE", url, _ignore)
@@ -264,6 +331,30 @@ def verify(
         body = {"subject_id": subject_id, "embedding": vector(embedding)} | settings
         return Call("POST", url, Verification.from_json, json=body)
     raise neither_or_both("image", "embedding")
+
+
+def export_gallery(gallery: str) -> Call[None]:
+    """The export request; the clients stream its body to a file instead of reading JSON."""
+    return Call("GET", path("v1", "galleries", gallery, "export"), _ignore)
+
+
+def import_gallery(archive: ImageInput, name: str | None) -> Call[Gallery]:
+    _, (filename, data, _) = image_part("archive", archive, 0)
+    # A lost answer cannot be told from a name taken by someone else: never repeated.
+    return Call(
+        "POST",
+        path("v1", "galleries", "import"),
+        Gallery.from_json,
+        files=[("archive", (filename, data, "application/x-tar"))],
+        params=None if name is None else {"name": name},
+        repeatable=False,
+    )
+
+
+def partial_path(destination: str | os.PathLike[str]) -> Path:
+    """Where a download goes until it is complete (then renamed over `destination`)."""
+    target = Path(destination)
+    return target.with_name(target.name + ".part")
 
 
 def list_models() -> Call[list[ModelInfo]]:

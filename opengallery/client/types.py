@@ -26,6 +26,20 @@ class _Result:
 
 
 @dataclass(frozen=True)
+class GalleryCalibration(_Result):
+    """The calibration a gallery answers with (in get_gallery's answer)."""
+
+    source: str  # "gallery" (its own strangers) or "bundle" (the model's)
+    size: int  # non-mated calibration searches in that set
+    min_fpir: float  # the smallest FPIR it supports (10 / size)
+    fpir: float  # the gallery's default FPIR
+    threshold: float | None  # its threshold now; None for an empty gallery
+    fpir_upper: float | None  # 95% upper confidence bound on the FPIR that threshold realises
+    gallery_set_size: int  # probes in the gallery's own set
+    needed: int  # searches the gallery's FPIR needs; its own set takes effect from this size
+
+
+@dataclass(frozen=True)
 class Gallery(_Result):
     name: str
     model: str  # name@version of the model that embeds its samples
@@ -36,6 +50,100 @@ class Gallery(_Result):
     sample_count: int
     version: int
     created: str
+    calibration: GalleryCalibration | None = None  # from get_gallery only
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        known = cls._known(data)
+        if known.get("calibration") is not None:
+            known["calibration"] = GalleryCalibration.from_json(known["calibration"])
+        return cls(**known, raw=dict(data))
+
+
+@dataclass(frozen=True)
+class OperatingPoint(_Result):
+    fpir: float
+    threshold: float | None  # None for an empty gallery: nothing matches
+    fpir_upper: float  # 95% upper confidence bound (Clopper-Pearson) on the realised FPIR
+
+
+@dataclass(frozen=True)
+class Calibration(_Result):
+    """A gallery's calibration (GET .../calibration, and after a change to its set)."""
+
+    source: str  # "gallery" once its own set holds `needed` probes, else "bundle"
+    size: int
+    min_fpir: float
+    fpir: float
+    gallery_set_size: int
+    needed: int
+    thresholds: list[OperatingPoint]  # 0.001, 0.01, 0.1 and the gallery's FPIR, if supported
+    # get_calibration(scores=True) only: every probe's best score against the gallery, descending
+    scores: list[float] | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        known = cls._known(data)
+        known["thresholds"] = [OperatingPoint.from_json(item) for item in data["thresholds"]]
+        return cls(**known, raw=dict(data))
+
+
+@dataclass(frozen=True)
+class CalibrationSample(_Result):
+    """A stored probe of a gallery's own calibration set."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    has_image: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class CalibrationSamplePage(_Result):
+    samples: list[CalibrationSample]
+    next_cursor: str | None  # pass to list_calibration_samples(cursor=...); None at the end
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [CalibrationSample.from_json(item) for item in data["samples"]]
+        return cls(samples=samples, next_cursor=data.get("next_cursor"), raw=dict(data))
+
+
+@dataclass(frozen=True)
+class CalibrationProbe(_Result):
+    """What happened to one probe of a calibration upload."""
+
+    status: str  # "accepted" or "rejected"
+    reason: str | None = None
+    code: str | None = None
+    content_sha256: str | None = None
+    duplicate: bool = False  # this content was already in the set
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+@dataclass(frozen=True)
+class CalibrationUpload(_Result):
+    model: str  # the model that embedded the probes
+    samples: list[CalibrationProbe]  # in the order sent
+    calibration: Calibration  # the gallery's calibration after the upload
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [CalibrationProbe.from_json(item) for item in data["samples"]]
+        return cls(
+            model=data["model"],
+            samples=samples,
+            calibration=Calibration.from_json(data),
+            raw=dict(data),
+        )
+
+    @property
+    def rejected(self) -> list[CalibrationProbe]:
+        return [sample for sample in self.samples if not sample.accepted]
 
 
 @dataclass(frozen=True)
@@ -120,6 +228,41 @@ class Enrolment(_Result):
 
 
 @dataclass(frozen=True)
+class BulkOutcome(_Result):
+    """What happened to one item of a bulk enrolment."""
+
+    subject_id: str
+    sample_id: int | None
+    status: str  # "enrolled" or "rejected"
+    reason: str | None = None
+    code: str | None = None  # why it was rejected, e.g. subject_not_found, invalid_image
+    duplicate: bool = False  # the subject already had this content
+
+    @property
+    def enrolled(self) -> bool:
+        return self.status == "enrolled"
+
+
+@dataclass(frozen=True)
+class BulkEnrolment(_Result):
+    model: str
+    samples: list[BulkOutcome]  # in the order the items were sent
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        samples = [BulkOutcome.from_json(item) for item in data["samples"]]
+        return cls(model=data["model"], samples=samples, raw=dict(data))
+
+    @property
+    def enrolled(self) -> list[BulkOutcome]:
+        return [sample for sample in self.samples if sample.enrolled]
+
+    @property
+    def rejected(self) -> list[BulkOutcome]:
+        return [sample for sample in self.samples if not sample.enrolled]
+
+
+@dataclass(frozen=True)
 class Candidate(_Result):
     subject_id: str
     score: float
@@ -135,6 +278,8 @@ class IdentifyResult(_Result):
     threshold: float | None  # the decision threshold; None on an empty gallery
     fpir: float
     candidates: list[Candidate]  # best first, one per subject
+    # 95% upper confidence bound on the FPIR the threshold realises (None from older servers)
+    fpir_upper: float | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:
@@ -167,6 +312,7 @@ class Verification(_Result):
     score: float
     threshold: float | None
     fpir: float
+    fpir_upper: float | None = None  # as IdentifyResult.fpir_upper
 
 
 @dataclass(frozen=True)
@@ -227,6 +373,7 @@ class KeyInfo(_Result):
     scope: str
     name: str | None = None
     created: str | None = None
+    last_used: str | None = None  # recorded at most once a minute; None if never used
 
 
 @dataclass(frozen=True)
@@ -240,3 +387,4 @@ class Readiness(_Result):
     model_loaded: bool
     indexes_built: bool
     models: list[str]
+    storage_full: bool = False  # writes fail for lack of space (507) until space is freed

@@ -15,9 +15,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
+from service.api.docs import install_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.api.routers import (
+    calibration,
+    console,
     galleries,
     health,
     jobs,
@@ -27,10 +30,12 @@ from service.api.routers import (
     recognition,
     samples,
     subjects,
+    transfer,
 )
 from service.api.schemas import ErrorResponse
 from service.core.metrics import Metrics
-from service.core.state import open_state
+from service.core.ratelimit import FailureLimiter
+from service.core.state import ServiceState, open_state
 from service.settings import Settings
 
 logger = logging.getLogger("opengallery.service")
@@ -45,13 +50,19 @@ one subject. Send an API key in the `X-API-Key` header. Every error is
 _ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in [
+        (400, "malformed request (e.g. an invalid Content-Length header or malformed HTTP)"),
         (401, "missing or invalid API key"),
         (403, "the key's scope does not allow this"),
         (404, "not found"),
+        (405, "method not allowed (the Allow header lists the allowed ones)"),
+        (408, "the request's headers or body did not arrive in time"),
         (409, "conflict"),
         (413, "too large"),
         (415, "unsupported media type"),
         (422, "invalid input"),
+        (429, "too many failed authentications from this address (see Retry-After)"),
+        (431, "request headers too large"),
+        (507, "the server's storage is full: nothing was written"),
     ]
 }
 
@@ -66,13 +77,20 @@ def announce_admin_key(key: str) -> None:
     print(banner, file=sys.stderr, flush=True)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    metrics = Metrics()
+def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
+    """The app; it opens its state at start-up, or serves `state` opened beforehand (by
+    `opengallery serve`, which reports a failed start in one line)."""
+    settings = state.settings if state is not None else settings or Settings()
+    metrics = (
+        state.metrics
+        if state is not None
+        else Metrics(gallery_labels=settings.metrics_gallery_labels)
+    )
+    opened = state
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await run_in_threadpool(open_state, settings, metrics)
+        state = opened or await run_in_threadpool(open_state, settings, metrics)
         app.state.opengallery = state
         if state.generated_admin_key:
             announce_admin_key(state.generated_admin_key)
@@ -92,23 +110,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         responses=_ERRORS,  # type: ignore[arg-type]
+        docs_url=None,  # served from the package by install_docs: no CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for router in (
+        transfer.router,
         galleries.router,
         subjects.router,
         samples.router,
+        samples.gallery_router,
         recognition.router,
         models.router,
         migrations.router,
         jobs.router,
         keys.router,
+        calibration.router,
     ):
         app.include_router(router)
     app.include_router(health.router)
+    app.include_router(console.router)
     app.add_middleware(
         RequestContextMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_request_bytes,
         metrics=metrics,
+        body_timeout=settings.body_timeout,
+        auth_failures=FailureLimiter(
+            settings.auth_failure_burst, settings.auth_failures_per_second
+        ),
     )
     return app

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from service.core.calibration_sets import CalibrationSets
 from service.core.galleries import Galleries
 from service.core.recognition import Recognition
 from service.core.state import ServiceState
@@ -32,6 +33,10 @@ async def get_recognition(request: Request) -> Recognition:
     return request.app.state.opengallery.recognition
 
 
+async def get_calibration_sets(request: Request) -> CalibrationSets:
+    return request.app.state.opengallery.calibration_sets
+
+
 def require(scope: str) -> Callable[..., ApiKeyRecord]:
     """A dependency that admits keys of `scope`; admin keys may do everything."""
 
@@ -49,4 +54,5 @@ AdminKey = Annotated[ApiKeyRecord, Depends(require("admin"))]
 ClientKey = Annotated[ApiKeyRecord, Depends(require("client"))]
 GalleriesDep = Annotated[Galleries, Depends(get_galleries)]
 RecognitionDep = Annotated[Recognition, Depends(get_recognition)]
+CalibrationSetsDep = Annotated[CalibrationSets, Depends(get_calibration_sets)]
 State = Annotated[ServiceState, Depends(get_state)]

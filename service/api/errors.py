@@ -16,8 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from service.core.errors import UNAVAILABLE_CODES, ServiceError
+from service.core.errors import UNAVAILABLE_CODES, ServiceError, insufficient_storage
+from service.storage import StoreFullError
 
 logger = logging.getLogger("opengallery.service")
 
@@ -26,6 +28,8 @@ logger = logging.getLogger("opengallery.service")
 STATUS_BY_CODE: dict[str, int] = {
     # the request itself
     "bad_request": 400,
+    "request_timeout": 408,
+    "headers_too_large": 431,
     "invalid_json": 422,
     "validation_error": 422,
     "invalid_id": 422,
@@ -42,20 +46,25 @@ STATUS_BY_CODE: dict[str, int] = {
     # who is asking
     "unauthorized": 401,
     "forbidden": 403,
+    "too_many_requests": 429,
     # resources and their state
     "not_found": 404,
+    "subject_not_found": 404,
     "already_exists": 409,
     "conflict": 409,
     "model_unavailable": 409,
     "model_changed": 409,
     "no_samples": 409,
     "already_on_model": 409,
+    "last_admin_key": 409,
     "cannot_migrate": 409,
     "migration_running": 409,
     "target_unsupported_fpir": 409,
+    "calibration_required": 409,
     "unknown_model": 422,
     "unsupported_fpir": 422,
     "invalid_bundle": 422,
+    "invalid_archive": 422,
     # probes and samples
     "all_samples_rejected": 422,
     "invalid_embedding": 422,
@@ -65,6 +74,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "blank_image": 422,
     "invalid_base64": 422,
     "image_too_large": 413,
+    # the server
+    "insufficient_storage": 507,
     "too_many_pixels": 413,
     # the service's own dependencies (retry later)
     "database_unavailable": 503,
@@ -77,10 +88,12 @@ _CODE_BY_STATUS = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    429: "too_many_requests",
 }
 
 
@@ -118,7 +131,10 @@ def validation_error_response(errors: list[Any]) -> JSONResponse:
 
 async def _service_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, ServiceError)
-    return error_response(status_for(error.code), error.code, error.message, error.details)
+    response = error_response(status_for(error.code), error.code, error.message, error.details)
+    if error.code in {"request_timeout", "payload_too_large"}:
+        response.headers["connection"] = "close"  # the rest of the body is not worth reading
+    return response
 
 
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
@@ -126,7 +142,7 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return validation_error_response(list(error.errors()))
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     status = error.status_code
     code = _CODE_BY_STATUS.get(status, "error")
@@ -139,6 +155,9 @@ async def _http_error(_: Request, error: Exception) -> JSONResponse:
     response = error_response(status, code, detail)
     if error.headers:
         response.headers.update(error.headers)
+    if status == 405:
+        # The router names the methods of the first route that matched the path only.
+        response.headers["allow"] = ", ".join(_allowed_methods(request))
     return response
 
 
@@ -153,14 +172,36 @@ async def _unavailable(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def _store_full(request: Request, _: Exception) -> JSONResponse:
+    # Writes outside the domain's store_errors() blocks reach here with the same answer.
+    return await _service_error(request, insufficient_storage())
+
+
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     logger.exception("unexpected error (request %s): %r", request_id, error)
-    return error_response(500, "internal_error", f"internal error; request id {request_id}")
+    response = error_response(500, "internal_error", f"internal error; request id {request_id}")
+    # The server may not be in a state to keep this connection: say so, so that the client
+    # does not reuse it and see it reset.
+    response.headers["connection"] = "close"
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StoreFullError, _store_full)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for kind in UNAVAILABLE_CODES:

@@ -1,11 +1,15 @@
-"""ASGI middleware: request ids in logs and headers, body size limit, metrics per route.
+"""ASGI middleware: request ids in logs and headers, the API key gate, body size limit,
+metrics per route.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so that streaming bodies are counted as they
-arrive and a too-large upload is refused before it is read in full.
+arrive and a too-large upload is refused before it is read in full. Every `/v1/` request must
+carry a valid key before any of its body is read (the route's dependency then checks the
+key's scope); failed attempts are limited per client address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -19,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_body, status_for
 from service.core.errors import ServiceError
+from service.core.logsafe import escape_control
 from service.core.metrics import Metrics
+from service.core.ratelimit import FailureLimiter
 
 logger = logging.getLogger("opengallery.access")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -34,14 +40,30 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class BodyTooSlow(ServiceError):
+    """The next part of the body did not come in time (answered 408 by the middleware)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            "request_timeout", f"the request body stalled: nothing arrived for {seconds:g} s"
+        )
+
+
 class BodyTooLarge(ServiceError):
-    """Raised from `receive`: the app's error handler answers it with a 413."""
+    """The body grew past the limit as it arrived (answered 413 by the middleware)."""
 
     def __init__(self, limit: int) -> None:
         super().__init__("payload_too_large", f"request body exceeds {limit} bytes")
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
+async def _send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     body = json.dumps(error_body(code, message)).encode("utf-8")
     await send(
         {
@@ -51,6 +73,7 @@ async def _send_error(send: Send, status: int, code: str, message: str, request_
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
+                *(headers or []),
             ],
         }
     )
@@ -58,10 +81,20 @@ async def _send_error(send: Send, status: int, code: str, message: str, request_
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics,
+        auth_failures: FailureLimiter | None = None,
+        body_timeout: float | None = None,
+    ) -> None:
         self.app = app
+        self.body_timeout = body_timeout
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.auth_failures = auth_failures or FailureLimiter(0, 0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,8 +118,8 @@ class RequestContextMiddleware:
             # The request id is in the record (RequestIdFilter) while the contextvar is set.
             logger.info(
                 '"%s %s" %d %.1fms',
-                scope.get("method"),
-                scope.get("path"),
+                escape_control(scope.get("method")),
+                escape_control(scope.get("path")),
                 status,
                 seconds * 1000,
             )
@@ -101,10 +134,16 @@ class RequestContextMiddleware:
         request_id: str,
         status_holder: dict[str, Any],
     ) -> None:
-        async def reply(code: str, message: str) -> None:
+        async def reply(
+            code: str, message: str, extra: list[tuple[bytes, bytes]] | None = None
+        ) -> None:
             status = status_for(code)
             status_holder["status"] = status
-            await _send_error(send, status, code, message, request_id)
+            # A body left unread is not worth reading to keep the connection: close it.
+            unread = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+            if unread and (b"connection", b"close") not in (extra or []):
+                extra = [*(extra or []), (b"connection", b"close")]
+            await _send_error(send, status, code, message, request_id, extra)
 
         # An encoded '/' in an id would be decoded into the path and silently route elsewhere.
         raw_path: bytes = scope.get("raw_path") or b""
@@ -118,6 +157,10 @@ class RequestContextMiddleware:
                 unquote_to_bytes(raw_path).decode("utf-8")
             except UnicodeDecodeError:
                 await reply("invalid_id", "the path's percent-encoding is not valid UTF-8")
+                return
+            refusal = self._check_key(scope, headers)
+            if refusal is not None:
+                await reply(*refusal)
                 return
         length = headers.get(b"content-length")
         if length is not None:
@@ -133,28 +176,73 @@ class RequestContextMiddleware:
                 )
                 return
         received = 0
+        body_done = False
+        refused = False
+
+        async def refuse(error: ServiceError) -> Message:
+            # Answered here, not raised: the app's body parsing would turn an exception into a
+            # generic 400. The app is told the client left, and whatever it sends is dropped.
+            nonlocal refused
+            if not status_holder["started"] and not refused:
+                await reply(error.code, error.message, [(b"connection", b"close")])
+            refused = True
+            return {"type": "http.disconnect"}
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if refused:
+                return {"type": "http.disconnect"}
+            if body_done or self.body_timeout is None:
+                # After the body, receive() waits for a disconnect: no timeout applies.
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                except TimeoutError:
+                    return await refuse(BodyTooSlow(self.body_timeout))
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                    return await refuse(BodyTooLarge(self.max_body_bytes))
             return message
 
         async def tracking_send(message: Message) -> None:
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 status_holder["started"] = True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
+        await self.app(scope, counting_receive, tracking_send)
+
+    def _check_key(
+        self, scope: Scope, headers: dict[bytes, bytes]
+    ) -> tuple[str, str, list[tuple[bytes, bytes]]] | None:
+        """None when the request carries a valid key; else the refusal (code, message, headers).
+
+        A valid key always passes, so that nobody is locked out by others' failures from the
+        same address; only failures count, and past the limit they are answered 429.
+        """
+        state = getattr(scope["app"].state, "opengallery", None)
+        if state is None:  # not started: the route answers (it cannot be reached before)
+            return None
+        key = headers.get(b"x-api-key", b"").decode("latin-1")
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if not status_holder["started"]:
-                await reply(
-                    "payload_too_large", f"request body exceeds {self.max_body_bytes} bytes"
-                )
+            state.keys.authenticate(key, "client")
+            return None
+        except ServiceError as error:
+            refusal = error
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+        wait = self.auth_failures.retry_after(address)
+        if wait > 0:
+            message = f"too many failed authentications from this address; retry in {wait} s"
+            return "too_many_requests", message, [(b"retry-after", str(wait).encode())]
+        self.auth_failures.record_failure(address)
+        return refusal.code, refusal.message, []

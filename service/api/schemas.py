@@ -41,6 +41,24 @@ class GalleryCreate(Strict):
     )
 
 
+class GalleryCalibrationOut(BaseModel):
+    source: Literal["gallery", "bundle"] = Field(
+        description="whose strangers the thresholds come from: the gallery's own calibration "
+        "set or the model bundle's"
+    )
+    size: int = Field(description="non-mated calibration searches in that set")
+    min_fpir: float = Field(description="the smallest FPIR the set supports (10 / size)")
+    fpir: float = Field(description="the gallery's default FPIR")
+    threshold: float | None = Field(description="its threshold now; null for an empty gallery")
+    fpir_upper: float | None = Field(
+        description="95% upper confidence bound on the FPIR that threshold realises"
+    )
+    gallery_set_size: int = Field(description="probes in the gallery's own set")
+    needed: int = Field(
+        description="searches the gallery's FPIR needs; its own set takes effect from this size"
+    )
+
+
 class GalleryOut(BaseModel):
     name: str
     model: str
@@ -51,6 +69,9 @@ class GalleryOut(BaseModel):
     sample_count: int
     version: int
     created: str
+    calibration: GalleryCalibrationOut | None = Field(
+        None, description="the calibration answering now (in a gallery's details only)"
+    )
 
 
 class GalleryList(BaseModel):
@@ -109,9 +130,21 @@ class SubjectPage(BaseModel):
 
 
 # -- samples --
+# Documented, not enforced by the model: the domain answers these cases with its own codes
+# (no_input, validation_error "either ... not both").
+_ONE_INPUT = {"oneOf": [{"required": ["images"]}, {"required": ["embeddings"]}]}
+_AT_LEAST_ONE = {"minItems": 1}
+
+
 class SamplesJson(Strict):
-    images: list[str] | None = Field(None, description="base64-encoded image files")
-    embeddings: list[list[float]] | None = Field(None, description="embeddings of the model")
+    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+
+    images: list[str] | None = Field(
+        None, description="base64-encoded image files", json_schema_extra=_AT_LEAST_ONE
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="embeddings of the model", json_schema_extra=_AT_LEAST_ONE
+    )
 
 
 class SampleOutcomeOut(BaseModel):
@@ -129,11 +162,111 @@ class SamplesOut(BaseModel):
     samples: list[SampleOutcomeOut]
 
 
+class BulkItemIn(Strict):
+    subject_id: str = Field(description="the subject (checked per item: a bad id rejects its item)")
+    embedding: list[float] | None = Field(None, description="an embedding of the model")
+    image: str | None = Field(None, description="a base64-encoded image file")
+
+
+class BulkSamplesJson(Strict):
+    items: list[BulkItemIn] = Field(
+        description="samples of any subjects, one of `embedding` or `image` each; at most "
+        "OPENGALLERY_MAX_BULK_ITEMS (default 5000) per request"
+    )
+    create_subjects: bool = Field(
+        False, description="create unknown subjects; else their items are `subject_not_found`"
+    )
+
+
+class BulkOutcomeOut(BaseModel):
+    subject_id: str
+    sample_id: int | None
+    status: Literal["enrolled", "rejected"]
+    reason: str | None = None
+    code: str | None = None
+    duplicate: bool = Field(False, description="the subject already had this content")
+
+
+class BulkSamplesOut(BaseModel):
+    model: str
+    samples: list[BulkOutcomeOut] = Field(description="one per item, in the order sent")
+
+
+# -- calibration sets --
+class CalibrationProbeOut(BaseModel):
+    status: Literal["accepted", "rejected"]
+    reason: str | None = None
+    code: str | None = None
+    content_sha256: str | None = None
+    duplicate: bool = Field(False, description="the same content was already in the set")
+
+
+class OperatingPointOut(BaseModel):
+    fpir: float
+    threshold: float | None = Field(description="null for an empty gallery: nothing matches")
+    fpir_upper: float = Field(
+        description="one-sided 95% upper confidence bound (Clopper-Pearson) on the FPIR the "
+        "threshold realises for strangers like the calibration set"
+    )
+
+
+class CalibrationOut(BaseModel):
+    source: Literal["gallery", "bundle"] = Field(
+        description="the gallery's own set once it holds `needed` probes, else the bundle's"
+    )
+    size: int = Field(description="non-mated calibration searches in the set in effect")
+    min_fpir: float = Field(description="the smallest FPIR that set supports (10 / size)")
+    fpir: float = Field(description="the gallery's default FPIR")
+    gallery_set_size: int = Field(description="probes in the gallery's own set")
+    needed: int = Field(description="searches the gallery's FPIR needs (10 / fpir)")
+    thresholds: list[OperatingPointOut] = Field(
+        description="FPIRs 0.001, 0.01, 0.1 and the gallery's, those the set supports"
+    )
+
+
+class CalibrationScoresOut(CalibrationOut):
+    scores: list[float] | None = Field(
+        None,
+        description="with ?scores=true only: each probe of the set in effect, its best score "
+        "against the gallery now (the scores the thresholds come from), descending; empty for "
+        "a gallery without samples",
+    )
+
+
+class CalibrationSampleInfo(BaseModel):
+    sample_id: int
+    source: Literal["image", "embedding"]
+    content_sha256: str = Field(description="sha256 of the image bytes or the float32 embedding")
+    has_image: bool
+    created: str
+
+
+class CalibrationSamplePage(BaseModel):
+    samples: list[CalibrationSampleInfo]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
+
+
+class CalibrationSamplesOut(CalibrationOut):
+    model: str = Field(description="the model that embedded the probes")
+    samples: list[CalibrationProbeOut]
+
+
 # -- recognition --
 class IdentifyJson(Strict):
-    images: list[str] | None = Field(None, description="base64-encoded probe images")
-    embeddings: list[list[float]] | None = Field(None, description="probe embeddings")
-    top_k: int = Field(5, ge=1, description="candidates per probe, one per subject")
+    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+
+    images: list[str] | None = Field(
+        None, description="base64-encoded probe images", json_schema_extra=_AT_LEAST_ONE
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, description="probe embeddings", json_schema_extra=_AT_LEAST_ONE
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        description="candidates per probe, one per subject; at most OPENGALLERY_MAX_TOP_K",
+        json_schema_extra={"maximum": 100},
+    )
     fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     threshold: float | None = Field(None, allow_inf_nan=False, description="instead of fpir")
 
@@ -149,6 +282,10 @@ class IdentifyResultOut(BaseModel):
     score: float | None = Field(description="best candidate's score; null for an empty gallery")
     threshold: float | None = Field(description="decision threshold; null for an empty gallery")
     fpir: float = Field(description="the FPIR the threshold is calibrated for (or estimated at)")
+    fpir_upper: float = Field(
+        description="one-sided 95% upper confidence bound (Clopper-Pearson) on the FPIR the "
+        "threshold realises for strangers like the calibration set"
+    )
     candidates: list[Candidate]
 
 
@@ -179,6 +316,7 @@ class VerifyOut(BaseModel):
     score: float
     threshold: float | None
     fpir: float
+    fpir_upper: float = Field(description="95% upper confidence bound on the FPIR, as identify")
 
 
 # -- models, keys, health --
@@ -190,6 +328,9 @@ class ModelOut(BaseModel):
     calibration_size: int
     default: bool
     galleries: list[str]
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, description="the bundle manifest's evaluation figures"
+    )
 
 
 class ModelList(BaseModel):
@@ -216,6 +357,20 @@ class KeyCreated(BaseModel):
     name: str | None
 
 
+class KeyInfo(BaseModel):
+    key_id: int
+    scope: str
+    name: str | None
+    created: str
+    last_used: str | None = Field(
+        description="when the key was last used (recorded at most once a minute); null if never"
+    )
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -224,6 +379,9 @@ class Readiness(BaseModel):
     ready: bool
     model_loaded: bool
     indexes_built: bool
+    storage_full: bool = Field(
+        False, description="writes fail for lack of space (answered 507); not ready meanwhile"
+    )
     models: list[str]
 
 

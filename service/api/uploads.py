@@ -21,9 +21,27 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models written in place (no `$defs`)."""
     schema = model.model_json_schema()
-    schema.pop("$defs", None)
-    return schema
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            reference = node.get("$ref", "")
+            if reference.startswith("#/$defs/"):
+                return inline(definitions[reference.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return inline(schema)
+
+
+def json_body(json_model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI `requestBody` of a route that reads its JSON itself with `parse_json`."""
+    content = {"application/json": {"schema": _json_schema(json_model)}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def request_body(
@@ -38,6 +56,7 @@ def request_body(
             **form_fields,
         },
         "required": [file_field, *[name for name in form_fields if name == "subject_id"]],
+        "additionalProperties": False,
     }
     return {
         "requestBody": {

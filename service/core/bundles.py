@@ -16,7 +16,7 @@ from pathlib import Path
 from models.bundle import BundleError
 from models.registry import DuplicateModelError
 from models.registry import ModelRegistry as BundleDirectory
-from service.core.errors import ServiceError
+from service.core.errors import ServiceError, StartupError
 from service.core.models import DuplicateModel, LoadedModel, LoadedModels
 from service.settings import Settings
 from service.storage import Store
@@ -29,7 +29,12 @@ def bundle_directory(settings: Settings) -> BundleDirectory:
 
 
 def keep_default(directory: BundleDirectory, default: LoadedModel) -> None:
-    """Copy the default bundle into the registry unless a bundle with its id is there."""
+    """Copy the default bundle into the registry unless a bundle with its id is there.
+
+    StartupError when the registered copy holds other weights: a model id names one set of
+    weights forever, since galleries store embeddings by model id and the calibrated
+    thresholds belong to those weights.
+    """
     if default.model_id in directory:
         try:
             kept = directory.get(default.model_id)
@@ -37,11 +42,10 @@ def keep_default(directory: BundleDirectory, default: LoadedModel) -> None:
             logger.error("registered copy of %s is broken: %s", default.model_id, error)
             return
         if kept.manifest.onnx_sha256 != default.bundle.manifest.onnx_sha256:
-            logger.warning(
-                "model %s from %s differs from the registered copy with the same id; serving "
-                "the one given with --model (give retrained bundles a new version)",
-                default.model_id,
-                default.bundle.path,
+            raise StartupError(
+                f"model {default.model_id} from {default.bundle.path} has other weights than "
+                f"the registered {default.model_id} in {kept.path}: a model id names one set of "
+                f"weights; give the new bundle a new version (manifest 'version')"
             )
         return
     try:
@@ -89,9 +93,17 @@ def register_bundle(
         raise ServiceError("invalid_bundle", f"{path}: {error.strerror or error}") from None
     try:
         model = models.load(bundle.path)
-    except DuplicateModel as error:  # e.g. the default bundle, loaded from --model
+    except DuplicateModel:  # e.g. the default bundle, loaded from --model
         shutil.rmtree(bundle.path, ignore_errors=True)
-        raise ServiceError("already_exists", str(error)) from None
+        held = models.get(bundle.model_id)
+        same = held is not None and held.bundle.manifest.onnx_sha256 == bundle.manifest.onnx_sha256
+        detail = "the same model file" if same else "a different model file"
+        raise ServiceError(
+            "already_exists",
+            f"model {bundle.model_id} is already loaded ({detail}); "
+            f"give the new bundle another version",
+            details={"model": bundle.model_id, "same_file": same},
+        ) from None
     except Exception as error:  # onnxruntime's errors share no base class but Exception
         shutil.rmtree(bundle.path, ignore_errors=True)
         raise ServiceError(

@@ -8,6 +8,7 @@ bundle's metric is cosine).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime
@@ -58,19 +59,54 @@ class Embedder:
         return normalise_rows(np.asarray(output, dtype=np.float32), what="model output")
 
 
-def check_embedding(vector: Sequence[float], dim: int, what: str = "embedding") -> np.ndarray:
-    """A client-supplied embedding -> normalised float32 [D]; EmbeddingRejected if unusable."""
-    try:
-        array = np.asarray(vector, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise EmbeddingRejected(f"{what} must be a list of numbers") from None
-    if array.ndim != 1:
-        raise EmbeddingRejected(f"{what} must be a flat list of numbers")
-    if array.shape[0] != dim:
-        raise EmbeddingRejected(
-            f"{what} has dimension {array.shape[0]}; the gallery's model expects {dim}"
-        )
-    return normalise_rows(array[None, :], what=what)[0]
+@dataclass(frozen=True)
+class CheckedEmbeddings:
+    """Client-supplied embeddings, checked together."""
+
+    unit: np.ndarray  # float32 [N, D], L2-normalised (rows of rejected embeddings are zero)
+    raw: np.ndarray  # float32 [N, D] as sent (what their content hash is made of)
+    rejections: list[str | None]  # why each one is unusable, or None
+
+
+def check_embeddings(vectors: Sequence[Sequence[float]], dim: int) -> CheckedEmbeddings:
+    """Many embeddings at once (one array operation, not one per vector), each usable or
+    rejected with its reason: wrong dimension, not numbers, not finite, zero norm."""
+    rejections: list[str | None] = [None] * len(vectors)
+    rows = np.zeros((len(vectors), dim), dtype=np.float64)
+    for number, vector in enumerate(vectors):
+        try:
+            array = np.asarray(vector, dtype=np.float64)
+        except (TypeError, ValueError):
+            rejections[number] = "embedding must be a list of numbers"
+            continue
+        if array.ndim != 1:
+            rejections[number] = "embedding must be a flat list of numbers"
+        elif array.shape[0] != dim:
+            rejections[number] = (
+                f"embedding has dimension {array.shape[0]}; the gallery's model expects {dim}"
+            )
+        else:
+            rows[number] = array
+    squares = np.einsum("ij,ij->i", rows, rows)
+    bad = ~(np.isfinite(squares) & (squares > 0))  # NaN, infinite or overflowing, or zero
+    for number in np.flatnonzero(bad).tolist():
+        if rejections[number] is None:
+            rejections[number] = (
+                "embedding is not finite (NaN or infinite values)"
+                if not np.isfinite(rows[number]).all()
+                else "embedding is all zeros (or its norm overflows) and cannot be normalised"
+            )
+        rows[number] = 0.0
+    unit = l2_normalise(rows, "embeddings", allow_zero=True)  # rejected rows stay zero
+    return CheckedEmbeddings(unit, rows.astype(np.float32), rejections)
+
+
+def check_embedding(vector: Sequence[float], dim: int) -> np.ndarray:
+    """One client-supplied embedding -> normalised float32 [D]; EmbeddingRejected if unusable."""
+    checked = check_embeddings([vector], dim)
+    if checked.rejections[0] is not None:
+        raise EmbeddingRejected(checked.rejections[0])
+    return checked.unit[0]
 
 
 def normalise_rows(raw: np.ndarray, *, what: str) -> np.ndarray:

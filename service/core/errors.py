@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from service.index import IndexUnavailable
-from service.storage import AlreadyExistsError, NotFoundError, StoreUnavailable
+from service.storage import AlreadyExistsError, NotFoundError, StoreFullError, StoreUnavailable
 
 # A dependency the service cannot reach, by the code its requests fail with meanwhile: the
 # request may succeed when retried, so these are not the caller's fault (nor a bug).
@@ -32,6 +32,10 @@ class ServiceError(Exception):
         self.details = details
 
 
+class StartupError(Exception):
+    """The service must not start; str() is one line for the operator, naming what and where."""
+
+
 def not_found(what: str, name: object) -> ServiceError:
     return ServiceError("not_found", f"{what} {name!r} does not exist")
 
@@ -49,3 +53,13 @@ def store_errors() -> Iterator[None]:
         raise not_found(error.what, error.name) from None
     except AlreadyExistsError as error:
         raise ServiceError("already_exists", str(error)) from None
+    except StoreFullError:
+        raise insufficient_storage() from None
+
+
+def insufficient_storage() -> ServiceError:
+    return ServiceError(
+        "insufficient_storage",
+        "the server's storage is full: nothing was written; retry once space is freed "
+        "(GET /readyz reports it)",
+    )

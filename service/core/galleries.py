@@ -18,13 +18,16 @@ import numpy as np
 from models.scoring import DEFAULT_SCORING, check_scoring
 from service.core.calibration import check_fpir_supported, default_fpir
 from service.core.errors import ServiceError, not_found, store_errors
-from service.core.ingest import Ingest, Upload
+from service.core.ids import check_id
+from service.core.images import media_type
+from service.core.ingest import Ingest, Prepared, Upload
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.metrics import Metrics
 from service.core.models import LoadedModels
 from service.settings import Settings
 from service.storage import (
     AddedSample,
+    BulkAdded,
     GalleryRecord,
     NewSample,
     SampleRecord,
@@ -52,6 +55,28 @@ class Enrolment:
 
 
 @dataclass(frozen=True)
+class BulkItem:
+    subject_id: str
+    upload: Upload
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    subject_id: str
+    sample_id: int | None
+    status: str  # "enrolled" | "rejected"
+    reason: str | None = None
+    code: str | None = None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class BulkEnrolment:
+    model_id: str
+    outcomes: list[BulkOutcome]  # one per item, in order
+
+
+@dataclass(frozen=True)
 class SubjectWrite:
     record: SubjectRecord
     created: bool
@@ -61,6 +86,12 @@ class SubjectWrite:
 class SubjectDetail:
     record: SubjectRecord
     samples: list[SampleRecord]
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    data: bytes
+    media_type: str
 
 
 @dataclass(frozen=True)
@@ -155,14 +186,17 @@ class Galleries:
                 raise not_found("subject", subject_id)
             return SubjectDetail(record, self.store.list_samples(gallery_name, subject_id))
 
-    def list_subjects(self, gallery_name: str, limit: int, after: str | None) -> SubjectPage:
-        """Up to `limit` subjects ordered by id, strictly after `after`."""
+    def list_subjects(
+        self, gallery_name: str, limit: int, after: str | None, prefix: str | None = None
+    ) -> SubjectPage:
+        """Up to `limit` subjects ordered by id, strictly after `after`, whose ids start with
+        `prefix` when it is given."""
         if not 1 <= limit <= self.settings.max_page_size:
             raise ServiceError(
                 "invalid_limit", f"limit must be 1-{self.settings.max_page_size}, got {limit}"
             )
         with store_errors():
-            records = self.store.list_subjects(gallery_name, limit + 1, after)
+            records = self.store.list_subjects(gallery_name, limit + 1, after, prefix)
         page = records[:limit]
         return SubjectPage(page, page[-1].subject_id if len(records) > limit else None)
 
@@ -170,7 +204,9 @@ class Galleries:
         gallery = self.live.get(gallery_name)
         with gallery.lock, store_errors():
             pk, sample_ids, _ = self.store.delete_subject(gallery_name, subject_id)
-            gallery.active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
+            active = gallery.active
+            active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
+            active.calibration.subject_removed(subject_id)
 
     # -- samples --
     def enrol(self, gallery_name: str, subject_id: str, uploads: list[Upload]) -> Enrolment:
@@ -241,16 +277,142 @@ class Galleries:
                 )
             fresh = [i for i, item in enumerate(added) if item.created]
             if fresh:
+                vectors = np.stack([new_samples[i].embedding for i in fresh])
                 active.index.add_samples(
                     record.pk,
                     subject_id,
                     np.array([added[i].sample_id for i in fresh], dtype=np.int64),
-                    np.stack([new_samples[i].embedding for i in fresh]),
+                    vectors,
                 )
+                active.calibration.samples_added(subject_id, vectors)
             return added
+
+    def enrol_many(
+        self, gallery_name: str, items: list[BulkItem], create_subjects: bool = False
+    ) -> BulkEnrolment:
+        """Bulk enrolment: samples of many subjects in one transaction, an outcome per item.
+
+        Items are checked one by one (subject id, then the image or embedding); the good ones
+        are committed together. Without `create_subjects` an item of an unknown subject is
+        rejected with `subject_not_found`. An item repeating content that its subject has (or
+        that an earlier item gave it) reports that sample as enrolled with `duplicate`.
+        """
+        if not items:
+            raise ServiceError("no_input", "no items: send subject_id with an image or embedding")
+        limit = self.settings.max_bulk_items
+        if len(items) > limit:
+            raise ServiceError(
+                "too_many_items", f"{len(items)} items in one request; the limit is {limit}"
+            )
+        gallery = self.live.get(gallery_name)
+        outcomes: list[BulkOutcome | None] = [None] * len(items)
+        valid = []
+        for position, item in enumerate(items):
+            try:
+                check_id(item.subject_id)
+                valid.append(position)
+            except ValueError as error:
+                outcomes[position] = BulkOutcome(
+                    item.subject_id, None, "rejected", f"subject id {error}", "invalid_id"
+                )
+        for _ in range(_ENROL_ATTEMPTS):
+            active = gallery.active
+            prepared = self.ingest.prepare(active.model, [items[i].upload for i in valid])
+            usable = [(i, p) for i, p in zip(valid, prepared, strict=True) if p.vector is not None]
+            committed = self._commit_many(gallery, active, items, usable, create_subjects)
+            if committed is not None:
+                break
+        else:
+            raise ServiceError("model_changed", "the gallery changed model; retry")
+        for position, item in zip(valid, prepared, strict=True):
+            if item.rejection is not None:
+                outcomes[position] = BulkOutcome(
+                    items[position].subject_id,
+                    None,
+                    "rejected",
+                    str(item.rejection),
+                    item.rejection_code,
+                )
+        for (position, _), added in zip(usable, committed, strict=True):
+            subject_id = items[position].subject_id
+            outcomes[position] = (
+                BulkOutcome(
+                    subject_id,
+                    None,
+                    "rejected",
+                    f"subject {subject_id!r} does not exist (send create_subjects: true)",
+                    "subject_not_found",
+                )
+                if added.subject_pk is None
+                else BulkOutcome(
+                    subject_id, added.sample_id, "enrolled", duplicate=not added.created
+                )
+            )
+        done = [outcome for outcome in outcomes if outcome is not None]
+        enrolled = sum(outcome.status == "enrolled" for outcome in done)
+        self.metrics.observe_enrolment(gallery_name, enrolled, len(done) - enrolled)
+        return BulkEnrolment(active.model.model_id, done)
+
+    def _commit_many(
+        self,
+        gallery: LiveGallery,
+        active: ActiveModel,
+        items: list[BulkItem],
+        usable: list[tuple[int, Prepared]],
+        create_subjects: bool,
+    ) -> list[BulkAdded] | None:
+        """Commit the usable items in one transaction, then index the new samples; None if
+        the gallery switched model meanwhile (nothing stored then)."""
+        with gallery.lock:
+            if gallery.active is not active:
+                return None
+            if not usable:
+                return []
+            pairs = [
+                (
+                    items[position].subject_id,
+                    NewSample(
+                        content_sha256=item.content_sha256,
+                        source=item.source,
+                        embedding=item.vector,
+                        image=item.image if gallery.record.keep_images else None,
+                    ),
+                )
+                for position, item in usable
+            ]
+            with store_errors():
+                result = self.store.bulk_enrol(
+                    gallery.name, active.model.model_id, pairs, create_subjects=create_subjects
+                )
+            fresh = [i for i, added in enumerate(result.items) if added.created]
+            if fresh:
+                names = [pairs[i][0] for i in fresh]
+                vectors = np.stack([pairs[i][1].embedding for i in fresh])
+                active.index.add_many(
+                    np.array([result.items[i].subject_pk for i in fresh], dtype=np.int64),
+                    names,
+                    np.array([result.items[i].sample_id for i in fresh], dtype=np.int64),
+                    vectors,
+                )
+                active.calibration.samples_added_many(names, vectors)
+            return result.items
+
+    def sample_image(self, gallery_name: str, subject_id: str, sample_id: int) -> SampleImage:
+        """A sample's kept image with its media type; not_found when none was kept."""
+        with store_errors():
+            data = self.store.get_sample_image(gallery_name, subject_id, sample_id)
+        if data is None:
+            raise ServiceError(
+                "not_found",
+                f"sample {sample_id} has no kept image (it was enrolled as an embedding, or "
+                "the gallery keeps no images)",
+            )
+        return SampleImage(data, media_type(data))
 
     def delete_sample(self, gallery_name: str, subject_id: str, sample_id: int) -> None:
         gallery = self.live.get(gallery_name)
         with gallery.lock, store_errors():
             self.store.delete_sample(gallery_name, subject_id, sample_id)
-            gallery.active.index.remove_samples(np.array([sample_id], dtype=np.int64))
+            active = gallery.active
+            active.index.remove_samples(np.array([sample_id], dtype=np.int64))
+            active.calibration.samples_removed(subject_id)

@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 MAX_ID_LENGTH = 256
+
+# What the OpenAPI document says of an id. JSON Schema cannot say "printable Unicode", so the
+# pattern admits letters and digits of any script, space and common punctuation: every id it
+# admits is valid; a few valid ids (other printable symbols) fall outside it.
+ID_JSON_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_LENGTH,
+    "pattern": r"^(?!\.{1,2}$)[\w .,:;@+=~()!'-]+$",
+    "description": f"1-{MAX_ID_LENGTH} characters of printable Unicode, no '/', not '.' or "
+    "'..' (the pattern shows the common case)",
+}
 
 
 def check_id(value: str) -> str:
@@ -25,4 +37,4 @@ def check_id(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, AfterValidator(check_id)]
+Identifier = Annotated[str, AfterValidator(check_id), WithJsonSchema(ID_JSON_SCHEMA)]

@@ -6,14 +6,25 @@ one bad image never sinks the others of a batch.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
+from PIL import Image
 
-from service.core.embedder import EmbeddingRejected, check_embedding
+from models.preprocessing import image_to_pixels
+from service.core.embedder import EmbeddingRejected, check_embeddings
 from service.core.errors import ServiceError
-from service.core.images import ImageRejected, check_not_blank, decode_base64, decode_image
+from service.core.images import (
+    ImageRejected,
+    check_not_blank,
+    decode_base64,
+    decode_image,
+    header_pixels,
+)
 from service.core.models import LoadedModel
 from service.settings import Settings
 
@@ -60,33 +71,78 @@ class Ingest:
             )
 
     def prepare(self, model: LoadedModel, uploads: list[Upload]) -> list[Prepared]:
-        """Decode and embed uploads; each becomes a vector or a rejection with its reason."""
+        """Decode and embed uploads; each becomes a vector or a rejection with its reason.
+
+        Memory stays bounded: the pixels the headers declare are summed and checked against
+        `max_request_pixels` before anything is decoded; each image is reduced to the model's
+        input size as soon as it is decoded (a JPEG is decoded reduced), so one full-size
+        image is held at a time; and the C heap is trimmed after a large request.
+        """
+        decoded = [
+            upload.image if upload.image is not None else _base64_or_none(upload.image_base64)
+            for upload in uploads
+        ]
+        # An image over the per-image limit is rejected on its own, undecoded.
+        per_image = [header_pixels(data) for data in decoded if data is not None]
+        declared = sum(n for n in per_image if n <= self.settings.max_image_pixels)
+        limit = self.settings.max_request_pixels
+        if declared > limit:
+            raise ServiceError(
+                "too_many_pixels",
+                f"the request's images hold {declared} pixels in all; the limit per request "
+                f"is {limit}: send fewer or smaller images",
+            )
+        try:
+            return self._prepare(model, uploads, decoded)
+        finally:
+            if declared >= _TRIM_AFTER_PIXELS:
+                release_free_memory()
+
+    def _prepare(
+        self, model: LoadedModel, uploads: list[Upload], decoded: list[bytes | None]
+    ) -> list[Prepared]:
         prepared: list[Prepared | None] = [None] * len(uploads)
+        spec = model.bundle.manifest.input
+        draft = (spec.color, (spec.width, spec.height))
         images = []
         image_slots: list[tuple[int, bytes, str]] = []
-        for slot, upload in enumerate(uploads):
-            try:
-                if upload.embedding is not None:
-                    vector = check_embedding(upload.embedding, model.dim)
-                    raw = np.asarray(upload.embedding, dtype=np.float32).tobytes()
-                    prepared[slot] = Prepared(
-                        vector=vector,
-                        content_sha256=hashlib.sha256(raw).hexdigest(),
+        embedding_slots = [
+            slot for slot, upload in enumerate(uploads) if upload.embedding is not None
+        ]
+        if embedding_slots:  # checked together: one array operation, not one per vector
+            checked = check_embeddings(
+                [uploads[slot].embedding for slot in embedding_slots], model.dim
+            )
+            for row, slot in enumerate(embedding_slots):
+                reason = checked.rejections[row]
+                prepared[slot] = (
+                    Prepared(rejection=EmbeddingRejected(reason))
+                    if reason is not None
+                    else Prepared(
+                        vector=checked.unit[row],
+                        content_sha256=hashlib.sha256(checked.raw[row].tobytes()).hexdigest(),
                         source="embedding",
                     )
-                    continue
-                data = (
-                    upload.image
-                    if upload.image is not None
-                    else decode_base64(upload.image_base64 or "")
                 )
+        for slot, upload in enumerate(uploads):
+            if upload.embedding is not None:
+                continue
+            try:
+                data = decoded[slot]
+                if data is None:  # not valid base64: decode again for the reason
+                    data = decode_base64(upload.image_base64 or "")
                 image = decode_image(
                     data,
                     max_bytes=self.settings.max_image_bytes,
                     max_pixels=self.settings.max_image_pixels,
+                    draft=draft,
                 )
-                check_not_blank(image, model.bundle.manifest.input.color)
-                images.append(image)
+                check_not_blank(image, spec.color)
+                # The model's input size now, so that the full-size pixels are freed at once;
+                # the embedder's own preprocessing of it changes nothing (same mode and size).
+                pixels = image_to_pixels(image, spec)
+                del image
+                images.append(Image.fromarray(pixels[..., 0] if spec.channels == 1 else pixels))
                 image_slots.append((slot, data, hashlib.sha256(data).hexdigest()))
             except (ImageRejected, EmbeddingRejected) as rejection:
                 prepared[slot] = Prepared(rejection=rejection)
@@ -115,3 +171,36 @@ class Ingest:
             if item.rejection is not None:
                 raise ServiceError(item.rejection_code, f"probe {number}: {item.rejection}")
         return np.stack([item.vector for item in prepared if item.vector is not None])
+
+
+# After a request that decoded this many pixels, free C heap goes back to the system.
+_TRIM_AFTER_PIXELS = 4_000_000
+
+
+def _base64_or_none(text: str | None) -> bytes | None:
+    try:
+        return decode_base64(text or "")
+    except ImageRejected:
+        return None
+
+
+@cache
+def _malloc_trim() -> object | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return libc.malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to call
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand free C-heap memory back to the system (glibc's malloc_trim).
+
+    Decoded images are large allocations freed at the end of a request; glibc keeps freed
+    heap for reuse, so without this the process keeps its peak size after a large request
+    (measured in docs/service.md).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)  # type: ignore[operator]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.calibration import min_searches_for_fpir
+from service.core.calibration import GalleryCalibration
 from service.core.errors import ServiceError, not_found
 from service.core.models import LoadedModel, LoadedModels
 from service.index import IndexBackend, IndexContents, SubjectSearch
@@ -26,10 +28,12 @@ logger = logging.getLogger("opengallery.service")
 
 @dataclass(frozen=True)
 class ActiveModel:
-    """The model a gallery answers with and its index: replaced as one."""
+    """The model a gallery answers with, its index and the calibration kept against that
+    index: replaced as one."""
 
     model: LoadedModel
     index: SubjectSearch
+    calibration: GalleryCalibration
 
 
 @dataclass
@@ -65,7 +69,7 @@ class LiveGalleries:
                     record.model_id,
                 )
                 continue
-            gallery = LiveGallery(record, ActiveModel(model, self.build_index(record, model)))
+            gallery = LiveGallery(record, self.build_active(record, model))
             with self._lock:
                 self._galleries[record.name] = gallery
             logger.info(
@@ -75,6 +79,26 @@ class LiveGalleries:
                 gallery.active.index.sample_count,
                 model.model_id,
             )
+
+    def build_active(self, record: GalleryRecord, model: LoadedModel) -> ActiveModel:
+        """`record`'s (model, index, calibration) for `model`, from the store: the one full
+        calibration search of this pair happens here, never on a request."""
+        index = self.build_index(record, model)
+        return ActiveModel(model, index, self.build_calibration(record, model, index))
+
+    def build_calibration(
+        self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch
+    ) -> GalleryCalibration:
+        probes, source = self.calibration_set(record, model)
+        return GalleryCalibration(index, probes, source, warm_fpir=record.fpir)
+
+    def calibration_set(self, record: GalleryRecord, model: LoadedModel) -> tuple[np.ndarray, str]:
+        """The gallery's own calibration set embedded by `model` once it is large enough for
+        the gallery's FPIR (10 / fpir searches), else the bundle's."""
+        own = self.store.load_calibration(record.name, model.model_id)
+        if len(own.sample_ids) and len(own.sample_ids) >= min_searches_for_fpir(record.fpir):
+            return own.vectors.reshape(-1, model.dim), "gallery"
+        return model.calibration, "bundle"
 
     def build_index(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
         """The index of `record` for `model`, from the embeddings stored for that model."""
@@ -105,16 +129,22 @@ class LiveGalleries:
         with self._lock:
             return self._galleries.get(name)
 
-    def add(self, record: GalleryRecord, model: LoadedModel) -> LiveGallery:
-        """A new, empty gallery (the caller created it in the store)."""
-        index = self.backend.build(
-            model.dim,
-            record.scoring,
-            IndexContents.empty(model.dim),
-            gallery=record.name,
-            model_id=model.model_id,
+    def add(
+        self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch | None = None
+    ) -> LiveGallery:
+        """A gallery the caller created in the store: empty, or served by `index` (built by
+        `build_index` from what the store holds)."""
+        if index is None:
+            index = self.backend.build(
+                model.dim,
+                record.scoring,
+                IndexContents.empty(model.dim),
+                gallery=record.name,
+                model_id=model.model_id,
+            )
+        gallery = LiveGallery(
+            record, ActiveModel(model, index, self.build_calibration(record, model, index))
         )
-        gallery = LiveGallery(record, ActiveModel(model, index))
         with self._lock:
             self._galleries[record.name] = gallery
         return gallery

@@ -2,6 +2,10 @@
 
 Names are prefixed `opengallery_`. Requests and latency per route template (not per raw path,
 which would explode the label space), gallery sizes, and known/unknown decisions.
+
+/metrics needs no key (scrapers rarely send one), so gallery names, which may say whose data a
+gallery holds, are labels only when `gallery_labels` is on; otherwise the gallery series are
+totals over all galleries.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ def _number(value: float) -> str:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, gallery_labels: bool = False) -> None:
+        self.gallery_labels = gallery_labels
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
         self._latency_counts: dict[tuple[str, str], list[int]] = {}
@@ -41,6 +46,7 @@ class Metrics:
         self._enrolled: dict[tuple[str, str], int] = defaultdict(int)
         # Gauges read at scrape time: gallery name -> (subjects, samples).
         self.gallery_sizes: Callable[[], dict[str, tuple[int, int]]] = dict
+        self.storage_full: Callable[[], bool] = lambda: False
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -50,12 +56,20 @@ class Metrics:
             counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self._latency_sums[key] += seconds
 
+    def _gallery(self, name: str) -> str:
+        return name if self.gallery_labels else ""
+
+    def _gallery_label(self, name: str) -> list[tuple[str, str]]:
+        return [("gallery", name)] if self.gallery_labels else []
+
     def observe_decisions(self, gallery: str, known: int, unknown: int) -> None:
+        gallery = self._gallery(gallery)
         with self._lock:
             self._decisions[(gallery, "known")] += known
             self._decisions[(gallery, "unknown")] += unknown
 
     def observe_enrolment(self, gallery: str, enrolled: int, rejected: int) -> None:
+        gallery = self._gallery(gallery)
         with self._lock:
             self._enrolled[(gallery, "enrolled")] += enrolled
             self._enrolled[(gallery, "rejected")] += rejected
@@ -91,30 +105,39 @@ class Metrics:
                 "# TYPE opengallery_decisions_total counter",
             ]
             for (gallery, decision), count in sorted(self._decisions.items()):
-                labels = _labels([("gallery", gallery), ("decision", decision)])
+                labels = _labels([*self._gallery_label(gallery), ("decision", decision)])
                 lines.append(f"opengallery_decisions_total{labels} {count}")
             lines += [
                 "# HELP opengallery_samples_submitted_total Enrolment outcomes by gallery.",
                 "# TYPE opengallery_samples_submitted_total counter",
             ]
             for (gallery, status), count in sorted(self._enrolled.items()):
-                labels = _labels([("gallery", gallery), ("status", status)])
+                labels = _labels([*self._gallery_label(gallery), ("status", status)])
                 lines.append(f"opengallery_samples_submitted_total{labels} {count}")
-        sizes = self.gallery_sizes()
         lines += [
-            "# HELP opengallery_gallery_subjects Subjects per gallery.",
+            "# HELP opengallery_storage_full 1 while writes fail for lack of space (507).",
+            "# TYPE opengallery_storage_full gauge",
+            f"opengallery_storage_full {int(self.storage_full())}",
+        ]
+        sizes = self.gallery_sizes()
+        if not self.gallery_labels:
+            subjects_total = sum(subjects for subjects, _ in sizes.values())
+            samples_total = sum(samples for _, samples in sizes.values())
+            sizes = {"": (subjects_total, samples_total)}
+        lines += [
+            "# HELP opengallery_gallery_subjects Subjects (per gallery if labelled).",
             "# TYPE opengallery_gallery_subjects gauge",
         ]
         lines += [
-            f"opengallery_gallery_subjects{_labels([('gallery', name)])} {subjects}"
+            f"opengallery_gallery_subjects{_labels(self._gallery_label(name))} {subjects}"
             for name, (subjects, _) in sorted(sizes.items())
         ]
         lines += [
-            "# HELP opengallery_gallery_samples Indexed samples per gallery.",
+            "# HELP opengallery_gallery_samples Indexed samples (per gallery if labelled).",
             "# TYPE opengallery_gallery_samples gauge",
         ]
         lines += [
-            f"opengallery_gallery_samples{_labels([('gallery', name)])} {samples}"
+            f"opengallery_gallery_samples{_labels(self._gallery_label(name))} {samples}"
             for name, (_, samples) in sorted(sizes.items())
         ]
         return "\n".join(lines) + "\n"

@@ -2,9 +2,10 @@
 
 A migration is a persisted job (table `jobs`) run by a background thread:
 
-1. Shadow embeddings: every sample without an embedding by the target model is re-embedded
-   from its kept image, in chunks, each chunk committed to the store (`embeddings` rows keyed
-   by (sample, model), so the shadow rows never touch the live index). Identify keeps using
+1. Shadow embeddings: every sample (and every probe of the gallery's own calibration set)
+   without an embedding by the target model is re-embedded from its kept image, in chunks,
+   each chunk committed to the store (`embeddings` rows keyed by (sample, model), so the
+   shadow rows never touch the live index). Identify keeps using
    the gallery's current (model, index) pair meanwhile.
 2. The switch, under the gallery's mutation lock (enrolments and deletions wait; identify does
    not): embed the delta (samples enrolled since step 1 scanned past them), build the shadow
@@ -32,10 +33,11 @@ import threading
 import time
 import uuid
 
-from service.core.calibration import Calibrator, UnsupportedFPIR, check_fpir_supported
+from models.calibration import min_searches_for_fpir
+from service.core.calibration import UnsupportedFPIR, check_fpir_supported
 from service.core.errors import ServiceError, not_found
 from service.core.images import ImageRejected, decode_image
-from service.core.live import ActiveModel, LiveGalleries, LiveGallery
+from service.core.live import LiveGalleries, LiveGallery
 from service.core.models import LoadedModel, LoadedModels
 from service.settings import Settings
 from service.storage import JobRecord, NotFoundError, Store, StoreConflict
@@ -56,13 +58,11 @@ class MigrationManager:
         store: Store,
         models: LoadedModels,
         live: LiveGalleries,
-        calibrator: Calibrator,
     ) -> None:
         self.settings = settings
         self.store = store
         self.models = models
         self.live = live
-        self.calibrator = calibrator
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -82,8 +82,15 @@ class MigrationManager:
             raise ServiceError(
                 "already_on_model", f"gallery {gallery!r} already uses {target.model_id}"
             )
+        calibration_total, calibration_without_image = self.store.count_calibration_samples(gallery)
+        # The gallery's own set, re-embedded, answers after the switch if it is large enough.
+        own = calibration_total >= min_searches_for_fpir(live.record.fpir)
         try:
-            check_fpir_supported(live.record.fpir, len(target.calibration))
+            check_fpir_supported(
+                live.record.fpir,
+                calibration_total if own else len(target.calibration),
+                "the gallery's calibration set" if own else f"the calibration set of {model_id}",
+            )
         except UnsupportedFPIR as error:
             raise ServiceError(
                 "target_unsupported_fpir",
@@ -102,6 +109,15 @@ class MigrationManager:
                 f"gallery {gallery!r} cannot migrate to {target.model_id}: {without_image} of "
                 f"its {total} samples have no stored image to re-embed ({why}); re-enrol "
                 "them from images or create a new gallery on the new model",
+            )
+        if calibration_without_image:
+            raise ServiceError(
+                "cannot_migrate",
+                f"gallery {gallery!r} cannot migrate to {target.model_id}: "
+                f"{calibration_without_image} of the {calibration_total} probes of its "
+                "calibration set have no stored image to re-embed (uploaded as embeddings, or "
+                "the gallery does not keep images); upload them again as images, or delete "
+                f"the set (DELETE /v1/galleries/{gallery}/calibration)",
             )
         job_id = uuid.uuid4().hex
         try:
@@ -215,6 +231,13 @@ class MigrationManager:
             self.store.update_job(job.job_id, done=done, total=total)
             if self.settings.migration_pause_ms > 0:
                 self._stop.wait(self.settings.migration_pause_ms / 1000.0)
+        after_id = 0
+        while True:  # the gallery's own calibration set, likewise (not counted in progress)
+            if self._stop.is_set():
+                raise JobStopped
+            embedded, after_id = self._embed_chunk(job, target, after_id, calibration=True)
+            if not embedded:
+                break
         # 2. The delta and the switch, with gallery mutations held off.
         with live.lock:
             after_id = 0
@@ -223,24 +246,39 @@ class MigrationManager:
                 if not embedded:
                     break
                 done += embedded
+            after_id = 0
+            while True:
+                embedded, after_id = self._embed_chunk(job, target, after_id, calibration=True)
+                if not embedded:
+                    break
             self._switch(job, live, target)
         # Recorded only once the new model answers: a client that sees "succeeded" gets
         # answers from it. (A crash just before this is settled at the next start, above.)
         total = max(total, done)
         self.store.update_job(job.job_id, status="succeeded", done=total, total=total)
 
-    def _embed_chunk(self, job: JobRecord, target: LoadedModel, after_id: int) -> tuple[int, int]:
-        """Embed the next chunk of samples lacking a target embedding: (count, last id)."""
-        chunk = self.store.images_missing_embedding(
-            job.gallery, target.model_id, after_id, self.settings.migration_chunk_size
+    def _embed_chunk(
+        self, job: JobRecord, target: LoadedModel, after_id: int, *, calibration: bool = False
+    ) -> tuple[int, int]:
+        """Embed the next chunk of samples (or calibration probes) lacking a target embedding:
+        (count, last id)."""
+        missing, put, what = (
+            (
+                self.store.calibration_images_missing_embedding,
+                self.store.put_calibration_embeddings,
+                "calibration probe",
+            )
+            if calibration
+            else (self.store.images_missing_embedding, self.store.put_embeddings, "sample")
         )
+        chunk = missing(job.gallery, target.model_id, after_id, self.settings.migration_chunk_size)
         if not chunk:
             return 0, after_id
         images = []
         for item in chunk:
             if item.image is None:
                 raise RuntimeError(
-                    f"sample {item.sample_id} has no stored image to re-embed (enrolled as an "
+                    f"{what} {item.sample_id} has no stored image to re-embed (uploaded as an "
                     "embedding during the migration)"
                 )
             try:
@@ -252,9 +290,9 @@ class MigrationManager:
                     )
                 )
             except ImageRejected as error:
-                raise RuntimeError(f"sample {item.sample_id}: {error}") from None
+                raise RuntimeError(f"{what} {item.sample_id}: {error}") from None
         vectors = target.embedder.embed_images(images)
-        self.store.put_embeddings(target.model_id, [item.sample_id for item in chunk], vectors)
+        put(target.model_id, [item.sample_id for item in chunk], vectors)
         return len(chunk), chunk[-1].sample_id
 
     def _sample_count(self, gallery: str) -> int:
@@ -270,26 +308,20 @@ class MigrationManager:
         record = self.store.get_gallery(job.gallery)
         if record is None:  # impossible while we hold its lock
             raise NotFoundError("gallery", job.gallery)
-        index = self.live.build_index(record, target)
-        # Thresholds for the new pair before it serves, so no request pays for them (the
-        # cache is keyed on the index, and nothing writes this gallery while we hold its lock).
-        try:
-            self.calibrator.for_fpir(index, target.calibration, record.fpir)
-        except Exception as error:  # an unsupported FPIR is reported per request anyway
-            logger.warning("job %s: thresholds not precomputed: %s", job.job_id, error)
+        # The new index and its calibration (searched once, with the gallery's default FPIR's
+        # threshold) before the pair serves: no request pays for them.
+        active = self.live.build_active(record, target)
         version = self.store.switch_gallery_model(
             job.gallery, job.source_model, target.model_id, None
         )
         # Committed: from here on nothing may fail before memory follows the store.
-        self.live.swap(
-            live, dataclasses.replace(record, version=version), ActiveModel(target, index)
-        )
+        self.live.swap(live, dataclasses.replace(record, version=version), active)
         logger.info(
             "job %s: gallery %r now answers with %s (%d samples)",
             job.job_id,
             job.gallery,
             target.model_id,
-            index.sample_count,
+            active.index.sample_count,
         )
 
 

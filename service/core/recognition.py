@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.scoring import decide
-from service.core.calibration import Calibration, Calibrator, check_fpir_supported
+from service.core.calibration import Calibration, check_fpir_supported
 from service.core.errors import ServiceError, invalid, not_found, store_errors
 from service.core.ingest import Ingest, Upload
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
@@ -27,6 +27,7 @@ class IdentifyResult:
     score: float | None  # the top candidate's; None for an empty gallery
     threshold: float | None
     fpir: float
+    fpir_upper: float  # 95% upper confidence bound on the FPIR the threshold realises
     candidates: list[Candidate]
 
 
@@ -44,6 +45,7 @@ class Verification:
     score: float
     threshold: float | None
     fpir: float
+    fpir_upper: float
 
 
 class Recognition:
@@ -53,14 +55,12 @@ class Recognition:
         store: Store,
         live: LiveGalleries,
         ingest: Ingest,
-        calibrator: Calibrator,
         metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.live = live
         self.ingest = ingest
-        self.calibrator = calibrator
         self.metrics = metrics
 
     def identify(
@@ -96,6 +96,7 @@ class Recognition:
                     score=top.score if top else None,
                     threshold=calibration.threshold,
                     fpir=calibration.fpir,
+                    fpir_upper=calibration.fpir_upper,
                     candidates=candidates,
                 )
             )
@@ -127,7 +128,13 @@ class Recognition:
         score = float(scores[0])
         match = calibration.threshold is not None and decide(score, calibration.threshold)
         return Verification(
-            active.model.model_id, subject_id, match, score, calibration.threshold, calibration.fpir
+            active.model.model_id,
+            subject_id,
+            match,
+            score,
+            calibration.threshold,
+            calibration.fpir,
+            calibration.fpir_upper,
         )
 
     @staticmethod
@@ -137,8 +144,13 @@ class Recognition:
         if fpir is not None and threshold is not None:
             raise invalid("give either fpir or threshold, not both")
         if threshold is None:
+            kept = active.calibration.kept
             check_fpir_supported(
-                gallery.record.fpir if fpir is None else fpir, len(active.model.calibration)
+                gallery.record.fpir if fpir is None else fpir,
+                kept.size,
+                "the model's calibration set"
+                if kept.source == "bundle"
+                else f"gallery {gallery.name!r}'s own calibration set",
             )
 
     def _calibration(
@@ -148,9 +160,6 @@ class Recognition:
         fpir: float | None,
         threshold: float | None,
     ) -> Calibration:
-        calibration = active.model.calibration
         if threshold is not None:
-            return self.calibrator.for_threshold(active.index, calibration, threshold)
-        return self.calibrator.for_fpir(
-            active.index, calibration, gallery.record.fpir if fpir is None else fpir
-        )
+            return active.calibration.for_threshold(threshold)
+        return active.calibration.for_fpir(gallery.record.fpir if fpir is None else fpir)

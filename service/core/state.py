@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from models.registry import ModelRegistry as BundleDirectory
 from service.core.bundles import bundle_directory, keep_default, load_registered
-from service.core.calibration import Calibrator
+from service.core.calibration_sets import CalibrationSets
+from service.core.errors import StartupError
 from service.core.galleries import Galleries
 from service.core.ingest import Ingest
 from service.core.keys import Authenticator, ensure_admin_key
@@ -16,9 +17,11 @@ from service.core.metrics import Metrics
 from service.core.migration import MigrationManager
 from service.core.models import LoadedModels
 from service.core.recognition import Recognition
+from service.core.transfer import GalleryTransfer
 from service.index import open_index
 from service.settings import Settings
-from service.storage import Store, open_store
+from service.storage import Store, StoreOpenError, open_store
+from service.storage.factory import sqlite_path
 
 logger = logging.getLogger("opengallery.service")
 
@@ -32,9 +35,11 @@ class ServiceState:
     live: LiveGalleries
     galleries: Galleries
     recognition: Recognition
+    calibration_sets: CalibrationSets
     migrations: MigrationManager
     keys: Authenticator
     metrics: Metrics
+    transfer: GalleryTransfer
     generated_admin_key: str | None = None
     indexes_built: bool = False
 
@@ -45,18 +50,50 @@ class ServiceState:
     def close(self) -> None:
         self.migrations.close()  # running jobs stop between chunks and resume at next start
         self.models.close()
+        self.keys.close()  # its last_used writes end before the store closes
         self.store.close()
         close_index = getattr(self.live.backend, "close", None)  # a client of an index server
         if close_index is not None:
             close_index()
 
 
+def check_not_emptied(settings: Settings) -> None:
+    """StartupError for a zero-length database file in a data directory used before.
+
+    SQLite opens an empty file as a new database, so a database truncated by accident (or
+    replaced by `touch`) would start an empty service without a word while the registered
+    models show the directory held data.
+    """
+    url = settings.effective_database_url
+    if not url.lower().startswith("sqlite:") or settings.allow_empty_database:
+        return
+    path = sqlite_path(url)
+    wal = path.with_name(path.name + "-wal")
+    empty = path.is_file() and path.stat().st_size == 0
+    if not empty or (wal.is_file() and wal.stat().st_size > 0):
+        return
+    if (settings.data_dir / "models").is_dir():
+        raise StartupError(
+            f"{path} is empty (0 bytes) but {settings.data_dir} was already used (it holds "
+            "models/): restore the database, or start with --allow-empty-database "
+            "(OPENGALLERY_ALLOW_EMPTY_DATABASE=true) to begin anew"
+        )
+
+
 def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceState:
-    """Open the store, load the models, make sure an admin key exists, build the indexes."""
+    """Open the store, load the models, make sure an admin key exists, build the indexes.
+
+    StartupError (one line) when the database cannot be used or the default model's weights
+    differ from the registered bundle of the same id.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     backend = open_index(settings.index_url, search_threads=settings.search_threads)
-    store = open_store(settings.effective_database_url)
-    metrics = metrics or Metrics()
+    check_not_emptied(settings)
+    try:
+        store = open_store(settings.effective_database_url)
+    except StoreOpenError as error:  # its message names the file
+        raise StartupError(str(error)) from None
+    metrics = metrics or Metrics(gallery_labels=settings.metrics_gallery_labels)
     models = LoadedModels(
         threads=settings.inference_threads,
         batch_size=settings.inference_batch_size,
@@ -75,11 +112,12 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         live = LiveGalleries(store, models, backend)
         live.load_all()
         metrics.gallery_sizes = live.sizes
+        metrics.storage_full = store.space_exhausted
         ingest = Ingest(settings)
-        calibrator = Calibrator()
         galleries = Galleries(settings, store, models, live, ingest, metrics)
-        recognition = Recognition(settings, store, live, ingest, calibrator, metrics)
-        migrations = MigrationManager(settings, store, models, live, calibrator)
+        recognition = Recognition(settings, store, live, ingest, metrics)
+        calibration_sets = CalibrationSets(settings, store, live, ingest)
+        migrations = MigrationManager(settings, store, models, live)
         migrations.resume_pending()
     except BaseException:
         models.close()
@@ -93,9 +131,11 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         live=live,
         galleries=galleries,
         recognition=recognition,
+        calibration_sets=calibration_sets,
         migrations=migrations,
-        keys=Authenticator(store),
+        keys=Authenticator(store, cache_seconds=settings.key_cache_seconds),
         metrics=metrics,
+        transfer=GalleryTransfer(store, models, live),
         generated_admin_key=generated,
         indexes_built=True,
     )

@@ -5,9 +5,6 @@ under the gallery's scoring rule (models.scoring: "max" over a subject's samples
 template), exactly as :class:`models.scoring.SubjectScorer` would. The database is the source
 of truth; an index is derived from it and rebuilt at start. Implementations are thread-safe:
 searches run concurrently, mutations are serialised by the caller per gallery.
-
-`vectors_version` counts changes to the vectors (and so to the scores) only: a subject created
-without samples does not change it, so caches of scores (the calibrator's) survive it.
 """
 
 from __future__ import annotations
@@ -49,9 +46,6 @@ class SubjectSearch(Protocol):
     scoring: str
 
     @property
-    def vectors_version(self) -> int: ...
-
-    @property
     def subject_count(self) -> int: ...
 
     @property
@@ -60,9 +54,9 @@ class SubjectSearch(Protocol):
     def search(self, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
         """Per query, up to `top_k` subjects, best first, each subject once."""
 
-    def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
-        """Best subject score per query (float64 [Q]; -inf for an empty gallery) and the
-        `vectors_version` those scores reflect."""
+    def subject_vectors(self, subject_id: str) -> np.ndarray | None:
+        """What a subject is scored against, float32 [n, D]: its samples ("max") or its
+        template ([1, D], "mean"); None if it has no samples."""
 
     def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
         """Scores of `queries` against one subject (float64 [Q]); None if it has no samples."""
@@ -72,6 +66,16 @@ class SubjectSearch(Protocol):
     def add_samples(
         self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
     ) -> None: ...
+
+    def add_many(
+        self,
+        subject_pks: np.ndarray,
+        subject_ids: list[str],
+        sample_ids: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        """Samples of many subjects in one step (bulk enrolment): sample i belongs to the
+        subject `subject_pks[i]`, named `subject_ids[i]`."""
 
     def remove_samples(self, sample_ids: np.ndarray) -> None: ...
 

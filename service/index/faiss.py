@@ -102,7 +102,6 @@ class FaissSubjectIndex:
         self.dim = dim
         self.scoring = check_scoring(scoring)
         self._lock = RWLock()
-        self._version = 0
         self._vectors = FlatIP(dim)
         self._sample_subject: dict[int, int] = {}
         self._subject_samples: dict[int, set[int]] = {}
@@ -113,10 +112,6 @@ class FaissSubjectIndex:
         self._subject_sums: dict[int, np.ndarray] = {}
 
     # -- reading --
-    @property
-    def vectors_version(self) -> int:
-        return self._version
-
     @property
     def sample_count(self) -> int:
         return len(self._sample_subject)
@@ -132,13 +127,14 @@ class FaissSubjectIndex:
                 for row in self._search_pks(queries, top_k)
             ]
 
-    def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
+    def subject_vectors(self, subject_id: str) -> np.ndarray | None:
         with self._lock.read():
-            scores, ids = self._vectors.search(queries, 1)
-            result = np.full(len(queries), -np.inf, dtype=np.float64)
-            found = ids[:, 0] >= 0 if len(queries) else np.zeros(0, dtype=bool)
-            result[found] = scores[found, 0]
-            return result, self._version
+            pk = self._subject_pks.get(subject_id)
+            if pk is None or not self._subject_samples.get(pk):
+                return None
+            if self.scoring == "mean":
+                return _template(self._subject_sums[pk])[None, :]
+            return self._vectors.reconstruct(np.array(sorted(self._subject_samples[pk])))
 
     def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
         with self._lock.read():
@@ -198,8 +194,40 @@ class FaissSubjectIndex:
         self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
     ) -> None:
         with self._lock.write():
-            if self._add_samples(pk, subject_id, sample_ids, vectors):
-                self._version += 1
+            self._add_samples(pk, subject_id, sample_ids, vectors)
+
+    def add_many(
+        self,
+        subject_pks: np.ndarray,
+        subject_ids: list[str],
+        sample_ids: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        subject_pks = np.asarray(subject_pks, dtype=np.int64)
+        sample_ids = np.asarray(sample_ids, dtype=np.int64)
+        with self._lock.write():
+            if self.scoring == "mean":  # each touched template is recomputed once
+                order = np.argsort(subject_pks, kind="stable")
+                boundaries = np.flatnonzero(np.diff(subject_pks[order])) + 1
+                for group in np.split(order, boundaries):
+                    if len(group):
+                        pk = int(subject_pks[group[0]])
+                        name = subject_ids[group[0]]
+                        self._add_samples(pk, name, sample_ids[group], vectors[group])
+                return
+            for pk, name in zip(subject_pks.tolist(), subject_ids, strict=True):
+                self._subject_names[pk] = name
+                self._subject_pks[name] = pk
+                self._subject_samples.setdefault(pk, set())
+            fresh = []
+            pairs = zip(subject_pks.tolist(), sample_ids.tolist(), strict=True)
+            for i, (pk, sample_id) in enumerate(pairs):
+                if sample_id not in self._sample_subject:
+                    self._sample_subject[sample_id] = pk
+                    self._subject_samples[pk].add(sample_id)
+                    fresh.append(i)
+            if fresh:
+                self._vectors.add(sample_ids[fresh], np.asarray(vectors, dtype=np.float32)[fresh])
 
     def _add_samples(
         self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
@@ -252,7 +280,6 @@ class FaissSubjectIndex:
         else:
             for pk in touched:
                 self._refresh_template(pk)
-        self._version += 1
 
     def remove_subject(self, pk: int, sample_ids: np.ndarray) -> None:
         with self._lock.write():

@@ -142,7 +142,6 @@ class MilvusSubjectIndex:
         self._milvus = connection
         self._client = connection.client
         self._lock = RWLock()
-        self._version = 0
         self._sample_subject: dict[int, int] = {}
         self._subject_samples: dict[int, set[int]] = {}
         self._subject_names: dict[int, str] = {}
@@ -232,10 +231,6 @@ class MilvusSubjectIndex:
 
     # -- reading --
     @property
-    def vectors_version(self) -> int:
-        return self._version
-
-    @property
     def sample_count(self) -> int:
         return len(self._sample_subject)
 
@@ -294,16 +289,14 @@ class MilvusSubjectIndex:
                 return [[(pk, score) for _, pk, score in row] for row in hits]
             k = min(total, 4 * k, MAX_LIMIT)
 
-    def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
-        queries = self._check(queries)
+    def subject_vectors(self, subject_id: str) -> np.ndarray | None:
         with self._lock.read():
-            result = np.full(len(queries), -np.inf, dtype=np.float64)
-            if self._searchable() and len(queries):
-                kind = SAMPLE if self.scoring == "max" else TEMPLATE
-                for i, row in enumerate(self._search(queries, 1, kind)):
-                    if row:
-                        result[i] = row[0][2]
-            return result, self._version
+            pk = self._subject_pks.get(subject_id)
+            if pk is None or not self._subject_samples.get(pk):
+                return None
+            if self.scoring == "mean":
+                return self._fetch_vectors([TEMPLATE_IDS + pk])
+            return self._fetch_vectors(sorted(self._subject_samples[pk]))
 
     def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
         queries = self._check(queries)
@@ -343,7 +336,30 @@ class MilvusSubjectIndex:
                 members.add(sample_id)
             if self.scoring == "mean":
                 self._refresh_templates({pk})
-            self._version += 1
+
+    def add_many(
+        self,
+        subject_pks: np.ndarray,
+        subject_ids: list[str],
+        sample_ids: np.ndarray,
+        vectors: np.ndarray,
+    ) -> None:
+        pks = np.asarray(subject_pks, dtype=np.int64)
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        with self._lock.write():
+            for pk, name in zip(pks.tolist(), subject_ids, strict=True):
+                self._subject_names[pk] = name
+                self._subject_pks[name] = pk
+                self._subject_samples.setdefault(pk, set())
+            fresh = [i for i, sid in enumerate(ids.tolist()) if sid not in self._sample_subject]
+            if not fresh:
+                return
+            self._insert(ids[fresh], pks[fresh], SAMPLE, self._check(np.asarray(vectors)[fresh]))
+            for i in fresh:
+                self._sample_subject[int(ids[i])] = int(pks[i])
+                self._subject_samples[int(pks[i])].add(int(ids[i]))
+            if self.scoring == "mean":
+                self._refresh_templates({int(pks[i]) for i in fresh})
 
     def _refresh_templates(self, pks: set[int]) -> None:
         """Recompute the templates of `pks` from their samples as stored (by sample id)."""
@@ -373,7 +389,6 @@ class MilvusSubjectIndex:
             touched.add(pk)
         if self.scoring == "mean":
             self._refresh_templates(touched)
-        self._version += 1
 
     def remove_subject(self, pk: int, sample_ids: np.ndarray) -> None:
         with self._lock.write():

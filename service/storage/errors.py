@@ -20,12 +20,24 @@ class SchemaVersionError(StoreError):
     """The database holds a schema this build does not know (a later release migrated it)."""
 
 
+class StoreOpenError(StoreError):
+    """The database exists but cannot be opened (corrupt, not a database, unreadable)."""
+
+
+class StoreFullError(StoreError):
+    """A write failed for lack of space (disk or database size limit); nothing was written."""
+
+
 class AlreadyExistsError(StoreError):
     pass
 
 
 class StoreConflict(StoreError):
     """The state changed under an operation that expected it not to (e.g. a model switch)."""
+
+
+class LastAdminKeyError(StoreError):
+    """Revoking this key would leave no admin key: nobody could manage the service."""
 
 
 class NotFoundError(StoreError):

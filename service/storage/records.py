@@ -59,6 +59,22 @@ class AddedSample:
 
 
 @dataclass(frozen=True)
+class BulkAdded:
+    """One item of a bulk enrolment: where it went, or `subject_pk` None when its subject
+    does not exist (and was not to be created)."""
+
+    subject_pk: int | None
+    sample_id: int | None
+    created: bool  # False for content the subject already had (or an earlier item of the call)
+
+
+@dataclass(frozen=True)
+class BulkEnrolled:
+    items: list[BulkAdded]  # in the order given
+    version: int  # the gallery's version after the call (bumped only if something was added)
+
+
+@dataclass(frozen=True)
 class GalleryEmbeddings:
     """Everything needed to (re)build a gallery's index for one model."""
 
@@ -67,6 +83,25 @@ class GalleryEmbeddings:
     subject_pks: np.ndarray  # int64 [N]
     vectors: np.ndarray  # float32 [N, D]
     subjects: dict[int, str] = field(default_factory=dict)  # pk -> subject_id (all subjects)
+
+
+@dataclass(frozen=True)
+class CalibrationSampleRecord:
+    """A probe of a gallery's own calibration set."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    has_image: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class CalibrationEmbeddings:
+    """A gallery's own calibration set embedded by one model."""
+
+    sample_ids: np.ndarray  # int64 [M]
+    vectors: np.ndarray  # float32 [M, D] (D = 0 when M = 0)
 
 
 @dataclass(frozen=True)
@@ -101,3 +136,29 @@ class ApiKeyRecord:
     scope: str
     name: str | None
     created: str
+    last_used: str | None = None  # recorded at most once a minute per key
+
+
+@dataclass(frozen=True)
+class ExportedSample:
+    """One sample as a gallery export holds it: its embedding by the gallery's model and, when
+    the gallery keeps images, its image bytes."""
+
+    sample_id: int
+    subject_id: str
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    embedding: np.ndarray  # float32 [D]
+    image: bytes | None
+
+
+@dataclass(frozen=True)
+class ExportedProbe:
+    """One probe of a gallery's own calibration set as an export holds it: its embedding by
+    the gallery's model and, when kept, its image bytes."""
+
+    sample_id: int
+    source: str  # "image" or "embedding"
+    content_sha256: str
+    embedding: np.ndarray  # float32 [D]
+    image: bytes | None

@@ -177,3 +177,82 @@ def test_worked_example_of_docs_bundle_md(fpir: float, theta: float, realised: f
     scores = np.array([0.9, 0.8, 0.8, 0.7])
     assert threshold_for_fpir(scores, fpir) == theta
     assert realised_fpir(scores, theta) == realised
+
+
+# -- fpir_upper_bound: the one-sided Clopper-Pearson bound --
+
+
+def test_fpir_upper_bound_edge_cases_by_hand() -> None:
+    from models.calibration import fpir_upper_bound
+
+    # k = 0: (1 - p)^M = 0.05 -> p = 1 - 0.05^(1/M); M = 1000 -> 0.0029912...
+    assert fpir_upper_bound(0, 1000) == pytest.approx(1 - 0.05 ** (1 / 1000), rel=1e-12)
+    assert fpir_upper_bound(0, 1) == pytest.approx(0.95, rel=1e-12)
+    # k = M: nothing bounds it below 1.
+    assert fpir_upper_bound(7, 7) == 1.0
+    # M = 2, k = 1: P(X <= 1) = 1 - p^2 = 0.05 -> p = sqrt(0.95).
+    assert fpir_upper_bound(1, 2) == pytest.approx(math.sqrt(0.95), rel=1e-12)
+    # M = 3, k = 2: 1 - p^3 = 0.1 (confidence 0.9) -> p = 0.9^(1/3).
+    assert fpir_upper_bound(2, 3, confidence=0.9) == pytest.approx(0.9 ** (1 / 3), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "searches"),
+    [
+        (1, 10),
+        (5, 100),
+        (10, 1000),
+        (9, 1000),
+        (100, 1000),
+        (50, 100),
+        (99, 100),
+        (1, 1_000_000),
+        (10, 1_000_000),
+        (1000, 100_000),
+        (499, 500),
+    ],
+)
+def test_fpir_upper_bound_equals_the_beta_quantile(accepted: int, searches: int) -> None:
+    from scipy.stats import beta
+
+    from models.calibration import fpir_upper_bound
+
+    expected = beta.ppf(0.95, accepted + 1, searches - accepted)
+    assert fpir_upper_bound(accepted, searches) == pytest.approx(expected, rel=1e-9)
+    assert fpir_upper_bound(accepted, searches) > accepted / searches
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 5000).flatmap(lambda m: st.tuples(st.integers(0, m), st.just(m))),
+    st.sampled_from([0.9, 0.95, 0.99]),
+)
+def test_fpir_upper_bound_matches_scipy_everywhere(
+    case: tuple[int, int], confidence: float
+) -> None:
+    from scipy.stats import beta
+
+    from models.calibration import fpir_upper_bound
+
+    accepted, searches = case
+    expected = (
+        1.0 if accepted == searches else beta.ppf(confidence, accepted + 1, searches - accepted)
+    )
+    assert fpir_upper_bound(accepted, searches, confidence) == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((-1, 10), "accepted <= searches"),
+        ((11, 10), "accepted <= searches"),
+        ((0, 0), "searches >= 1"),
+        ((1.0, 10), "integer"),
+        ((True, 10), "integer"),
+    ],
+)
+def test_fpir_upper_bound_rejects_bad_counts(args: tuple, message: str) -> None:
+    from models.calibration import fpir_upper_bound
+
+    with pytest.raises(CalibrationError, match=message):
+        fpir_upper_bound(*args)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from models.testing import make_random_bundle
-from opengallery.client import AsyncClient, Client, OpenGalleryError
+from opengallery.client import AsyncClient, BulkItem, Client, OpenGalleryError
 from service.api.app import create_app
 from service.settings import Settings
 from service.testing import ServerThread, free_port, png_bytes
@@ -133,6 +133,40 @@ async def every_method(url: str, tmp_path: Path, kind: str) -> None:
     )
     other = await r(client.verify(gallery, ODD_IDS[1], embedding=np.negative(unit(1)), fpir=0.1))
     assert not other.match and other.score == pytest.approx(-1.0, abs=1e-5)
+
+    # Identify results carry the bound; the gallery's own calibration set.
+    assert 0 < by_image.results[0].fpir_upper < 1 and other.fpir_upper is not None
+    bundle_calibration = await r(client.get_calibration(gallery))
+    assert (bundle_calibration.source, bundle_calibration.needed) == ("bundle", 100)
+    strangers = np.random.default_rng(7).standard_normal((100, DIM)).astype(np.float32)
+    uploaded = await r(client.add_calibration_samples(gallery, embeddings=strangers[:60]))
+    assert uploaded.model == "random@1" and all(p.accepted for p in uploaded.samples)
+    assert (uploaded.calibration.source, uploaded.calibration.gallery_set_size) == ("bundle", 60)
+    by_images = await r(client.add_calibration_samples(gallery, images=[images[0], b"junk"]))
+    assert [p.status for p in by_images.samples] == ["accepted", "rejected"]
+    assert by_images.rejected[0].code == "invalid_image"
+    done = await r(client.add_calibration_samples(gallery, embeddings=strangers[60:]))
+    calibration = done.calibration
+    assert (calibration.source, calibration.size) == ("gallery", 101)
+    assert [p.fpir for p in calibration.thresholds] == [0.1]
+    assert calibration == await r(client.get_calibration(gallery))
+    assert calibration.scores is None
+    with_scores = await r(client.get_calibration(gallery, scores=True))
+    assert with_scores.thresholds == calibration.thresholds
+    scores = with_scores.scores
+    assert scores is not None and len(scores) == 101 and scores == sorted(scores, reverse=True)
+    # The FPIR-0.1 threshold accepts at most 10 of these 101 strangers, and the score just
+    # above the accepted ones is below it.
+    threshold = calibration.thresholds[0].threshold
+    assert threshold is not None
+    accepted = sum(score >= threshold for score in scores)
+    assert accepted <= 10 and scores[accepted] < threshold
+    listed_probes = await collect(client.iter_calibration_samples(gallery, page_size=40))
+    assert len(listed_probes) == 101 and listed_probes[60].source == "image"
+    summary = (await r(client.get_gallery(gallery))).calibration
+    assert summary is not None and summary.source == "gallery"
+    assert summary.fpir_upper == calibration.thresholds[0].fpir_upper
+    assert (await r(client.delete_calibration(gallery))).source == "bundle"
 
     # Deletions.
     await r(client.delete_sample(gallery, "José", enrolment.samples[0].sample_id or 0))
@@ -403,7 +437,7 @@ def test_the_client_and_http_commands_import_without_service_or_torch() -> None:
         "import sys\n"
         "for name in ('service', 'torch', 'fastapi', 'starlette', 'training'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import opengallery.client, opengallery.enroll, opengallery.push\n"
+        "import opengallery.client, opengallery.enroll, opengallery.push, opengallery.calibrate\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -427,3 +461,27 @@ def test_a_base_url_without_http_is_refused_before_any_request(url: str) -> None
         AsyncClient(url, "k")
     assert sent == []
     assert Client("HTTPS://og.test/", "k", transport=transport).url == "HTTPS://og.test"
+
+
+def test_enroll_many_sends_many_subjects_in_one_request(server: ServerThread) -> None:
+    with Client(server.url, ADMIN_KEY) as client:
+        client.create_gallery("bulk")
+        client.put_subject("bulk", "José")
+        items = [
+            BulkItem("José", embedding=[1.0] + [0.0] * (DIM - 1)),
+            BulkItem("a?b#c", image=png_bytes(4)),
+            BulkItem("ghost", embedding=[0.0, 1.0] + [0.0] * (DIM - 2)),
+        ]
+        without = client.enroll_many("bulk", items)
+        assert [s.status for s in without.samples] == ["enrolled", "rejected", "rejected"]
+        assert [s.code for s in without.rejected] == ["subject_not_found"] * 2
+        created = client.enroll_many("bulk", items, create_subjects=True)
+        assert [s.enrolled for s in created.samples] == [True, True, True]
+        assert created.samples[0].duplicate and not created.samples[1].duplicate
+        assert client.get_subject("bulk", "a?b#c").sample_count == 1
+        with pytest.raises(ValueError, match="exactly one of image or embedding"):
+            client.enroll_many("bulk", [BulkItem("x")])
+        with pytest.raises(OpenGalleryError) as error:
+            client.enroll_many("bulk", [BulkItem("x", embedding=[1.0])], create_subjects=True)
+        assert error.value.status == 422 and error.value.code == "invalid_embedding"
+        assert error.value.details is not None and len(error.value.details["samples"]) == 1

@@ -117,7 +117,8 @@ def test_a_folder_name_the_service_refuses_is_reported_per_file(
     out = capsys.readouterr().out
     assert "6 enrolled, 0 already enrolled, 0 rejected, 1 failed" in out
     failed = [line for line in out.splitlines() if line.startswith("  failed: ")]
-    assert len(failed) == 1 and str(bad / "1.png") in failed[0] and "422" in failed[0]
+    # The service's reason, per file: the id is refused, the other folders' images go in.
+    assert len(failed) == 1 and str(bad / "1.png") in failed[0] and "printable" in failed[0]
     assert sample_counts(server) == {"José": 3, "ana": 2, "bo": 1}
 
 
@@ -169,7 +170,7 @@ def test_every_format_the_service_reads_is_enrolled_nested_folders_too(
 def test_the_image_suffixes_are_those_of_the_formats_the_service_reads() -> None:
     from PIL import Image
 
-    from opengallery.enroll import IMAGE_SUFFIXES
+    from opengallery.uploads import IMAGE_SUFFIXES
     from service.core.images import ALLOWED_FORMATS
 
     registered = Image.registered_extensions()

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 from fastapi.testclient import TestClient
 
-from .conftest import DIM
+from service.api.app import create_app
+from service.settings import Settings
+
+from .conftest import ADMIN_KEY, DIM
 
 
 def test_service_imports_without_torch_onnx_or_prometheus_client() -> None:
@@ -58,10 +61,10 @@ def test_metrics_count_requests_decisions_and_sizes(client: TestClient) -> None:
     response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     values = parse(response.text)
-    assert values['opengallery_decisions_total{gallery="g",decision="known"}'] == 2
-    assert values['opengallery_decisions_total{gallery="g",decision="unknown"}'] == 4
-    assert values['opengallery_gallery_samples{gallery="g"}'] == 1
-    assert values['opengallery_gallery_subjects{gallery="g"}'] == 1
+    assert values['opengallery_decisions_total{decision="known"}'] == 2
+    assert values['opengallery_decisions_total{decision="unknown"}'] == 4
+    assert values["opengallery_gallery_samples"] == 1
+    assert values["opengallery_gallery_subjects"] == 1
     route = 'method="POST",route="/v1/galleries/{gallery}/identify"'
     assert values[f'opengallery_http_requests_total{{{route},status="200"}}'] == 2
     assert values[f"opengallery_http_request_duration_seconds_count{{{route}}}"] == 2
@@ -99,3 +102,24 @@ def test_the_wings_import_only_downwards() -> None:
     assert checked >= 15
     for path in service.glob("*.py"):
         assert not {n for n in _imports(path) if n.split(".")[0] in {"fastapi", "starlette"}}, path
+
+
+def test_gallery_names_reach_metrics_only_when_opted_in(settings: Settings) -> None:
+    for opted_in in (False, True):
+        configured = settings.model_copy(update={"metrics_gallery_labels": opted_in})
+        with TestClient(create_app(configured)) as client:
+            client.headers["X-API-Key"] = ADMIN_KEY
+            client.post("/v1/galleries", json={"name": "secret-gallery"})
+            client.put("/v1/galleries/secret-gallery/subjects/a")
+            vector = np.eye(DIM)[0].tolist()
+            client.post(
+                "/v1/galleries/secret-gallery/subjects/a/samples", json={"embeddings": [vector]}
+            )
+            client.post("/v1/galleries/secret-gallery/identify", json={"embeddings": [vector]})
+            text = client.get("/metrics", headers={"X-API-Key": ""}).text
+        values = parse(text)
+        assert ("secret-gallery" in text) is opted_in
+        label = 'gallery="secret-gallery",' if opted_in else ""
+        assert values[f'opengallery_decisions_total{{{label}decision="known"}}'] == 1
+        samples = '{gallery="secret-gallery"}' if opted_in else ""
+        assert values[f"opengallery_gallery_samples{samples}"] == 1

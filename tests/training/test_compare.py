@@ -29,9 +29,15 @@ def test_compare_writes_table_plot_and_keeps_discussion(tmp_path: Path) -> None:
     ]
     assert compare_main(args) == 0
     text = results.read_text()
-    rows = [line for line in text.splitlines() if line.startswith(("| softmax", "| eos"))]
-    assert len(rows) == 2 and all(line.count("±") == 7 for line in rows)
+    # one table per gallery setting: closed world, then open world (mnist5k enrols 8 and 9)
+    closed, open_world = text.split("## Open-world gallery")
+    assert "## Closed-world gallery" in closed
+    for section in (closed, open_world):
+        rows = [line for line in section.splitlines() if line.startswith(("| softmax", "| eos"))]
+        assert len(rows) == 2 and all(line.count("±") == 7 for line in rows)
+    assert "enrols the 2 unknown classes" in open_world
     assert plot.stat().st_size > 0
+    assert (tmp_path / "plot_open.png").stat().st_size > 0
     results.write_text(text.replace("(discussion to be written)", "Hand-written words."))
     checkpoints = sorted((tmp_path / "runs").rglob("checkpoint.pt"))
     assert len(checkpoints) == 4

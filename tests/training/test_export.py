@@ -154,3 +154,21 @@ def test_evaluate_a_bundle_writes_both_gallery_reports(exported, tmp_path: Path)
     assert closed["counts"]["unknown"] == 500 and closed["counts"]["calibration"] == 500
     assert (tmp_path / "eval" / "dir_fpir.png").stat().st_size > 0
     assert "open_world/report.md" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_unseen_digits_enrols_and_probes_as_documented(exported) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.datasets import load_digits
+
+    from training.unseen_digits import evaluate_unseen
+
+    _, bundle = exported
+    known = [int(c) for c in bundle.manifest.protocol["known"]]
+    counts = np.bincount(load_digits().target, minlength=10)
+    result = evaluate_unseen(str(bundle.path), enrol=5, repeats=2)
+    assert result["mated"] == counts[known].sum() - 5 * len(known)
+    assert result["strangers"] == counts.sum() - counts[known].sum()
+    assert result["calibration"] == len(bundle.load_calibration())
+    for key, value in result["mean"].items():
+        assert 0.0 <= value <= 1.0, key
+    # the calibrated threshold of a larger FPIR accepts at least as many mated probes
+    assert result["mean"]["dir@0.1"] >= result["mean"]["dir@0.01"]

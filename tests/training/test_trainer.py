@@ -156,3 +156,15 @@ def test_mixed_precision_on_gpu(
     assert load_checkpoint(tmp_path)["scaler"] is not None  # the grad scaler was in use
     train(config.replace(epochs=3), tmp_path, resume=True, progress=False, data=small_data)
     assert load_checkpoint(tmp_path)["epoch"] == 3
+
+
+def test_margin_heads_default_to_adacos_fixed_scale() -> None:
+    # s = sqrt(2)·ln(C - 1): C = 6 -> 1.414214·1.609438 = 2.276089; C = 2 floors C - 1 at 2
+    assert build_objective("arcface", 6, 8).loss.scale == pytest.approx(2.276089, abs=1e-6)
+    assert build_objective("cosface", 6, 8).loss.scale == pytest.approx(2.276089, abs=1e-6)
+    assert build_objective("arcface", 2, 8).loss.scale == pytest.approx(0.980258, abs=1e-6)
+    assert build_objective("arcface", 1001, 8).loss.scale == pytest.approx(9.76904, abs=1e-5)
+    assert build_objective("cosface", 6, 8, {"scale": 64}).loss.scale == 64.0
+    assert build_objective("arcface", 6, 8, {"scale": "auto", "margin": 0.3}).loss.margin == 0.3
+    with pytest.raises(ValueError, match=r"loss_params\.scale must be a positive number or 'auto'"):
+        build_objective("arcface", 6, 8, {"scale": "large"})

@@ -6,7 +6,7 @@ See docs/losses.md for formulas, defaults, label conventions and references.
 from .base import REDUCTIONS
 from .cac import CACLoss
 from .entropic import EntropicOpenSetLoss, MaximalEntropyLoss
-from .margin import ArcFaceLoss, CosFaceLoss, CosineMarginHead
+from .margin import ArcFaceLoss, CosFaceLoss, CosineMarginHead, adacos_fixed_scale
 from .objectosphere import EntropicObjectoSphereLoss, ObjectoSphereLoss
 from .simloss import SimLoss, ordinal_similarity, similarity_from_matrix
 
@@ -21,6 +21,7 @@ __all__ = [
     "MaximalEntropyLoss",
     "ObjectoSphereLoss",
     "SimLoss",
+    "adacos_fixed_scale",
     "ordinal_similarity",
     "similarity_from_matrix",
 ]

@@ -24,6 +24,19 @@ from .base import ClassificationLoss, check_float_matrix
 from .functional import TargetTransform, entropic_nll, shift_target
 
 
+def adacos_fixed_scale(num_classes: int) -> float:
+    """AdaCos' fixed scale ``s = sqrt(2)·ln(C - 1)`` (Zhang et al., CVPR 2019).
+
+    The scale at which a sample at θ = π/4 from its class centre, with the other C - 1 class
+    centres orthogonal to it (logit 0), gets target probability 1/2: the softmax is steepest
+    at that angle instead of saturated everywhere, as it is with s = 64 for a few classes.
+    For C = 2 the formula gives 0; ``C - 1`` is floored at 2 there.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return math.sqrt(2.0) * math.log(max(num_classes - 1, 2))
+
+
 class CosineMarginHead(ClassificationLoss):
     """Shared part of the margin heads: parameter, validation, cosines, reduction.
 

@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import AdminKey, ClientKey, GalleriesDep
-from service.api.schemas import GalleryCreate, GalleryList, GalleryOut
+from service.api.deps import AdminKey, CalibrationSetsDep, ClientKey, GalleriesDep
+from service.api.schemas import GalleryCalibrationOut, GalleryCreate, GalleryList, GalleryOut
 from service.core.ids import Identifier
 from service.storage import GalleryRecord
 
@@ -46,8 +46,27 @@ async def list_galleries(galleries: GalleriesDep, _: ClientKey) -> GalleryList:
 
 
 @router.get("/{gallery}", response_model=GalleryOut, summary="Get a gallery")
-async def get_gallery(gallery: GalleryName, galleries: GalleriesDep, _: ClientKey) -> GalleryOut:
-    return gallery_out(await run_in_threadpool(galleries.get_gallery, gallery))
+async def get_gallery(
+    gallery: GalleryName,
+    galleries: GalleriesDep,
+    calibration_sets: CalibrationSetsDep,
+    _: ClientKey,
+) -> GalleryOut:
+    out = gallery_out(await run_in_threadpool(galleries.get_gallery, gallery))
+    summary = await run_in_threadpool(calibration_sets.describe_if_loaded, gallery)
+    if summary is not None:
+        default = summary.default
+        out.calibration = GalleryCalibrationOut(
+            source=summary.source,  # type: ignore[arg-type]
+            size=summary.size,
+            min_fpir=summary.min_fpir,
+            fpir=summary.fpir,
+            threshold=default.threshold if default else None,
+            fpir_upper=default.fpir_upper if default else None,
+            gallery_set_size=summary.gallery_set_size,
+            needed=summary.needed,
+        )
+    return out
 
 
 @router.delete("/{gallery}", status_code=204, summary="Delete a gallery and everything in it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.api.deps import State
@@ -24,11 +25,13 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness}},
 )
 async def readyz(state: State) -> Response:
+    storage_full = await run_in_threadpool(state.store.space_exhausted)
     readiness = Readiness(
-        ready=state.ready,
+        ready=state.ready and not storage_full,
         model_loaded=state.models.default_model_id is not None,
         indexes_built=state.indexes_built,
         models=[model.model_id for model in state.models.all()],
+        storage_full=storage_full,
     )
     return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
 

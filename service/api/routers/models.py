@@ -25,6 +25,7 @@ async def list_models(state: State, _: ClientKey) -> ModelList:
                 calibration_size=len(model.calibration),
                 default=model.model_id == state.models.default_model_id,
                 galleries=[g.name for g in galleries if g.model_id == model.model_id],
+                metrics=model.bundle.manifest.metrics,
             )
             for model in state.models.all()
         ]

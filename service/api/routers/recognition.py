@@ -12,12 +12,19 @@ from service.api.routers.galleries import GalleryName
 from service.api.schemas import IdentifyJson, IdentifyOut, VerifyJson, VerifyOut
 from service.api.uploads import media_type, parse_json, read_form, request_body, uploads_from_json
 from service.core.errors import invalid
-from service.core.ids import Identifier
+from service.core.ids import ID_JSON_SCHEMA, Identifier
 from service.core.ingest import Upload
 
 router = APIRouter(prefix="/v1/galleries/{gallery}", tags=["recognition"])
 
 _NUMBER = {"type": "number"}
+_FPIR = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+_TOP_K = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": 100,
+    "description": "at most OPENGALLERY_MAX_TOP_K",
+}
 
 
 class _IdentifyForm(BaseModel):
@@ -47,7 +54,7 @@ class _VerifyForm(BaseModel):
     openapi_extra=request_body(
         IdentifyJson,
         "images",
-        {"top_k": {"type": "integer", "minimum": 1}, "fpir": _NUMBER, "threshold": _NUMBER},
+        {"top_k": _TOP_K, "fpir": _FPIR, "threshold": _NUMBER},
         many=True,
     ),
 )
@@ -81,6 +88,7 @@ async def identify(
                     "score": r.score,
                     "threshold": r.threshold,
                     "fpir": r.fpir,
+                    "fpir_upper": r.fpir_upper,
                     "candidates": [
                         {"subject_id": c.subject_id, "score": c.score} for c in r.candidates
                     ],
@@ -127,7 +135,7 @@ def verify_probe(body: VerifyJson) -> list[Upload]:
     openapi_extra=request_body(
         VerifyJson,
         "image",
-        {"subject_id": {"type": "string"}, "fpir": _NUMBER, "threshold": _NUMBER},
+        {"subject_id": ID_JSON_SCHEMA, "fpir": _FPIR, "threshold": _NUMBER},
         many=False,
     ),
 )
@@ -157,4 +165,5 @@ async def verify(
         score=verification.score,
         threshold=verification.threshold,
         fpir=verification.fpir,
+        fpir_upper=verification.fpir_upper,
     )

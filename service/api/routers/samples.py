@@ -6,14 +6,30 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from service.api.deps import ClientKey, GalleriesDep, State
 from service.api.routers.galleries import GalleryName
 from service.api.routers.subjects import SubjectId
-from service.api.schemas import SampleOutcomeOut, SamplesJson, SamplesOut
-from service.api.uploads import media_type, parse_json, read_form, request_body, uploads_from_json
-from service.core.errors import ServiceError
+from service.api.schemas import (
+    BulkSamplesJson,
+    BulkSamplesOut,
+    SampleOutcomeOut,
+    SamplesJson,
+    SamplesOut,
+)
+from service.api.uploads import (
+    json_body,
+    media_type,
+    parse_json,
+    read_form,
+    request_body,
+    uploads_from_json,
+)
+from service.core.errors import ServiceError, invalid
+from service.core.galleries import BulkItem
+from service.core.ingest import Upload
 
 router = APIRouter(prefix="/v1/galleries/{gallery}/subjects/{subject_id}/samples", tags=["samples"])
 
@@ -72,13 +88,97 @@ async def add_samples(
     return SamplesOut(subject_id=subject_id, model=enrolment.model_id, samples=samples)
 
 
+SampleId = Annotated[int, Path(ge=1, le=2**62)]
+
+
+@router.get(
+    "/{sample_id}/image",
+    summary="The kept image of one sample",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "the image bytes as enrolled"}},
+)
+async def get_sample_image(
+    gallery: GalleryName,
+    subject_id: SubjectId,
+    sample_id: SampleId,
+    galleries: GalleriesDep,
+    _: ClientKey,
+) -> Response:
+    image = await run_in_threadpool(galleries.sample_image, gallery, subject_id, sample_id)
+    return Response(
+        image.data,
+        media_type=image.media_type,
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"},
+    )
+
+
 @router.delete("/{sample_id}", status_code=204, summary="Delete one sample")
 async def delete_sample(
     gallery: GalleryName,
     subject_id: SubjectId,
-    sample_id: Annotated[int, Path(ge=1, le=2**62)],
+    sample_id: SampleId,
     galleries: GalleriesDep,
     _: ClientKey,
 ) -> Response:
     await run_in_threadpool(galleries.delete_sample, gallery, subject_id, sample_id)
     return Response(status_code=204)
+
+
+gallery_router = APIRouter(prefix="/v1/galleries/{gallery}/samples", tags=["samples"])
+
+
+@gallery_router.post(
+    "",
+    status_code=201,
+    response_model=BulkSamplesOut,
+    summary="Bulk enrolment: samples of many subjects in one transaction",
+    description=(
+        "JSON `{items: [{subject_id, embedding | image}], create_subjects}`. Every item gets "
+        "an outcome, in order: enrolled (with `duplicate` when its subject already had that "
+        "content, including from an earlier item of the same request) or rejected with a "
+        "reason; the enrolled ones are committed together before the response. Unknown "
+        "subjects are `subject_not_found` unless `create_subjects`. More items than "
+        "OPENGALLERY_MAX_BULK_ITEMS (default 5000) is a 413; when every item is rejected the "
+        "answer is a 422 listing them."
+    ),
+    openapi_extra=json_body(BulkSamplesJson),
+)
+async def add_samples_in_bulk(
+    request: Request, gallery: GalleryName, galleries: GalleriesDep, _: ClientKey
+) -> JSONResponse:
+    if media_type(request) != "application/json":
+        raise ServiceError("unsupported_media_type", "bulk enrolment takes application/json")
+    body = await parse_json(request, BulkSamplesJson)
+    items = []
+    for number, item in enumerate(body.items):
+        if (item.embedding is None) == (item.image is None):
+            raise invalid(f"items.{number}: give exactly one of embedding or image")
+        upload = (
+            Upload(embedding=item.embedding)
+            if item.embedding is not None
+            else Upload(image_base64=item.image)
+        )
+        items.append(BulkItem(item.subject_id, upload))
+    enrolment = await run_in_threadpool(galleries.enrol_many, gallery, items, body.create_subjects)
+    samples = [
+        {
+            "subject_id": o.subject_id,
+            "sample_id": o.sample_id,
+            "status": o.status,
+            "reason": o.reason,
+            "code": o.code,
+            "duplicate": o.duplicate,
+        }
+        for o in enrolment.outcomes
+    ]
+    if not any(o.status == "enrolled" for o in enrolment.outcomes):
+        codes = {o.code for o in enrolment.outcomes}
+        reasons = "; ".join(f"item {i}: {o.reason}" for i, o in enumerate(enrolment.outcomes[:20]))
+        raise ServiceError(
+            codes.pop() or "all_samples_rejected" if len(codes) == 1 else "all_samples_rejected",
+            f"no sample enrolled: {reasons}",
+            details={"samples": samples},
+        )
+    # Plain JSON, not models validated again on the way out: 5000 outcomes cost more to
+    # validate than to commit (the schema stays BulkSamplesOut).
+    return JSONResponse({"model": enrolment.model_id, "samples": samples}, status_code=201)

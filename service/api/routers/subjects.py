@@ -81,11 +81,29 @@ async def list_subjects(
     gallery: GalleryName,
     galleries: GalleriesDep,
     _: ClientKey,
-    limit: Annotated[int, Query(ge=1, description="page size")] = 100,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            description="page size, at most OPENGALLERY_MAX_PAGE_SIZE",
+            json_schema_extra={"maximum": 1000},
+        ),
+    ] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=2048,
+            description="`next_cursor` of the previous page, as given (opaque, base64url); "
+            "a cursor this service did not issue is 422 invalid_cursor",
+        ),
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        Query(max_length=256, description="only subjects whose id starts with this (exact case)"),
+    ] = None,
 ) -> SubjectPage:
     after = decode_cursor(cursor) if cursor else None
-    page = await run_in_threadpool(galleries.list_subjects, gallery, limit, after)
+    page = await run_in_threadpool(galleries.list_subjects, gallery, limit, after, prefix)
     return SubjectPage(
         subjects=[subject_out(r) for r in page.subjects],
         next_cursor=encode_cursor(page.last) if page.last is not None else None,

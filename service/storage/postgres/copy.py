@@ -43,7 +43,9 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("embeddings", ("sample_id", "model_id", "dim", "vector")),
-    ("api_keys", ("id", "key_hash", "scope", "name", "created")),
+    ("calibration_samples", ("id", "gallery_id", "source", "content_sha256", "image", "created")),
+    ("calibration_embeddings", ("sample_id", "model_id", "dim", "vector")),
+    ("api_keys", ("id", "key_hash", "scope", "name", "created", "last_used")),
     ("models", ("model_id", "path", "created")),
     (
         "jobs",
@@ -63,7 +65,9 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
 ]
-IDENTITY_TABLES = ("galleries", "subjects", "samples", "api_keys")
+IDENTITY_TABLES = ("galleries", "subjects", "samples", "calibration_samples", "api_keys")
+# SQLite's scratch table for its free-space check: holds nothing to copy.
+SCRATCH_TABLES = {"space_probe"}
 BATCH = 2000  # rows read from SQLite at a time
 
 
@@ -80,7 +84,7 @@ class CopyCounts:
 
 
 def _sqlite_rows(connection: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> Iterator:
-    order = "sample_id, model_id" if table == "embeddings" else columns[0]
+    order = "sample_id, model_id" if columns[0] == "sample_id" else columns[0]
     cursor = connection.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")
     while rows := cursor.fetchmany(BATCH):
         yield from rows
@@ -98,6 +102,8 @@ def _unknown_data(connection: sqlite3.Connection) -> list[str]:
         )
     ]
     for table in tables:
+        if table in SCRATCH_TABLES:
+            continue
         if table not in known:
             unknown.append(table)
             continue

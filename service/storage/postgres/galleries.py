@@ -101,14 +101,20 @@ class PostgresGalleries(PostgresConnection):
                 return None
             return self._subject_record(connection, pk)
 
-    def list_subjects(self, gallery: str, limit: int, after: str | None) -> list[SubjectRecord]:
+    def list_subjects(
+        self, gallery: str, limit: int, after: str | None, prefix: str | None = None
+    ) -> list[SubjectRecord]:
+        # left() counts characters: the prefix is compared exactly (no LIKE wildcards).
+        prefix = prefix or ""
+        after = after if after is not None else ""
         with self._read() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
             rows = connection.execute(
                 f"SELECT {self.SUBJECT_COLUMNS} FROM subjects s"
-                " WHERE s.gallery_id = %s AND s.subject_id > %s"
+                " WHERE s.gallery_id = %s AND s.subject_id > %s AND s.subject_id >= %s"
+                " AND left(s.subject_id, %s) = %s"
                 " ORDER BY s.subject_id LIMIT %s",
-                (gallery_pk, after if after is not None else "", limit),
+                (gallery_pk, after, prefix, len(prefix), prefix, limit),
             ).fetchall()
         return [self._subject_from_row(row) for row in rows]
 

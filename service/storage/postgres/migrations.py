@@ -78,6 +78,11 @@ class PostgresMigrations(PostgresConnection):
                 " (SELECT id FROM samples WHERE gallery_id = %s)",
                 (model_id, gallery_pk),
             )
+            connection.execute(
+                "DELETE FROM calibration_embeddings WHERE model_id = %s AND sample_id IN"
+                " (SELECT id FROM calibration_samples WHERE gallery_id = %s)",
+                (model_id, gallery_pk),
+            )
 
     def switch_gallery_model(
         self, gallery: str, source_model: str, target_model: str, job_id: str | None
@@ -98,6 +103,22 @@ class PostgresMigrations(PostgresConnection):
             missing = int(missing_row[0]) if missing_row else 0
             if missing:
                 raise StoreConflict(f"{missing} samples have no {target_model} embedding yet")
+            probes_row = connection.execute(
+                "SELECT COUNT(*) FROM calibration_samples c WHERE c.gallery_id = %s"
+                " AND NOT EXISTS (SELECT 1 FROM calibration_embeddings e"
+                " WHERE e.sample_id = c.id AND e.model_id = %s)",
+                (gallery_pk, target_model),
+            ).fetchone()
+            probes_missing = int(probes_row[0]) if probes_row else 0
+            if probes_missing:
+                raise StoreConflict(
+                    f"{probes_missing} calibration samples have no {target_model} embedding yet"
+                )
+            connection.execute(
+                "DELETE FROM calibration_embeddings WHERE model_id != %s AND sample_id IN"
+                " (SELECT id FROM calibration_samples WHERE gallery_id = %s)",
+                (target_model, gallery_pk),
+            )
             connection.execute(
                 "DELETE FROM embeddings WHERE model_id != %s AND sample_id IN"
                 " (SELECT id FROM samples WHERE gallery_id = %s)",

@@ -11,6 +11,8 @@ from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.schema import iso
 from service.storage.records import (
     AddedSample,
+    BulkAdded,
+    BulkEnrolled,
     GalleryEmbeddings,
     NewSample,
     SampleRecord,
@@ -58,27 +60,40 @@ class PostgresSamples(PostgresConnection):
             return self._subject_record(connection, pk), added, version
 
     def bulk_enrol(
-        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
-    ) -> int:
+        self,
+        gallery: str,
+        model_id: str,
+        items: Sequence[tuple[str, NewSample]],
+        *,
+        create_subjects: bool = True,
+    ) -> BulkEnrolled:
         with self._write() as connection:
-            gallery_pk = self._gallery_row(connection, gallery, lock=True)[0]
+            gallery_pk, version = self._gallery_row(connection, gallery, lock=True)
             subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
-            connection.execute(
-                "INSERT INTO subjects (gallery_id, subject_id, metadata)"
-                " SELECT %s, unnest(%s::text[]), '{}'"
-                " ON CONFLICT (gallery_id, subject_id) DO NOTHING",
-                (gallery_pk, subject_ids),
-            )
-            subject_pks = dict(
+            if create_subjects:
                 connection.execute(
-                    "SELECT subject_id, id FROM subjects WHERE gallery_id = %s", (gallery_pk,)
+                    "INSERT INTO subjects (gallery_id, subject_id, metadata)"
+                    " SELECT %s, unnest(%s::text[]), '{}'"
+                    " ON CONFLICT (gallery_id, subject_id) DO NOTHING",
+                    (gallery_pk, subject_ids),
+                )
+            subject_pks: dict[str, int] = dict(
+                connection.execute(
+                    "SELECT subject_id, id FROM subjects"
+                    " WHERE gallery_id = %s AND subject_id = ANY(%s::text[])",
+                    (gallery_pk, subject_ids),
                 ).fetchall()
             )
-            # The first of equal (subject, content) items wins, as one INSERT each would.
-            first: dict[tuple[str, str], NewSample] = {}
+            # The first of equal (subject, content) items is the one added, as one INSERT each
+            # would add it; the others report that sample with created=False.
+            first: dict[tuple[int, str], NewSample] = {}
             for subject_id, item in items:
-                first.setdefault((subject_id, item.content_sha256), item)
-            chosen = [(subject_id, item) for (subject_id, _), item in first.items()]
+                pk = subject_pks.get(subject_id)
+                if pk is not None:
+                    first.setdefault((pk, item.content_sha256), item)
+            chosen = list(first.items())
+            ids: dict[tuple[int, str], int] = {}
+            new_keys: set[tuple[int, str]] = set()
             for start in range(0, len(chosen), BULK_CHUNK):
                 chunk = chosen[start : start + BULK_CHUNK]
                 inserted = connection.execute(
@@ -93,26 +108,61 @@ class PostgresSamples(PostgresConnection):
                     (
                         gallery_pk,
                         model_id,
-                        [subject_pks[s] for s, _ in chunk],
+                        [pk for (pk, _), _ in chunk],
                         [item.source for _, item in chunk],
-                        [item.content_sha256 for _, item in chunk],
+                        [sha for (_, sha), _ in chunk],
                         [item.image for _, item in chunk],
                     ),
                 ).fetchall()
-                by_key = {(subject_pks[s], item.content_sha256): item for s, item in chunk}
-                new = [(int(row[0]), by_key[(int(row[1]), row[2])]) for row in inserted]
+                fresh = {(int(row[1]), row[2]): int(row[0]) for row in inserted}
+                ids.update(fresh)
+                new_keys.update(fresh)
                 connection.execute(
                     "INSERT INTO embeddings (sample_id, model_id, dim, vector)"
                     " SELECT v.id, %s, v.dim, v.vector"
                     " FROM unnest(%s::bigint[], %s::int[], %s::bytea[]) AS v(id, dim, vector)",
                     (
                         model_id,
-                        [sample_id for sample_id, _ in new],
-                        [int(np.asarray(item.embedding).shape[0]) for _, item in new],
-                        [vector_bytes(item.embedding) for _, item in new],
+                        list(fresh.values()),
+                        [int(np.asarray(first[key].embedding).shape[0]) for key in fresh],
+                        [vector_bytes(first[key].embedding) for key in fresh],
                     ),
                 )
-            return self._bump(connection, gallery_pk)
+                known = [key for key, _ in chunk if key not in fresh]
+                if known:
+                    ids.update(
+                        ((int(row[1]), row[2]), int(row[0]))
+                        for row in connection.execute(
+                            "SELECT s.id, s.subject_pk, s.content_sha256 FROM samples s"
+                            " JOIN unnest(%s::bigint[], %s::text[]) AS k(pk, sha)"
+                            " ON s.subject_pk = k.pk AND s.content_sha256 = k.sha",
+                            ([pk for pk, _ in known], [sha for _, sha in known]),
+                        ).fetchall()
+                    )
+            added: list[BulkAdded] = []
+            for subject_id, item in items:
+                pk = subject_pks.get(subject_id)
+                if pk is None:
+                    added.append(BulkAdded(None, None, created=False))
+                    continue
+                key = (pk, item.content_sha256)
+                created = key in new_keys
+                new_keys.discard(key)  # a repeat of the key later in the call: not created
+                added.append(BulkAdded(pk, ids[key], created=created))
+            if any(item.created for item in added):
+                version = self._bump(connection, gallery_pk)
+            return BulkEnrolled(added, int(version))
+
+    def get_sample_image(self, gallery: str, subject_id: str, sample_id: int) -> bytes | None:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            pk = self._subject_pk(connection, gallery_pk, subject_id)
+            row = connection.execute(
+                "SELECT image FROM samples WHERE id = %s AND subject_pk = %s", (sample_id, pk)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError("sample", sample_id)
+        return None if row[0] is None else bytes(row[0])
 
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
         with self._read() as connection:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from service.storage.postgres.calibration import PostgresCalibration
 from service.storage.postgres.galleries import PostgresGalleries
 from service.storage.postgres.jobs import PostgresJobs
 from service.storage.postgres.keys import PostgresKeys
 from service.storage.postgres.migrations import PostgresMigrations
 from service.storage.postgres.models import PostgresModels
 from service.storage.postgres.samples import PostgresSamples
+from service.storage.postgres.transfer import PostgresTransfer
 from service.storage.protocols import Store
 
 
@@ -15,6 +17,8 @@ class PostgresStore(
     PostgresGalleries,
     PostgresSamples,
     PostgresMigrations,
+    PostgresCalibration,
+    PostgresTransfer,
     PostgresKeys,
     PostgresModels,
     PostgresJobs,
@@ -22,3 +26,7 @@ class PostgresStore(
 ):
     """One PostgreSQL database through a connection pool; safe to call from many threads and
     from many processes (replicas) at once."""
+
+    def space_exhausted(self) -> bool:
+        # The server owns its disk: a write it refuses for space is an error of that write.
+        return False

@@ -9,17 +9,35 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
+from service.storage.protocols.calibration import CalibrationStore
 from service.storage.protocols.galleries import GalleryStore
 from service.storage.protocols.jobs import JobStore
 from service.storage.protocols.keys import KeyStore
 from service.storage.protocols.models import ModelStore
+from service.storage.protocols.transfer import TransferStore
 
 
-class Store(GalleryStore, KeyStore, ModelStore, JobStore):
+class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, TransferStore):
     """Durable state of the service. Implementations must be safe to call from many threads."""
 
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def space_exhausted(self) -> bool:
+        """True while writes fail for lack of space (StoreFullError).
 
-__all__ = ["GalleryStore", "JobStore", "KeyStore", "ModelStore", "Store"]
+        Once a write has failed so, each call tries a small write to see whether space is
+        back (at most once a second); any successful write ends the state.
+        """
+
+
+__all__ = [
+    "CalibrationStore",
+    "GalleryStore",
+    "JobStore",
+    "KeyStore",
+    "ModelStore",
+    "Store",
+    "TransferStore",
+]

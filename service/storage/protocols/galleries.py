@@ -14,6 +14,7 @@ import numpy as np
 
 from service.storage.records import (
     AddedSample,
+    BulkEnrolled,
     GalleryEmbeddings,
     GalleryRecord,
     NewSample,
@@ -56,8 +57,11 @@ class GalleryStore(ABC):
     def get_subject(self, gallery: str, subject_id: str) -> SubjectRecord | None: ...
 
     @abstractmethod
-    def list_subjects(self, gallery: str, limit: int, after: str | None) -> list[SubjectRecord]:
-        """Subjects ordered by subject_id, strictly after `after`."""
+    def list_subjects(
+        self, gallery: str, limit: int, after: str | None, prefix: str | None = None
+    ) -> list[SubjectRecord]:
+        """Subjects ordered by subject_id, strictly after `after`; only ids that start with
+        `prefix` (compared character by character, case-sensitive) when it is given."""
 
     @abstractmethod
     def delete_subject(self, gallery: str, subject_id: str) -> tuple[int, list[int], int]:
@@ -74,15 +78,28 @@ class GalleryStore(ABC):
 
     @abstractmethod
     def bulk_enrol(
-        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
-    ) -> int:
-        """Create subjects as needed and add one sample each, in one transaction (imports and
-        benchmarks; the running service must be restarted to index them). Returns the new
-        gallery version."""
+        self,
+        gallery: str,
+        model_id: str,
+        items: Sequence[tuple[str, NewSample]],
+        *,
+        create_subjects: bool = True,
+    ) -> BulkEnrolled:
+        """(subject_id, sample) pairs in ONE transaction, committed when this returns.
+
+        Subjects that do not exist are created (with empty metadata) when `create_subjects`,
+        else their items are reported with `subject_pk` None and nothing is added for them.
+        Content a subject already has (or that an earlier item of the call added) is not
+        added again: the item reports the existing sample with `created=False`."""
 
     @abstractmethod
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
         """A subject's samples, ordered by sample id."""
+
+    @abstractmethod
+    def get_sample_image(self, gallery: str, subject_id: str, sample_id: int) -> bytes | None:
+        """The kept image of one of the subject's samples (None when none was kept);
+        NotFoundError for a gallery, subject or sample that does not exist."""
 
     @abstractmethod
     def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> tuple[int, int]:
@@ -111,13 +128,14 @@ class GalleryStore(ABC):
         """Store shadow embeddings (one transaction); samples deleted meanwhile are skipped."""
 
     @abstractmethod
-    def drop_embeddings(self, gallery: str, model_id: str) -> None: ...
+    def drop_embeddings(self, gallery: str, model_id: str) -> None:
+        """Drop the gallery's `model_id` embeddings, of samples and of calibration probes."""
 
     @abstractmethod
     def switch_gallery_model(
         self, gallery: str, source_model: str, target_model: str, job_id: str | None
     ) -> int:
-        """In ONE transaction: check every sample has a `target_model` embedding, drop the
-        others, point the gallery at `target_model`, mark the job succeeded; returns the new
-        gallery version. StoreConflict (nothing changed) if the gallery is not on
-        `source_model` or a sample lacks a `target_model` embedding."""
+        """In ONE transaction: check every sample and calibration probe has a `target_model`
+        embedding, drop the others, point the gallery at `target_model`, mark the job
+        succeeded; returns the new gallery version. StoreConflict (nothing changed) if the
+        gallery is not on `source_model` or a sample or probe lacks a `target_model` embedding."""

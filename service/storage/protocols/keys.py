@@ -18,3 +18,16 @@ class KeyStore(ABC):
     @abstractmethod
     def count_api_keys(self, scope: str | None = None) -> int:
         """All keys, or those of one scope."""
+
+    @abstractmethod
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key's record, by id."""
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: int) -> ApiKeyRecord:
+        """Delete a key; NotFoundError if there is none, LastAdminKeyError (nothing deleted)
+        if it is the only admin key. Checked and deleted in one transaction."""
+
+    @abstractmethod
+    def touch_api_key(self, key_id: int, when: str) -> None:
+        """Record that the key was used at `when` (ISO 8601); a missing key is ignored."""

@@ -7,16 +7,18 @@ or of the machine.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from service.storage.errors import NotFoundError
+from service.storage.errors import NotFoundError, StoreFullError, StoreOpenError
 from service.storage.records import SubjectRecord
-from service.storage.sqlite.schema import SCHEMA
+from service.storage.sqlite.schema import ADDED_COLUMNS, SCHEMA
 
 
 class SQLiteConnection:
@@ -31,8 +33,23 @@ class SQLiteConnection:
         # One writer at a time inside this process; BEGIN IMMEDIATE orders us against other
         # processes (e.g. `opengallery keys create` while the server runs).
         self._write_lock = threading.Lock()
-        with self._write_lock:
-            self._connection().executescript(SCHEMA)
+        self._full_since: float | None = None  # monotonic time of a write failed for space
+        self._space_checked = 0.0
+        try:
+            with self._write_lock:
+                self._connection().executescript(SCHEMA)
+                self._add_missing_columns(self._connection())
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise StoreOpenError(f"{self.path}: cannot open the database: {error}") from None
+
+    @staticmethod
+    def _add_missing_columns(connection: sqlite3.Connection) -> None:
+        """Columns added to tables after their first release: databases made before gain them."""
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -53,13 +70,40 @@ class SQLiteConnection:
     def _write(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection()
         with self._write_lock:
-            connection.execute("BEGIN IMMEDIATE")
             try:
-                yield connection
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+            except (sqlite3.Error, OSError) as error:
+                if not _out_of_space(error):
+                    raise
+                if connection.in_transaction:  # a failed COMMIT leaves it open
+                    with suppress(sqlite3.Error):
+                        connection.execute("ROLLBACK")
+                if self._full_since is None:
+                    self._full_since = time.monotonic()
+                raise StoreFullError(
+                    f"{self.path}: no space left for this write ({error}); nothing was written"
+                ) from None
+            self._full_since = None
+
+    def space_exhausted(self) -> bool:
+        if self._full_since is None:
+            return False
+        now = time.monotonic()
+        if now - self._space_checked >= 1.0:
+            self._space_checked = now
+            # A write that needs new pages and reaches the disk (the WAL) at COMMIT.
+            with suppress(StoreFullError), self._write() as connection:
+                connection.execute("CREATE TABLE IF NOT EXISTS space_probe (data BLOB)")
+                connection.execute("INSERT INTO space_probe VALUES (zeroblob(65536))")
+                connection.execute("DELETE FROM space_probe")
+        return self._full_since is not None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -123,3 +167,11 @@ class SQLiteConnection:
             updated=row[4],
             sample_count=row[5],
         )
+
+
+def _out_of_space(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+        "database or disk is full" in str(error)
+    )

@@ -106,15 +106,22 @@ class SQLiteGalleries(SQLiteConnection):
                 return None
             return self._subject_record(connection, pk)
 
-    def list_subjects(self, gallery: str, limit: int, after: str | None) -> list[SubjectRecord]:
+    def list_subjects(
+        self, gallery: str, limit: int, after: str | None, prefix: str | None = None
+    ) -> list[SubjectRecord]:
+        # Ids with the prefix sort at or after it, so `>=` lets the unique index skip the rest;
+        # substr() counts characters, so the prefix is compared exactly (no LIKE wildcards).
+        after = after if after is not None else ""
+        prefix = prefix or ""
         with self._read() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
             rows = connection.execute(
                 "SELECT s.id, s.subject_id, s.metadata, s.created, s.updated,"
                 " (SELECT COUNT(*) FROM samples WHERE subject_pk = s.id)"
                 " FROM subjects s WHERE s.gallery_id = ? AND s.subject_id > ?"
+                " AND s.subject_id >= ? AND substr(s.subject_id, 1, ?) = ?"
                 " ORDER BY s.subject_id LIMIT ?",
-                (gallery_pk, after if after is not None else "", limit),
+                (gallery_pk, after, prefix, len(prefix), prefix, limit),
             ).fetchall()
         return [
             SubjectRecord(

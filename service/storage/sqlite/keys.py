@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
-from service.storage.errors import AlreadyExistsError
+from service.storage.errors import AlreadyExistsError, LastAdminKeyError, NotFoundError
 from service.storage.records import ApiKeyRecord
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
+
+_COLUMNS = "id, scope, name, created, last_used"
 
 
 class SQLiteKeys(SQLiteConnection):
@@ -28,12 +30,35 @@ class SQLiteKeys(SQLiteConnection):
     def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = (
             self._connection()
-            .execute(
-                "SELECT id, scope, name, created FROM api_keys WHERE key_hash = ?", (key_hash,)
-            )
+            .execute(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
             .fetchone()
         )
-        return None if row is None else ApiKeyRecord(row[0], row[1], row[2], row[3])
+        return None if row is None else ApiKeyRecord(*row)
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = self._connection().execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY id")
+        return [ApiKeyRecord(*row) for row in rows.fetchall()]
+
+    def revoke_api_key(self, key_id: int) -> ApiKeyRecord:
+        with self._write() as connection:
+            row = connection.execute(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError("API key", key_id)
+            record = ApiKeyRecord(*row)
+            if record.scope == "admin":
+                admins = connection.execute(
+                    "SELECT COUNT(*) FROM api_keys WHERE scope = 'admin'"
+                ).fetchone()[0]
+                if admins <= 1:
+                    raise LastAdminKeyError(f"API key {key_id} is the only admin key")
+            connection.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+        return record
+
+    def touch_api_key(self, key_id: int, when: str) -> None:
+        with self._write() as connection:
+            connection.execute("UPDATE api_keys SET last_used = ? WHERE id = ?", (when, key_id))
 
     def count_api_keys(self, scope: str | None = None) -> int:
         if scope is None:

@@ -65,6 +65,11 @@ class SQLiteMigrations(SQLiteConnection):
                 " (SELECT id FROM samples WHERE gallery_id = ?)",
                 (model_id, gallery_pk),
             )
+            connection.execute(
+                "DELETE FROM calibration_embeddings WHERE model_id = ? AND sample_id IN"
+                " (SELECT id FROM calibration_samples WHERE gallery_id = ?)",
+                (model_id, gallery_pk),
+            )
 
     def switch_gallery_model(
         self, gallery: str, source_model: str, target_model: str, job_id: str | None
@@ -83,9 +88,24 @@ class SQLiteMigrations(SQLiteConnection):
             ).fetchone()[0]
             if missing:
                 raise StoreConflict(f"{missing} samples have no {target_model} embedding yet")
+            missing = connection.execute(
+                "SELECT COUNT(*) FROM calibration_samples c WHERE c.gallery_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM calibration_embeddings e"
+                " WHERE e.sample_id = c.id AND e.model_id = ?)",
+                (gallery_pk, target_model),
+            ).fetchone()[0]
+            if missing:
+                raise StoreConflict(
+                    f"{missing} calibration samples have no {target_model} embedding yet"
+                )
             connection.execute(
                 "DELETE FROM embeddings WHERE model_id != ? AND sample_id IN"
                 " (SELECT id FROM samples WHERE gallery_id = ?)",
+                (target_model, gallery_pk),
+            )
+            connection.execute(
+                "DELETE FROM calibration_embeddings WHERE model_id != ? AND sample_id IN"
+                " (SELECT id FROM calibration_samples WHERE gallery_id = ?)",
                 (target_model, gallery_pk),
             )
             connection.execute(

@@ -9,6 +9,8 @@ import numpy as np
 from service.storage.errors import NotFoundError
 from service.storage.records import (
     AddedSample,
+    BulkAdded,
+    BulkEnrolled,
     GalleryEmbeddings,
     NewSample,
     SampleRecord,
@@ -16,6 +18,8 @@ from service.storage.records import (
 )
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
+
+_IN_CHUNK = 500  # ids per "IN (...)": under SQLite's bound on query parameters
 
 
 class SQLiteSamples(SQLiteConnection):
@@ -63,31 +67,47 @@ class SQLiteSamples(SQLiteConnection):
             return self._subject_record(connection, pk), added, version
 
     def bulk_enrol(
-        self, gallery: str, model_id: str, items: Sequence[tuple[str, NewSample]]
-    ) -> int:
+        self,
+        gallery: str,
+        model_id: str,
+        items: Sequence[tuple[str, NewSample]],
+        *,
+        create_subjects: bool = True,
+    ) -> BulkEnrolled:
         with self._write() as connection:
-            gallery_pk = self._gallery_row(connection, gallery)[0]
+            gallery_pk, version = self._gallery_row(connection, gallery)
             now = _now()
-            connection.executemany(
-                "INSERT INTO subjects (gallery_id, subject_id, metadata, created, updated)"
-                " VALUES (?, ?, '{}', ?, ?) ON CONFLICT (gallery_id, subject_id) DO NOTHING",
-                (
-                    (gallery_pk, subject_id, now, now)
-                    for subject_id in dict.fromkeys(subject_id for subject_id, _ in items)
-                ),
-            )
-            subject_pks = dict(
-                connection.execute(
-                    "SELECT subject_id, id FROM subjects WHERE gallery_id = ?", (gallery_pk,)
-                ).fetchall()
-            )
+            subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
+            if create_subjects:
+                connection.executemany(
+                    "INSERT INTO subjects (gallery_id, subject_id, metadata, created, updated)"
+                    " VALUES (?, ?, '{}', ?, ?) ON CONFLICT (gallery_id, subject_id) DO NOTHING",
+                    ((gallery_pk, subject_id, now, now) for subject_id in subject_ids),
+                )
+            subject_pks: dict[str, int] = {}
+            for start in range(0, len(subject_ids), _IN_CHUNK):
+                chunk = subject_ids[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                subject_pks.update(
+                    connection.execute(
+                        f"SELECT subject_id, id FROM subjects WHERE gallery_id = ?"
+                        f" AND subject_id IN ({marks})",
+                        (gallery_pk, *chunk),
+                    ).fetchall()
+                )
+            added: list[BulkAdded] = []
+            embeddings: list[tuple[int, str, int, bytes]] = []
             for subject_id, sample in items:
+                pk = subject_pks.get(subject_id)
+                if pk is None:
+                    added.append(BulkAdded(None, None, created=False))
+                    continue
                 cursor = connection.execute(
                     "INSERT INTO samples (subject_pk, gallery_id, model_id, source,"
                     " content_sha256, image, created) VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (subject_pk, content_sha256) DO NOTHING",
                     (
-                        subject_pks[subject_id],
+                        pk,
                         gallery_pk,
                         model_id,
                         sample.source,
@@ -96,14 +116,24 @@ class SQLiteSamples(SQLiteConnection):
                         now,
                     ),
                 )
-                if cursor.rowcount:
-                    vector = np.ascontiguousarray(sample.embedding, dtype=np.float32)
-                    connection.execute(
-                        "INSERT INTO embeddings (sample_id, model_id, dim, vector)"
-                        " VALUES (?, ?, ?, ?)",
-                        (cursor.lastrowid, model_id, int(vector.shape[0]), vector.tobytes()),
-                    )
-            return self._bump(connection, gallery_pk)
+                if not cursor.rowcount:
+                    existing = connection.execute(
+                        "SELECT id FROM samples WHERE subject_pk = ? AND content_sha256 = ?",
+                        (pk, sample.content_sha256),
+                    ).fetchone()
+                    added.append(BulkAdded(pk, int(existing[0]), created=False))
+                    continue
+                vector = np.ascontiguousarray(sample.embedding, dtype=np.float32)
+                sample_id = int(cursor.lastrowid or 0)
+                embeddings.append((sample_id, model_id, int(vector.shape[0]), vector.tobytes()))
+                added.append(BulkAdded(pk, sample_id, created=True))
+            connection.executemany(
+                "INSERT INTO embeddings (sample_id, model_id, dim, vector) VALUES (?, ?, ?, ?)",
+                embeddings,
+            )
+            if any(item.created for item in added):
+                version = self._bump(connection, gallery_pk)
+            return BulkEnrolled(added, int(version))
 
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
         with self._read() as connection:
@@ -126,6 +156,17 @@ class SQLiteSamples(SQLiteConnection):
             )
             for row in rows
         ]
+
+    def get_sample_image(self, gallery: str, subject_id: str, sample_id: int) -> bytes | None:
+        with self._read() as connection:
+            gallery_pk = self._gallery_row(connection, gallery)[0]
+            pk = self._subject_pk(connection, gallery_pk, subject_id)
+            row = connection.execute(
+                "SELECT image FROM samples WHERE id = ? AND subject_pk = ?", (sample_id, pk)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError("sample", sample_id)
+        return None if row[0] is None else bytes(row[0])
 
     def delete_sample(self, gallery: str, subject_id: str, sample_id: int) -> tuple[int, int]:
         with self._write() as connection:

@@ -2,7 +2,8 @@
 
 Embeddings live in their own table keyed by (sample, model): a gallery's samples can hold
 embeddings of two models while it migrates, and the index of a gallery is built from exactly
-one model's rows.
+one model's rows. A gallery's own calibration set (non-mated probes) follows the same pattern in
+`calibration_samples` and `calibration_embeddings`.
 """
 
 from __future__ import annotations
@@ -48,12 +49,29 @@ CREATE TABLE IF NOT EXISTS embeddings (
     vector BLOB NOT NULL,
     PRIMARY KEY (sample_id, model_id)
 );
+CREATE TABLE IF NOT EXISTS calibration_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gallery_id INTEGER NOT NULL REFERENCES galleries(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    image BLOB,
+    created TEXT NOT NULL,
+    UNIQUE (gallery_id, content_sha256)
+);
+CREATE TABLE IF NOT EXISTS calibration_embeddings (
+    sample_id INTEGER NOT NULL REFERENCES calibration_samples(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (sample_id, model_id)
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id INTEGER PRIMARY KEY,
     key_hash TEXT NOT NULL UNIQUE,
     scope TEXT NOT NULL,
     name TEXT,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    last_used TEXT
 );
 CREATE TABLE IF NOT EXISTS models (
     model_id TEXT PRIMARY KEY,
@@ -75,6 +93,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated TEXT NOT NULL
 );
 """
+
+# (table, column, declaration) of columns added since a table's first release; opening an
+# older database adds them.
+ADDED_COLUMNS = [("api_keys", "last_used", "TEXT")]
 
 
 def now() -> str:

@@ -265,6 +265,7 @@ def test_empty_gallery_answers_unknown(client: TestClient) -> None:
         "score": None,
         "threshold": None,
         "fpir": 0.01,
+        "fpir_upper": 0.0,  # an empty gallery accepts nothing
         "candidates": [],
     }
 

@@ -71,8 +71,8 @@ def test_full_flow_restart_over_http(tmp_path: Path, bundle_path: Path) -> None:
         ).json()
         assert verify["match"] is True and verify["score"] == pytest.approx(1.0, abs=1e-5)
         metrics = client.get("/metrics").text
-        assert 'opengallery_gallery_samples{gallery="g"} 5' in metrics
-        assert 'opengallery_decisions_total{gallery="g",decision="known"}' in metrics
+        assert "opengallery_gallery_samples 5" in metrics
+        assert 'opengallery_decisions_total{decision="known"}' in metrics
         assert "x-request-id" in client.get("/healthz").headers
     # A clean restart on the same data directory answers identically.
     with (
@@ -141,10 +141,7 @@ def test_kill_9_during_batch_enrolment_loses_nothing_acknowledged(
         gallery = client.get("/v1/galleries/g").json()
         stored_count = sum(len(ids) for ids in stored.values())
         assert gallery["sample_count"] == stored_count
-        assert (
-            f'opengallery_gallery_samples{{gallery="g"}} {stored_count}'
-            in client.get("/metrics").text
-        )
+        assert f"opengallery_gallery_samples {stored_count}" in client.get("/metrics").text
         for subject, sample_ids in stored.items():
             if not sample_ids:
                 continue

@@ -79,9 +79,11 @@ def test_enrolment_into_a_missing_subject_embeds_nothing(
     assert response.status_code == 201 and embed_calls == [1]
 
 
-def test_thresholds_survive_writes_that_change_no_vector(
+def test_identify_never_searches_the_calibration_set(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The calibration follows writes; a request searches its own probes only, and a "max"
+    enrolment updates the calibration without any search (one product with the new vectors)."""
     client.post("/v1/galleries", json={"name": "g"})
     client.put("/v1/galleries/g/subjects/a")
     rng = np.random.default_rng(0)
@@ -89,25 +91,28 @@ def test_thresholds_survive_writes_that_change_no_vector(
         "/v1/galleries/g/subjects/a/samples",
         json={"embeddings": rng.standard_normal((3, DIM)).tolist()},
     )
-    index = client.app.state.opengallery.live.get("g").active.index  # type: ignore[attr-defined]
+    active = client.app.state.opengallery.live.get("g").active  # type: ignore[attr-defined]
     searches: list[int] = []
-    original = index.top1_scores
+    original = active.index.search
 
-    def counting(queries: np.ndarray) -> tuple[np.ndarray, int]:
+    def counting(queries: np.ndarray, top_k: int) -> list:
         searches.append(len(queries))
-        return original(queries)
+        return original(queries, top_k)
 
-    monkeypatch.setattr(index, "top1_scores", counting)
-    probe = {"embeddings": rng.standard_normal((1, DIM)).tolist()}
+    monkeypatch.setattr(active.index, "search", counting)
+    probe = {"embeddings": rng.standard_normal((2, DIM)).tolist()}
     first = client.post("/v1/galleries/g/identify", json=probe).json()["results"][0]
-    assert len(searches) == 1  # the calibration set searched once
+    assert searches == [2]
+    kept = active.calibration.kept
     client.put("/v1/galleries/g/subjects/a", json={"metadata": {"name": "Ann"}})
     client.put("/v1/galleries/g/subjects/b")  # a subject without samples
+    assert active.calibration.kept is kept  # no vector changed: nothing recomputed
     second = client.post("/v1/galleries/g/identify", json=probe).json()["results"][0]
-    assert len(searches) == 1 and second["threshold"] == first["threshold"]
+    assert searches == [2, 2] and second["threshold"] == first["threshold"]
     client.post("/v1/galleries/g/subjects/b/samples", json={"embeddings": probe["embeddings"]})
+    assert searches == [2, 2]  # the enrolment searched nothing
     third = client.post("/v1/galleries/g/identify", json=probe).json()["results"][0]
-    assert len(searches) == 2 and third["subject_id"] == "b"
+    assert searches == [2, 2, 2] and third["subject_id"] == "b"
 
 
 def _raised_codes() -> set[str]:
@@ -130,9 +135,10 @@ def test_every_error_code_has_one_http_status() -> None:
     codes = _raised_codes()
     assert {"not_found", "unsupported_fpir", "invalid_image", "already_on_model"} <= codes
     assert codes - set(STATUS_BY_CODE) == set()
-    # The caller's errors are 4xx; only a dependency out of reach (retry later) is a 503.
+    # The caller's errors are 4xx; a full disk is the server's (507) and a dependency out of
+    # reach (retry later) a 503.
     unavailable = set(UNAVAILABLE_CODES.values())
+    assert STATUS_BY_CODE["insufficient_storage"] == 507
     assert {STATUS_BY_CODE[code] for code in unavailable} == {503}
-    assert all(
-        400 <= status < 500 for code, status in STATUS_BY_CODE.items() if code not in unavailable
-    )
+    client_codes = set(STATUS_BY_CODE) - {"insufficient_storage"} - unavailable
+    assert all(400 <= STATUS_BY_CODE[code] < 500 for code in client_codes)

@@ -66,10 +66,13 @@ def test_subject_search_is_exact_and_never_duplicates(
         members[pk] = vectors
     queries = np.vstack([members[0][:1], unit(rng, 5)])
     assert_matches(index, members, queries, 10)
-    assert index.vectors_version == 30
-    top1, version = index.top1_scores(queries)
-    assert version == 30
-    np.testing.assert_allclose(top1, [row[0].score for row in index.search(queries, 1)], atol=1e-6)
+    stored = index.subject_vectors("subject0")
+    if scoring == "max":  # its samples, by sample id
+        np.testing.assert_allclose(stored, members[0], atol=1e-7)  # type: ignore[arg-type]
+    else:  # its template
+        summed = members[0].sum(axis=0)
+        np.testing.assert_allclose(stored, [summed / np.linalg.norm(summed)], atol=1e-6)  # type: ignore[arg-type]
+    assert index.subject_vectors("nobody") is None
     for pk in (0, 7):
         want = [s for p, s in reference(members, queries[0], scoring, 30) if p == pk]
         got = index.subject_scores(queries[:1], f"subject{pk}")
@@ -112,7 +115,6 @@ def test_remove_subject_and_empty_index(index_backend: IndexBackend) -> None:
     rng = np.random.default_rng(2)
     index = empty(index_backend, "max")
     assert index.search(unit(rng, 2), 3) == [[], []]
-    assert np.isneginf(index.top1_scores(unit(rng, 2))[0]).all()
     index.add_samples(1, "a", np.array([1, 2]), unit(rng, 2))
     index.add_samples(2, "b", np.array([3]), unit(rng, 1))
     index.remove_subject(1, np.array([1, 2]))
@@ -154,15 +156,20 @@ def test_service_and_training_score_and_decide_alike(
         assert decide(row[0].score, threshold) == decide(float(expected_scores[0]), threshold)
 
 
-def test_vectors_version_counts_vector_changes_only(index_backend: IndexBackend) -> None:
+@pytest.mark.parametrize("scoring", ["max", "mean"])
+def test_add_many_is_the_same_as_adding_subject_by_subject(
+    index_backend: IndexBackend, scoring: str
+) -> None:
     rng = np.random.default_rng(3)
-    index = empty(index_backend, "max")
-    index.set_subject(1, "a")  # a subject without samples changes no score
-    assert index.vectors_version == 0
-    index.add_samples(1, "a", np.array([1]), unit(rng, 1))
-    index.add_samples(1, "a", np.array([1]), unit(rng, 1))  # already there: no change
-    assert index.vectors_version == 1
-    index.remove_samples(np.array([99]))  # absent: no change
-    assert index.vectors_version == 1
-    index.remove_samples(np.array([1]))
-    assert index.vectors_version == 2
+    vectors = unit(rng, 30)
+    subjects = rng.integers(0, 6, size=30)
+    index = empty(index_backend, scoring)
+    index.add_samples(0, "subject0", np.array([100]), vectors[:1])  # one already there
+    index.add_many(
+        subjects, [f"subject{pk}" for pk in subjects], np.arange(1, 31, dtype=np.int64), vectors
+    )
+    index.add_many(np.array([0]), ["subject0"], np.array([100]), vectors[:1])  # no change
+    members = {pk: vectors[subjects == pk] for pk in range(6)}
+    members[0] = np.vstack([vectors[:1], members[0]])
+    assert index.sample_count == 31
+    assert_matches(index, members, unit(rng, 4), 6)

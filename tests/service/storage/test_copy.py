@@ -50,7 +50,11 @@ def populate(store: Store) -> None:
     store.create_job("job-failed", "migrate", "Zoo", OLD, NEW)
     store.update_job("job-failed", status="failed", error="no images kept", attempt=True)
     store.add_api_key("hash-admin", "admin", None)
-    store.add_api_key("hash-client", "client", "ci runner")
+    client = store.add_api_key("hash-client", "client", "ci runner")
+    store.touch_api_key(client.key_id, "2026-11-30T12:00:00.000+00:00")
+    store.add_calibration_samples(
+        "people", OLD, [new_sample(rng, b"probe-1"), new_sample(rng, None)]
+    )
     store.register_model(OLD, "/bundles/old")
     store.register_model(NEW, "/bundles/new")
 
@@ -84,6 +88,20 @@ def assert_same(source: Store, target: Store) -> None:
         assert target.count_samples_without_image(
             gallery.name
         ) == source.count_samples_without_image(gallery.name)
+    for gallery in galleries:
+        assert target.count_calibration_samples(gallery.name) == source.count_calibration_samples(
+            gallery.name
+        )
+        assert target.list_calibration_samples(
+            gallery.name, 0, 1000
+        ) == source.list_calibration_samples(gallery.name, 0, 1000)
+        want, got = (
+            source.load_calibration(gallery.name, OLD),
+            target.load_calibration(gallery.name, OLD),
+        )
+        np.testing.assert_array_equal(got.sample_ids, want.sample_ids)
+        assert got.vectors.tobytes() == want.vectors.tobytes()
+    assert target.list_api_keys() == source.list_api_keys()
     for key_hash in ("hash-admin", "hash-client"):
         assert target.find_api_key(key_hash) == source.find_api_key(key_hash) is not None
     for scope in (None, "admin", "client"):
@@ -103,7 +121,8 @@ def test_copy_sqlite_to_postgres_keeps_every_record(
     err = capsys.readouterr().err
     assert SECRET not in err
     assert err.strip().splitlines()[-1] == (
-        "copied 3 galleries, 24 subjects, 23 samples, 24 embeddings, 2 api_keys, 2 models,"
+        "copied 3 galleries, 24 subjects, 23 samples, 24 embeddings, 2 calibration_samples,"
+        " 2 calibration_embeddings, 2 api_keys, 2 models,"
         f" 2 jobs from {sqlite_url} to {postgres_url.replace('postgres@', '')}"
     )
     target = open_store(postgres_url)

@@ -20,6 +20,8 @@ import pytest
 
 from service.storage import (
     AlreadyExistsError,
+    BulkAdded,
+    LastAdminKeyError,
     NewSample,
     NotFoundError,
     Store,
@@ -271,7 +273,7 @@ def test_list_samples_and_delete_sample(store: Store, gallery: str) -> None:
 
 def test_bulk_enrol_creates_subjects_and_skips_known_content(store: Store, gallery: str) -> None:
     store.put_subject(gallery, "a", {"keep": True})
-    store.add_samples(gallery, "a", OLD, [sample([1, 0])])
+    _, first, _ = store.add_samples(gallery, "a", OLD, [sample([1, 0])])
     items = [
         ("a", sample([1, 0])),  # already enrolled for a
         ("a", sample([0, 1])),
@@ -279,14 +281,48 @@ def test_bulk_enrol_creates_subjects_and_skips_known_content(store: Store, galle
         ("new", sample([0.6, 0.8])),  # twice in one call
         ("other", sample([1, 0])),
     ]
-    version = store.bulk_enrol(gallery, OLD, items)
-    assert version == 3 == version_of(store)
+    result = store.bulk_enrol(gallery, OLD, items)
+    assert result.version == 3 == version_of(store)
     assert [s.sample_count for s in store.list_subjects(gallery, 10, None)] == [2, 1, 1]
     assert store.get_subject(gallery, "a").metadata == {"keep": True}  # type: ignore[union-attr]
     assert store.get_subject(gallery, "new").metadata == {}  # type: ignore[union-attr]
+    a, new, other = (store.get_subject(gallery, name) for name in ("a", "new", "other"))
+    assert [item.created for item in result.items] == [False, True, True, False, True]
+    assert [item.subject_pk for item in result.items] == [
+        a.pk,  # type: ignore[union-attr]
+        a.pk,  # type: ignore[union-attr]
+        new.pk,  # type: ignore[union-attr]
+        new.pk,  # type: ignore[union-attr]
+        other.pk,  # type: ignore[union-attr]
+    ]
+    # A repeat names the sample that holds the content.
+    assert result.items[0].sample_id == first[0].sample_id
+    assert result.items[3].sample_id == result.items[2].sample_id
+    listed = {
+        s.sample_id for name in ("a", "new", "other") for s in store.list_samples(gallery, name)
+    }
+    assert {item.sample_id for item in result.items} == listed
+    # Everything again: nothing added, the version stays.
+    again = store.bulk_enrol(gallery, OLD, items)
+    assert again.version == 3 and not any(item.created for item in again.items)
+    assert [item.sample_id for item in again.items] == [item.sample_id for item in result.items]
     with pytest.raises(NotFoundError) as error:
         store.bulk_enrol("nope", OLD, items)
     assert_not_found(error, "gallery", "nope")
+
+
+def test_bulk_enrol_without_creating_subjects_reports_the_missing(
+    store: Store, gallery: str
+) -> None:
+    store.put_subject(gallery, "a", None)
+    result = store.bulk_enrol(
+        gallery, OLD, [("ghost", sample([1, 0])), ("a", sample([0, 1]))], create_subjects=False
+    )
+    assert result.items[0] == BulkAdded(None, None, created=False)
+    assert result.items[1].created and result.version == version_of(store)
+    assert store.get_subject(gallery, "ghost") is None
+    nothing = store.bulk_enrol(gallery, OLD, [("ghost", sample([1, 1]))], create_subjects=False)
+    assert nothing.version == result.version  # nothing added: no bump
 
 
 def test_load_embeddings_is_exact_and_per_model(store: Store, gallery: str) -> None:
@@ -348,7 +384,7 @@ def test_every_mutation_of_a_gallery_bumps_its_version_once(store: Store, galler
     store.get_subject(gallery, "a"), store.list_subjects(gallery, 10, None)
     store.list_samples(gallery, "a"), store.load_embeddings(gallery, OLD)
     unchanged()
-    bumped(store.bulk_enrol(gallery, OLD, [("b", sample([1, 1], b"i3"))]))
+    bumped(store.bulk_enrol(gallery, OLD, [("b", sample([1, 1], b"i3"))]).version)
     sample_id = store.list_samples(gallery, "b")[0].sample_id
     bumped(store.delete_sample(gallery, "b", sample_id)[1])
     missing = store.images_missing_embedding(gallery, NEW, 0, 100)
@@ -467,6 +503,129 @@ def test_switch_gallery_model_is_all_or_nothing(store: Store, gallery: str) -> N
     assert done is not None and (done.status, done.done, done.total) == ("succeeded", 2, 2)
 
 
+# -- a gallery's own calibration set --
+
+
+def test_calibration_samples_are_idempotent_by_content_and_bump_the_version(
+    store: Store, gallery: str
+) -> None:
+    before = version_of(store)
+    vectors = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    added, size = store.add_calibration_samples(
+        gallery, OLD, [sample(list(vectors[0]), image=b"png-0"), sample(list(vectors[1]))]
+    )
+    assert [a.created for a in added] == [True, True] and size == 2
+    assert version_of(store) == before + 1
+    again, size = store.add_calibration_samples(
+        gallery, OLD, [sample(list(vectors[1])), sample(list(vectors[2]))]
+    )
+    assert [a.created for a in again] == [False, True] and size == 3
+    assert again[0].sample_id == added[1].sample_id  # the stored probe, not a new one
+    assert version_of(store) == before + 2
+    _, size = store.add_calibration_samples(gallery, OLD, [sample([9.0], image=b"png-0")])
+    assert size == 3 and version_of(store) == before + 2  # nothing new: no bump
+    assert store.count_calibration_samples(gallery) == (3, 2)  # two without an image
+    listed = store.list_calibration_samples(gallery, 0, 10)
+    assert [r.sample_id for r in listed] == [
+        added[0].sample_id,
+        added[1].sample_id,
+        again[1].sample_id,
+    ]
+    assert [(r.source, r.has_image) for r in listed] == [
+        ("image", True),
+        ("embedding", False),
+        ("embedding", False),
+    ]
+    assert listed[1].content_sha256 == sample(list(vectors[1])).content_sha256 and listed[0].created
+    assert store.list_calibration_samples(gallery, listed[0].sample_id, 1) == listed[1:2]
+    loaded = store.load_calibration(gallery, OLD)
+    assert loaded.sample_ids.dtype == np.int64 and list(loaded.sample_ids) == sorted(
+        loaded.sample_ids
+    )
+    np.testing.assert_array_equal(loaded.vectors, vectors)  # bit-exact, by id
+    assert store.load_calibration(gallery, NEW).vectors.shape[0] == 0
+    # Samples of the gallery and its calibration probes are separate: same content, no clash.
+    store.put_subject(gallery, "a", None)
+    _, enrolled, _ = store.add_samples(gallery, "a", OLD, [sample(list(vectors[0]))])
+    assert enrolled[0].created
+    assert store.get_gallery(gallery).sample_count == 1  # type: ignore[union-attr]
+
+
+def test_clear_calibration_and_unknown_galleries(store: Store, gallery: str) -> None:
+    store.create_gallery("other", OLD, 0.01, "max", True)
+    for name in (gallery, "other"):
+        store.add_calibration_samples(name, OLD, [sample([1, 0]), sample([0, 1])])
+    before = version_of(store)
+    assert store.clear_calibration(gallery) == 2 and version_of(store) == before + 1
+    assert store.clear_calibration(gallery) == 0 and version_of(store) == before + 1
+    assert store.count_calibration_samples(gallery) == (0, 0)
+    assert store.load_calibration(gallery, OLD).sample_ids.size == 0
+    assert store.count_calibration_samples("other") == (2, 2)  # another gallery's set stays
+    for call in (
+        lambda: store.add_calibration_samples("nope", OLD, [sample([1, 0])]),
+        lambda: store.count_calibration_samples("nope"),
+        lambda: store.load_calibration("nope", OLD),
+        lambda: store.list_calibration_samples("nope", 0, 10),
+        lambda: store.clear_calibration("nope"),
+        lambda: store.calibration_images_missing_embedding("nope", NEW, 0, 10),
+    ):
+        with pytest.raises(NotFoundError) as error:
+            call()
+        assert_not_found(error, "gallery", "nope")
+    assert store.delete_gallery("other")  # its set goes with it
+    store.create_gallery("other", OLD, 0.01, "max", True)
+    assert store.count_calibration_samples("other") == (0, 0)
+
+
+def test_a_failed_calibration_upload_changes_nothing(store: Store, gallery: str) -> None:
+    store.add_calibration_samples(gallery, OLD, [sample([1, 0])])
+    before = version_of(store)
+    bad = NewSample("hash", "embedding", np.array([1.0, 0.0], np.float32), image=object())  # type: ignore[arg-type]
+    with pytest.raises(Exception):  # noqa: B017 - whatever the backend raises for a bad image
+        store.add_calibration_samples(gallery, OLD, [sample([0, 1]), bad])
+    assert store.count_calibration_samples(gallery) == (1, 1)
+    assert version_of(store) == before
+
+
+def test_calibration_migrates_with_the_gallery(store: Store, gallery: str) -> None:
+    added, _ = store.add_calibration_samples(
+        gallery, OLD, [sample([1, 0], image=b"a"), sample([0, 1], image=b"b")]
+    )
+    first, second = (a.sample_id for a in added)
+    assert [
+        i.sample_id for i in store.calibration_images_missing_embedding(gallery, NEW, 0, 10)
+    ] == [
+        first,
+        second,
+    ]
+    chunk = store.calibration_images_missing_embedding(gallery, NEW, first, 10)
+    assert [(i.sample_id, i.image) for i in chunk] == [(second, b"b")]
+    store.put_calibration_embeddings(NEW, [first], np.array([[0.6, 0.8]], np.float32))
+    assert [
+        i.sample_id for i in store.calibration_images_missing_embedding(gallery, NEW, 0, 10)
+    ] == [second]
+    job = store.create_job("job-c", "migrate", gallery, OLD, NEW)
+    with pytest.raises(StoreConflict, match="calibration"):  # one probe lacks a NEW embedding
+        store.switch_gallery_model(gallery, OLD, NEW, job.job_id)
+    assert store.get_gallery(gallery).model_id == OLD  # type: ignore[union-attr]
+    assert store.load_calibration(gallery, OLD).sample_ids.size == 2
+    store.put_calibration_embeddings(NEW, [second], np.array([[0.8, 0.6]], np.float32))
+    store.switch_gallery_model(gallery, OLD, NEW, job.job_id)
+    assert store.load_calibration(gallery, OLD).sample_ids.size == 0  # the old ones dropped
+    np.testing.assert_array_equal(
+        store.load_calibration(gallery, NEW).vectors,
+        np.array([[0.6, 0.8], [0.8, 0.6]], np.float32),
+    )
+    # A fresh job drops shadow rows of its target, of probes as of samples.
+    store.put_calibration_embeddings(OLD, [first], np.array([[1, 0]], np.float32))
+    store.drop_embeddings(gallery, OLD)
+    assert store.load_calibration(gallery, OLD).sample_ids.size == 0
+    assert store.load_calibration(gallery, NEW).sample_ids.size == 2
+    store.clear_calibration(gallery)
+    store.put_calibration_embeddings(NEW, [first], np.array([[1, 0]], np.float32))  # gone: skipped
+    assert store.load_calibration(gallery, NEW).sample_ids.size == 0
+
+
 # -- API keys --
 
 
@@ -485,6 +644,26 @@ def test_api_keys(store: Store) -> None:
     assert store.count_api_keys() == 3
     assert (store.count_api_keys("admin"), store.count_api_keys("client")) == (1, 2)
     assert store.count_api_keys("none") == 0
+
+
+def test_api_keys_are_listed_touched_and_revoked(store: Store) -> None:
+    admin = store.add_api_key("h1", "admin", "first")
+    client = store.add_api_key("h2", "client", None)
+    assert store.list_api_keys() == [admin, client] and admin.last_used is None
+    store.touch_api_key(client.key_id, "2026-01-02T03:04:05+00:00")
+    touched = store.find_api_key("h2")
+    assert touched is not None and touched.last_used == "2026-01-02T03:04:05+00:00"
+    store.touch_api_key(999, "2026-01-02T03:04:05+00:00")  # a missing key: nothing happens
+    assert store.revoke_api_key(client.key_id) == touched
+    assert store.find_api_key("h2") is None and store.list_api_keys() == [admin]
+    with pytest.raises(NotFoundError):
+        store.revoke_api_key(client.key_id)
+    with pytest.raises(LastAdminKeyError):
+        store.revoke_api_key(admin.key_id)
+    assert store.list_api_keys() == [admin]
+    second = store.add_api_key("h3", "admin", None)
+    store.revoke_api_key(admin.key_id)  # another admin key remains
+    assert store.list_api_keys() == [second]
 
 
 # -- registered models --
@@ -679,7 +858,8 @@ while True:
     subject_id = f"s{i:06d}"
     store.put_subject("g", subject_id, {"i": i})
     store.add_samples("g", subject_id, "m@1", [NewSample(digest, "embedding", vector)])
-    print(i, flush=True)  # acknowledged: both calls returned
+    store.add_calibration_samples("g", "m@1", [NewSample(digest, "embedding", 2 * vector)])
+    print(i, flush=True)  # acknowledged: the three calls returned
     i += 1
 """
 
@@ -726,9 +906,12 @@ def test_every_acknowledged_write_survives_sigkill(store_url: str) -> None:
             assert store.get_subject("g", f"s{i:06d}").metadata == {"i": i}  # type: ignore[union-attr]
         # At most the write in flight got further than its acknowledgement.
         assert len(found) - len(acknowledged) in {0, 1}
+        probes = {tuple(v) for v in store.load_calibration("g", OLD).vectors}
+        assert {(2 * i, 2 * i + 1, 2.0) for i in acknowledged} <= probes
+        assert len(probes) - len(acknowledged) in {0, 1}
         record = store.get_gallery("g")
         assert record is not None and record.sample_count == loaded.sample_ids.size
-        assert record.version >= 2 * len(acknowledged)
+        assert record.version >= 3 * len(acknowledged)
         store.put_subject("g", "after", None)  # and the store takes writes again
         assert version_of(store) == record.version + 1
     finally:
