@@ -62,17 +62,19 @@ def http_stack() -> tuple[str, str]:
 
 
 def _startup_problem(settings: Settings) -> str | None:
-    """Why the database or the index server cannot be used (unreachable, a schema of another
-    version, a URL this build cannot serve), in one line without credentials; None when both
-    open. Checked before anything else starts, so that `serve` stops with that line instead of
+    """Why the database server or the index server cannot be used (unreachable, a schema of
+    another version, a URL this build cannot serve), in one line without credentials; None when
+    both open. Checked before anything else starts, so that `serve` stops with that line instead of
     a failed application start-up."""
     from service.index import IndexConfigError, IndexUnavailable, open_index
     from service.storage import StoreError, open_store
 
-    try:
-        open_store(settings.effective_database_url).close()
-    except StoreError as error:
-        return str(error)
+    url = settings.effective_database_url
+    if not url.lower().startswith("sqlite:"):  # a SQLite file is checked by open_state
+        try:
+            open_store(url).close()
+        except StoreError as error:
+            return str(error)
     try:
         backend = open_index(settings.index_url, search_threads=settings.search_threads)
     except (IndexConfigError, IndexUnavailable) as error:
