@@ -51,7 +51,9 @@ class ServiceState:
 def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceState:
     """Open the store, load the models, make sure an admin key exists, build the indexes."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    backend = open_index(settings.index_url, search_threads=settings.search_threads)
+    backend = open_index(
+        settings.index_url, search_threads=settings.search_threads, data_dir=settings.data_dir
+    )
     store = open_store(settings.effective_database_url)
     metrics = metrics or Metrics()
     models = LoadedModels(

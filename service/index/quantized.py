@@ -1,0 +1,623 @@
+"""Exact search over 8-bit templates: `faiss://?storage=sq8`.
+
+The index holds every searched vector (a sample under "max", a subject's template under "mean")
+as 8-bit codes in process memory (FAISS `QT_8bit`: per dimension, 256 levels between the
+trained minimum and maximum), about a quarter of float32. The float32 vectors live in a file
+under the data directory, read with `pread` for the few candidates of each query, so they
+cost page cache, not process memory.
+
+Why the answers equal exact float32 search. Let `x^` be the decoded code of `x` and
+`err = max ||x - x^||` over the encoded vectors (measured when encoding). For a probe `q`,
+`|q.x - q.x^| <= ||q|| err` (Cauchy-Schwarz); FAISS's float32 approximate score and the exact
+float32 score each add at most `D u ||q|| (1 + err)` of rounding (u = 2^-24), so every
+approximate score is within `bound = ||q|| (err + 4 D u)` of the exact one. A subject's
+approximate score is its best sample's, and the k-th best subject's approximate score `a_k`
+gives `k` subjects whose exact scores are at least `a_k - bound`. A sample with approximate
+score below `a_k - 2 bound` scores exactly below `a_k - bound`, so it can neither be in the top
+k nor be the best sample of a subject that is. Re-ranking every sample at or above
+`a_k - 2 bound` exactly therefore gives the exact top-k subjects and their exact scores
+(per-subject max over the candidates; "mean" templates are one row per subject).
+
+With `ivf=<lists>` the codes sit in an inverted file (`IndexIVFScalarQuantizer`) and a search
+visits `nprobe` lists: approximate search, re-ranked exactly within what was visited.
+Calibration (`top1_scores`) goes through the same search as identify.
+
+Removed vectors are marked dead and dropped when the index is rebuilt: when a quarter of the
+rows are dead, or when the gallery has doubled since the quantiser was trained (so that its
+ranges, and the error bound, follow the data).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from models.scoring import check_scoring, l2_normalise
+from service.index.base import Candidate, IndexContents
+from service.index.faiss import _apply_search_threads
+from service.index.locks import RWLock
+
+_UNIT_ROUNDOFF = 2.0**-24
+_TRAIN_ROWS = 65_536
+_CHUNK_ROWS = 65_536
+_MIN_REBUILD_ROWS = 256
+
+
+class RowFile:
+    """float32 rows appended to an unlinked temporary file; read back by row number."""
+
+    def __init__(self, dim: int, directory: Path | None = None) -> None:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self._row_bytes = 4 * dim
+        # Open for the index's lifetime; unlinked at creation, so it never outlives the process.
+        self._file = tempfile.TemporaryFile(dir=directory, prefix="opengallery-vectors-")  # noqa: SIM115
+        self._fd = self._file.fileno()
+        self.rows = 0
+
+    def append(self, vectors: np.ndarray) -> int:
+        """Write rows at the end; returns the first new row's number."""
+        data = memoryview(np.ascontiguousarray(vectors, dtype=np.float32)).cast("B")
+        first = self.rows
+        offset, written = first * self._row_bytes, 0
+        while written < len(data):
+            written += os.pwrite(self._fd, data[written:], offset + written)
+        self.rows += len(vectors)
+        return first
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of `rows` (any order), float32 [len(rows), dim]."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for i, row in enumerate(rows.tolist()):
+            self._read_into(out[i], row)
+        return out
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, self.dim), dtype=np.float32)
+        self._read_into(out, start)
+        return out
+
+    def _read_into(self, out: np.ndarray, row: int) -> None:
+        view = memoryview(out).cast("B")
+        offset, done = row * self._row_bytes, 0
+        while done < len(view):
+            count = os.preadv(self._fd, [view[done:]], offset + done)
+            if count <= 0:
+                raise OSError(f"short read of the vector file at row {row}")
+            done += count
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Column:
+    """A growable 1-D numpy array (amortised appends)."""
+
+    def __init__(self, dtype: type | np.dtype) -> None:
+        self._data = np.zeros(16, dtype=dtype)
+        self._size = 0
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self._size]
+
+    def append(self, values: np.ndarray | list) -> None:
+        values = np.asarray(values, dtype=self._data.dtype)
+        need = self._size + len(values)
+        if need > len(self._data):
+            grown = np.zeros(max(need, 2 * len(self._data)), dtype=self._data.dtype)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size : need] = values
+        self._size = need
+
+    def replace(self, values: np.ndarray) -> None:
+        self._data = np.array(values, dtype=self._data.dtype)
+        self._size = len(values)
+
+    def __len__(self) -> int:
+        return self._size
+
+
+class SubjectNames:
+    """pk <-> subject id for millions of subjects without a Python object per subject.
+
+    The bulk sits in arrays (sorted pks, UTF-8 names in one blob with offsets, name hashes
+    sorted for lookup by name); changes since go to small dictionaries on top and are folded
+    into the arrays when they grow past an eighth of them.
+    """
+
+    def __init__(self, subjects: dict[int, str]) -> None:
+        self._fold(subjects)
+
+    def _fold(self, subjects: dict[int, str]) -> None:
+        pks = np.fromiter(subjects.keys(), dtype=np.int64, count=len(subjects))
+        order = np.argsort(pks, kind="stable")
+        self._pks = pks[order]
+        names = list(subjects.values())
+        encoded = [names[i].encode() for i in order.tolist()]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=self._offsets[1:])
+        self._blob = b"".join(encoded)
+        hashes = np.fromiter(
+            (hash(names[i]) for i in order.tolist()), dtype=np.int64, count=len(names)
+        )
+        self._by_hash = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[self._by_hash]
+        self._added: dict[int, str] = {}
+        self._added_pks: dict[str, int] = {}
+        self._hidden: set[int] = set()  # base pks removed or renamed since the fold
+
+    def __len__(self) -> int:
+        return len(self._pks) - len(self._hidden) + len(self._added)
+
+    def _base_position(self, pk: int) -> int | None:
+        position = int(np.searchsorted(self._pks, pk))
+        if position < len(self._pks) and self._pks[position] == pk:
+            return position
+        return None
+
+    def _base_name(self, position: int) -> str:
+        start, stop = self._offsets[position], self._offsets[position + 1]
+        return self._blob[start:stop].decode()
+
+    def name(self, pk: int) -> str | None:
+        if pk in self._added:
+            return self._added[pk]
+        if pk in self._hidden:
+            return None
+        position = self._base_position(pk)
+        return None if position is None else self._base_name(position)
+
+    def pk(self, name: str) -> int | None:
+        if name in self._added_pks:
+            return self._added_pks[name]
+        key = hash(name)
+        lo = int(np.searchsorted(self._hashes, key, "left"))
+        hi = int(np.searchsorted(self._hashes, key, "right"))
+        for position in self._by_hash[lo:hi].tolist():
+            pk = int(self._pks[position])
+            if pk not in self._hidden and self._base_name(position) == name:
+                return pk
+        return None
+
+    def set(self, pk: int, name: str) -> None:
+        current = self.name(pk)
+        if current == name:
+            return
+        self._forget(pk)
+        self._added[pk] = name
+        self._added_pks[name] = pk
+        self._maybe_fold()
+
+    def remove(self, pk: int) -> None:
+        self._forget(pk)
+        self._maybe_fold()
+
+    def _forget(self, pk: int) -> None:
+        if pk in self._added:
+            del self._added_pks[self._added.pop(pk)]
+        if self._base_position(pk) is not None:
+            self._hidden.add(pk)
+
+    def _maybe_fold(self) -> None:
+        if len(self._added) + len(self._hidden) > max(1024, len(self._pks) // 8):
+            self._fold(dict(self.items()))
+
+    def items(self) -> Iterator[tuple[int, str]]:
+        for position, pk in enumerate(self._pks.tolist()):
+            if pk not in self._hidden:
+                yield pk, self._base_name(position)
+        yield from self._added.items()
+
+
+def _uniform_training_set(dim: int) -> np.ndarray:
+    """Two vectors that train the quantiser to [-1, 1] in every dimension: the range of any
+    unit vector's components, for a gallery with nothing to learn from yet."""
+    return np.stack([-np.ones(dim), np.ones(dim)]).astype(np.float32)
+
+
+class QuantizedSubjectIndex:
+    """One gallery's index for one model: 8-bit codes in memory, exact re-ranking from the
+    float32 vectors on disk (implements SubjectSearch)."""
+
+    def __init__(
+        self,
+        dim: int,
+        scoring: str,
+        *,
+        directory: Path | None = None,
+        ivf_lists: int = 0,
+        nprobe: int = 16,
+    ) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = dim
+        self.scoring = check_scoring(scoring)
+        self.ivf_lists = ivf_lists
+        self.nprobe = nprobe
+        self._directory = directory
+        self._lock = RWLock()
+        self._version = 0
+        self._names = SubjectNames({})
+        # Searched rows: samples ("max") or subject templates ("mean"). Row r of the file is
+        # row r of the columns and label r in the FAISS index.
+        self._rows = RowFile(dim, directory)
+        self._row_subject = Column(np.int64)
+        self._row_sample = Column(np.int64)
+        self._row_alive = Column(np.bool_)
+        self._live_rows = 0
+        # "mean" only: the samples behind the templates.
+        self._samples = RowFile(dim, directory) if scoring == "mean" else None
+        self._sample_id = Column(np.int64)
+        self._sample_subject = Column(np.int64)
+        self._sample_alive = Column(np.bool_)
+        self._live_samples = 0
+        self._max_sample_id = -1
+        self._codes: faiss.Index = self._new_codes(_uniform_training_set(dim))
+        self._error = 0.0  # max ||x - decode(encode(x))|| over the rows encoded
+        self._trained_rows = 0
+
+    # -- the codes --
+    def _new_codes(self, training: np.ndarray) -> faiss.Index:
+        qtype = faiss.ScalarQuantizer.QT_8bit
+        if self.ivf_lists:
+            lists = max(1, min(self.ivf_lists, len(training) // 8))
+            if len(training) < 2 * lists or len(training) < 64:
+                lists = 1
+            coarse = faiss.IndexFlatIP(self.dim)
+            codes = faiss.IndexIVFScalarQuantizer(
+                coarse, self.dim, lists, qtype, faiss.METRIC_INNER_PRODUCT, False
+            )
+            codes.cp.niter = 10
+            codes.nprobe = min(self.nprobe, lists)
+            self._coarse = coarse  # the IVF index does not own it
+        else:
+            codes = faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT)
+        _apply_search_threads()
+        codes.train(np.ascontiguousarray(training, dtype=np.float32))
+        return codes
+
+    def _encode(self, vectors: np.ndarray, first_row: int) -> None:
+        """Add rows `first_row...` to the codes and widen the error bound to cover them."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        sq = self._codes.sq
+        decoded = sq.decode(sq.compute_codes(vectors))
+        residual = np.linalg.norm(vectors.astype(np.float64) - decoded, axis=1)
+        if len(residual):
+            self._error = max(self._error, float(residual.max()))
+        labels = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
+        if self.ivf_lists:
+            self._codes.add_with_ids(vectors, labels)
+        else:
+            assert self._codes.ntotal == first_row
+            self._codes.add(vectors)
+
+    def error_bound(self, queries: np.ndarray) -> np.ndarray:
+        """Per query, the most its approximate score can differ from the exact one."""
+        norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
+        return norms * (self._error + 4 * self.dim * _UNIT_ROUNDOFF)
+
+    def _rebuild(self) -> None:
+        """Re-train the quantiser on the live rows and re-encode them (dead rows dropped)."""
+        alive = self._row_alive.values
+        live = np.flatnonzero(alive)
+        rng = np.random.default_rng(len(live))
+        sample = np.sort(rng.choice(live, size=min(len(live), _TRAIN_ROWS), replace=False))
+        training = self._rows.read(sample) if len(sample) else _uniform_training_set(self.dim)
+        if len(training) < _MIN_REBUILD_ROWS:
+            training = np.vstack([training, _uniform_training_set(self.dim)])
+        codes = self._new_codes(training)
+        rows = RowFile(self.dim, self._directory)
+        old_rows, self._rows, self._codes, self._error = self._rows, rows, codes, 0.0
+        for start in range(0, len(alive), _CHUNK_ROWS):
+            stop = min(start + _CHUNK_ROWS, len(alive))
+            keep = alive[start:stop]
+            if keep.any():
+                vectors = old_rows.read_range(start, stop)[keep]
+                self._encode(vectors, rows.append(vectors))
+        old_rows.close()
+        self._row_subject.replace(self._row_subject.values[live])
+        self._row_sample.replace(self._row_sample.values[live])
+        self._row_alive.replace(np.ones(len(live), dtype=bool))
+        self._trained_rows = len(live)
+
+    def _maybe_rebuild(self) -> None:
+        rows = len(self._row_alive)
+        dead = rows - self._live_rows
+        grown = self._live_rows >= max(_MIN_REBUILD_ROWS, 2 * self._trained_rows)
+        if grown or dead > max(_MIN_REBUILD_ROWS, rows // 4):
+            self._rebuild()
+
+    def _add_rows(self, subjects: np.ndarray, samples: np.ndarray, vectors: np.ndarray) -> None:
+        self._encode(vectors, self._rows.append(vectors))
+        self._row_subject.append(subjects)
+        self._row_sample.append(samples)
+        self._row_alive.append(np.ones(len(vectors), dtype=bool))
+        self._live_rows += len(vectors)
+
+    def _kill_rows(self, rows: np.ndarray) -> None:
+        alive = self._row_alive.values
+        rows = rows[alive[rows]]
+        alive[rows] = False
+        self._live_rows -= len(rows)
+
+    # -- reading --
+    @property
+    def vectors_version(self) -> int:
+        return self._version
+
+    @property
+    def sample_count(self) -> int:
+        return self._live_samples if self.scoring == "mean" else self._live_rows
+
+    @property
+    def subject_count(self) -> int:
+        return len(self._names)
+
+    def search(self, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        with self._lock.read():
+            rows = self._search_pks(queries, top_k)
+            return [[Candidate(self._name(pk), score) for pk, score in row] for row in rows]
+
+    def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
+        with self._lock.read():
+            result = np.full(len(queries), -np.inf, dtype=np.float64)
+            for i, row in enumerate(self._search_pks(queries, 1)):
+                if row:
+                    result[i] = row[0][1]
+            return result, self._version
+
+    def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
+        with self._lock.read():
+            pk = self._names.pk(subject_id)
+            if pk is None:
+                return None
+            rows = np.flatnonzero(self._row_alive.values & (self._row_subject.values == pk))
+            if not len(rows):
+                return None
+            queries = np.ascontiguousarray(queries, dtype=np.float32)
+            return (queries @ self._rows.read(rows).T).max(axis=1).astype(np.float64)
+
+    def _name(self, pk: int) -> str:
+        name = self._names.name(pk)
+        assert name is not None, f"subject pk {pk} has rows but no name"
+        return name
+
+    def _search_pks(self, queries: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        results: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
+        total = int(self._codes.ntotal)
+        if self._live_rows == 0 or top_k <= 0 or not len(queries):
+            return results
+        bounds = self.error_bound(queries)
+        pending = np.arange(len(queries))
+        k = min(total, max(4 * top_k, top_k + 32))
+        _apply_search_threads()
+        while len(pending):
+            scores, labels = self._codes.search(queries[pending], k)
+            retry = []
+            for i, score_row, label_row in zip(pending.tolist(), scores, labels, strict=True):
+                answer = self._rerank(queries[i], score_row, label_row, top_k, bounds[i], k, total)
+                if answer is None:
+                    retry.append(i)
+                else:
+                    results[i] = answer
+            pending = np.array(retry, dtype=np.int64)
+            k = min(total, 4 * k)
+        return results
+
+    def _rerank(
+        self,
+        query: np.ndarray,
+        approximate: np.ndarray,
+        labels: np.ndarray,
+        top_k: int,
+        bound: float,
+        k: int,
+        total: int,
+    ) -> list[tuple[int, float]] | None:
+        """The exact top-k from one query's approximate candidates (best first), or None when
+        rows below those returned may still qualify (the caller searches wider)."""
+        returned = labels >= 0
+        full = bool(returned.all()) and k < total
+        approximate, labels = approximate[returned], labels[returned]
+        last = float(approximate[-1]) if len(approximate) else np.inf
+        alive = self._row_alive.values[labels]
+        approximate, labels = approximate[alive], labels[alive]
+        subjects = self._row_subject.values[labels]
+        _, first_rows = np.unique(subjects, return_index=True)
+        if len(first_rows) >= top_k:
+            kth = float(approximate[np.sort(first_rows)[top_k - 1]])
+            floor = kth - 2.0 * bound
+        else:
+            floor = -np.inf
+        if full and last >= floor:
+            return None
+        candidates = approximate >= floor
+        labels, subjects = labels[candidates], subjects[candidates]
+        exact = self._rows.read(labels) @ query
+        order = np.lexsort((-exact, subjects))  # by subject, best first within each
+        subjects, exact = subjects[order], exact[order]
+        firsts = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
+        best = [(float(exact[i]), int(subjects[i])) for i in firsts.tolist()]
+        # Exact ties keep subject-id order, as models.scoring.SubjectScorer does.
+        best.sort(key=lambda item: (-item[0], self._name(item[1])))
+        return [(pk, score) for score, pk in best[:top_k]]
+
+    # -- mutating (the caller has committed the change to the store first) --
+    def set_subject(self, pk: int, subject_id: str) -> None:
+        with self._lock.write():
+            self._names.set(pk, subject_id)
+
+    def add_samples(
+        self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
+    ) -> None:
+        with self._lock.write():
+            self._names.set(pk, subject_id)
+            if self._add_samples(pk, sample_ids, vectors):
+                self._version += 1
+                self._maybe_rebuild()
+
+    def _fresh(self, sample_ids: np.ndarray) -> np.ndarray:
+        """A mask of the ids not indexed yet (ids above every indexed one need no lookup)."""
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        fresh = ids > self._max_sample_id
+        if not fresh.all():
+            known = self._sample_ids_alive()
+            fresh |= ~np.isin(ids, known)
+        _, first = np.unique(ids, return_index=True)  # an id twice in one call: once
+        once = np.zeros(len(ids), dtype=bool)
+        once[first] = True
+        return fresh & once
+
+    def _sample_ids_alive(self) -> np.ndarray:
+        if self.scoring == "mean":
+            return self._sample_id.values[self._sample_alive.values]
+        return self._row_sample.values[self._row_alive.values]
+
+    def _add_samples(self, pk: int, sample_ids: np.ndarray, vectors: np.ndarray) -> bool:
+        sample_ids = np.asarray(sample_ids, dtype=np.int64)
+        fresh = self._fresh(sample_ids)
+        if not fresh.any():
+            return False
+        sample_ids = sample_ids[fresh]
+        vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32)[fresh])
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape [N, {self.dim}]")
+        self._max_sample_id = max(self._max_sample_id, int(sample_ids.max()))
+        subjects = np.full(len(sample_ids), pk, dtype=np.int64)
+        if self.scoring == "max":
+            self._add_rows(subjects, sample_ids, vectors)
+            return True
+        assert self._samples is not None
+        self._samples.append(vectors)
+        self._sample_id.append(sample_ids)
+        self._sample_subject.append(subjects)
+        self._sample_alive.append(np.ones(len(sample_ids), dtype=bool))
+        self._live_samples += len(sample_ids)
+        self._refresh_templates(np.array([pk]))
+        return True
+
+    def _refresh_templates(self, pks: np.ndarray) -> None:
+        """Replace the template rows of `pks` by their samples' normalised sum."""
+        rows = np.flatnonzero(self._row_alive.values & np.isin(self._row_subject.values, pks))
+        self._kill_rows(rows)
+        assert self._samples is not None
+        live = self._sample_alive.values
+        for pk in pks.tolist():
+            members = np.flatnonzero(live & (self._sample_subject.values == pk))
+            if len(members):
+                summed = self._samples.read(members).astype(np.float64).sum(axis=0)
+                template = l2_normalise(summed[None, :], "template", allow_zero=True)
+                self._add_rows(np.array([pk]), np.array([-1]), template)
+
+    def remove_samples(self, sample_ids: np.ndarray) -> None:
+        with self._lock.write():
+            if self._remove_samples(sample_ids):
+                self._version += 1
+                self._maybe_rebuild()
+
+    def _remove_samples(self, sample_ids: np.ndarray) -> bool:
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        if not len(ids):
+            return False
+        if self.scoring == "max":
+            hit = np.flatnonzero(self._row_alive.values & np.isin(self._row_sample.values, ids))
+            self._kill_rows(hit)
+            return bool(len(hit))
+        alive = self._sample_alive.values
+        hit = np.flatnonzero(alive & np.isin(self._sample_id.values, ids))
+        if not len(hit):
+            return False
+        alive[hit] = False
+        self._live_samples -= len(hit)
+        self._refresh_templates(np.unique(self._sample_subject.values[hit]))
+        return True
+
+    def remove_subject(self, pk: int, sample_ids: np.ndarray) -> None:
+        with self._lock.write():
+            if self._remove_samples(sample_ids):
+                self._version += 1
+            rows = np.flatnonzero(self._row_alive.values & (self._row_subject.values == pk))
+            self._kill_rows(rows)  # "mean": a template whose samples the caller did not list
+            self._names.remove(pk)
+            self._maybe_rebuild()
+
+    # -- building --
+    @classmethod
+    def from_contents(
+        cls, dim: int, scoring: str, contents: IndexContents, **options: object
+    ) -> QuantizedSubjectIndex:
+        index = cls(dim, scoring, **options)  # type: ignore[arg-type]
+        index._names = SubjectNames(contents.subjects)
+        sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
+        subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
+        vectors = contents.vectors
+        if not len(sample_ids):
+            return index
+        index._max_sample_id = int(sample_ids.max())
+        if scoring == "max":
+            for start in range(0, len(sample_ids), _CHUNK_ROWS):
+                stop = start + _CHUNK_ROWS
+                index._rows.append(vectors[start:stop])
+            index._row_subject.replace(subject_pks)
+            index._row_sample.replace(sample_ids)
+            index._row_alive.replace(np.ones(len(sample_ids), dtype=bool))
+            index._live_rows = len(sample_ids)
+        else:
+            assert index._samples is not None
+            index._samples.append(vectors)
+            index._sample_id.replace(sample_ids)
+            index._sample_subject.replace(subject_pks)
+            index._sample_alive.replace(np.ones(len(sample_ids), dtype=bool))
+            index._live_samples = len(sample_ids)
+            order = np.argsort(subject_pks, kind="stable")
+            starts = np.flatnonzero(np.r_[True, np.diff(subject_pks[order]) != 0])
+            bounds = np.r_[starts, len(order)]
+            for first in range(0, len(starts), _CHUNK_ROWS):
+                last = min(first + _CHUNK_ROWS, len(starts))
+                low, high = bounds[first], bounds[last]
+                members = order[low:high]
+                sums = np.add.reduceat(
+                    vectors[members].astype(np.float64), bounds[first:last] - low, axis=0
+                )
+                templates = l2_normalise(sums, "templates", allow_zero=True)
+                pks = subject_pks[order[bounds[first:last]]]
+                index._rows.append(templates)
+                index._row_subject.append(pks)
+                index._row_sample.append(np.full(len(pks), -1, dtype=np.int64))
+                index._row_alive.append(np.ones(len(pks), dtype=bool))
+                index._live_rows += len(pks)
+        index._rebuild()
+        return index
+
+
+class QuantizedBackend:
+    """`faiss://?storage=sq8[&ivf=<lists>&nprobe=<n>]`: 8-bit codes in memory, float32 on
+    disk, exact re-ranking."""
+
+    name = "faiss"
+
+    def __init__(
+        self, directory: Path | None = None, *, ivf_lists: int = 0, nprobe: int = 16
+    ) -> None:
+        self.directory = directory
+        self.ivf_lists = ivf_lists
+        self.nprobe = nprobe
+
+    def build(self, dim: int, scoring: str, contents: IndexContents) -> QuantizedSubjectIndex:
+        return QuantizedSubjectIndex.from_contents(
+            dim,
+            scoring,
+            contents,
+            directory=self.directory,
+            ivf_lists=self.ivf_lists,
+            nprobe=self.nprobe,
+        )

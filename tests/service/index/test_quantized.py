@@ -1,0 +1,238 @@
+"""8-bit codes with exact re-ranking (`faiss://?storage=sq8`) against models.scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.scoring import SubjectScorer, decide
+from service.index import IndexConfigError, IndexContents, open_index
+from service.index.faiss import FaissBackend
+from service.index.quantized import (
+    QuantizedBackend,
+    QuantizedSubjectIndex,
+    RowFile,
+    SubjectNames,
+)
+
+DIM = 48
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered_gallery(
+    rng: np.random.Generator, clusters: int, per_cluster: int, spread: float = 0.03
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, subject numbers, cluster centres): subjects of a cluster are near-identical,
+    so a probe near a centre has many subjects within the quantisation error of each other."""
+    centres = unit(rng.standard_normal((clusters, DIM)))
+    vectors, subjects = [], []
+    for c in range(clusters):
+        for s in range(per_cluster):
+            count = 1 + (c + s) % 4
+            base = centres[c] + spread * rng.standard_normal(DIM)
+            vectors.append(unit(base + 0.3 * spread * rng.standard_normal((count, DIM))))
+            subjects += [c * per_cluster + s] * count
+    return np.vstack(vectors), np.array(subjects, dtype=np.int64), centres
+
+
+def name(pk: int) -> str:
+    return f"subject-{pk:05d}"
+
+
+def build(
+    scoring: str, vectors: np.ndarray, subjects: np.ndarray, **options: object
+) -> QuantizedSubjectIndex:
+    contents = IndexContents(
+        np.arange(1, len(vectors) + 1, dtype=np.int64),
+        subjects,
+        vectors,
+        {int(pk): name(int(pk)) for pk in np.unique(subjects)},
+    )
+    return QuantizedSubjectIndex.from_contents(DIM, scoring, contents, **options)  # type: ignore[arg-type]
+
+
+def assert_same_as_scorer(
+    index: QuantizedSubjectIndex,
+    vectors: np.ndarray,
+    subjects: np.ndarray,
+    probes: np.ndarray,
+    scoring: str,
+    top_k: int = 5,
+) -> None:
+    scorer = SubjectScorer(vectors, [name(int(pk)) for pk in subjects], scoring)  # type: ignore[arg-type]
+    labels, scores = scorer.top_k(probes, top_k)
+    rows = index.search(probes, top_k)
+    top1, _ = index.top1_scores(probes)
+    thresholds = np.quantile(scores[:, 0], [0.1, 0.5, 0.9])
+    for row, expected_labels, expected_scores, first in zip(
+        rows, labels, scores, top1, strict=True
+    ):
+        assert [c.subject_id for c in row] == expected_labels.tolist()
+        np.testing.assert_allclose([c.score for c in row], expected_scores, atol=1e-6, rtol=0)
+        assert abs(first - expected_scores[0]) <= 1e-6
+        for threshold in thresholds:
+            assert decide(row[0].score, threshold) == decide(float(expected_scores[0]), threshold)
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean"])
+def test_clustered_near_ties_give_the_exact_answer(scoring: str) -> None:
+    rng = np.random.default_rng(11)
+    vectors, subjects, centres = clustered_gallery(rng, clusters=12, per_cluster=25)
+    index = build(scoring, vectors, subjects)
+    # Near ties: many subjects of the probed cluster score within the quantisation error.
+    probes = unit(np.repeat(centres, 3, axis=0) + 0.01 * rng.standard_normal((36, DIM)))
+    assert index.error_bound(probes[:1])[0] > 1e-3  # the codes alone would misrank them
+    probes = np.vstack([probes, unit(rng.standard_normal((10, DIM)))])
+    assert_same_as_scorer(index, vectors, subjects, probes, scoring, top_k=5)
+    assert_same_as_scorer(index, vectors, subjects, probes, scoring, top_k=1)
+    assert index.sample_count == len(vectors)
+    assert index.subject_count == len(np.unique(subjects))
+
+
+def test_approximate_scores_stay_within_the_bound() -> None:
+    """The bound the re-ranking relies on, checked on the codes themselves."""
+    rng = np.random.default_rng(3)
+    vectors = unit(rng.standard_normal((2000, DIM)))
+    index = build("max", vectors, np.arange(2000, dtype=np.int64))
+    probes = unit(rng.standard_normal((20, DIM)))
+    approximate, labels = index._codes.search(probes, 2000)
+    exact = np.take_along_axis(probes @ vectors.T, labels, axis=1)
+    bounds = index.error_bound(probes)
+    assert (np.abs(approximate - exact) <= bounds[:, None]).all()
+    assert (np.abs(approximate - exact).max(axis=1) > 0.05 * bounds).all()  # not vacuous
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean"])
+def test_mutations_keep_search_exact(scoring: str, tmp_path: Path) -> None:
+    """Adds (past the growth rebuild), removals (past the compaction), vectors outside the
+    trained range, subject removal: after each, the same answers as a scorer of what is left."""
+    rng = np.random.default_rng(5)
+    vectors, subjects, centres = clustered_gallery(rng, clusters=6, per_cluster=20)
+    index = build(scoring, vectors[:50], subjects[:50], directory=tmp_path)
+    held = {i + 1: (int(subjects[i]), vectors[i]) for i in range(50)}
+    probes = unit(np.vstack([centres, rng.standard_normal((6, DIM))]))
+
+    def check() -> None:
+        ids = sorted(held)
+        gallery = np.stack([held[i][1] for i in ids])
+        pks = np.array([held[i][0] for i in ids])
+        assert_same_as_scorer(index, gallery, pks, probes, scoring, top_k=4)
+        assert index.sample_count == len(held)
+
+    for start in range(50, len(vectors), 37):  # grows far past what it was trained on
+        stop = min(start + 37, len(vectors))
+        for pk in np.unique(subjects[start:stop]).tolist():
+            rows = np.flatnonzero(subjects[start:stop] == pk) + start
+            index.add_samples(pk, name(pk), rows + 1, vectors[rows])
+            held.update({int(r) + 1: (pk, vectors[r]) for r in rows})
+    check()
+    # A direction far outside the trained ranges: clipped codes, a wider bound, still exact.
+    outlier = np.zeros((1, DIM), dtype=np.float32)
+    outlier[0, 0] = 1.0
+    index.add_samples(9999, name(9999), np.array([100_000]), outlier)
+    held[100_000] = (9999, outlier[0])
+    check()
+    version = index.vectors_version
+    removed = [i for i in sorted(held) if i % 3 == 0]  # a third: compaction rebuild
+    index.remove_samples(np.array(removed))
+    for i in removed:
+        del held[i]
+    assert index.vectors_version == version + 1
+    check()
+    victim = held[min(held)][0]
+    victim_ids = [i for i, (pk, _) in held.items() if pk == victim]
+    index.remove_subject(victim, np.array(victim_ids))
+    for i in victim_ids:
+        del held[i]
+    check()
+    assert index.subject_scores(probes, name(victim)) is None
+    survivor = held[max(held)][0]
+    members = np.stack([v for pk, v in held.values() if pk == survivor])
+    expected = probes @ members.T
+    if scoring == "max":
+        np.testing.assert_allclose(
+            index.subject_scores(probes, name(survivor)), expected.max(1), atol=1e-6
+        )
+    index.add_samples(survivor, name(survivor), np.array([min(held)]), members[:1])  # a repeat
+    assert index.vectors_version == version + 2
+
+
+def test_empty_index_and_subjects_without_samples() -> None:
+    index = QuantizedSubjectIndex(DIM, "max")
+    probes = unit(np.random.default_rng(0).standard_normal((2, DIM)))
+    assert index.search(probes, 3) == [[], []]
+    assert np.isneginf(index.top1_scores(probes)[0]).all()
+    index.set_subject(7, "nobody")
+    assert index.subject_count == 1 and index.vectors_version == 0
+    assert index.subject_scores(probes, "nobody") is None
+    index.add_samples(7, "nobody", np.array([1]), probes[:1])
+    [[candidate]] = index.search(probes[:1], 3)
+    assert candidate.subject_id == "nobody" and abs(candidate.score - 1.0) < 1e-6
+
+
+def test_ivf_visiting_every_list_is_exact_and_fewer_lists_rerank_what_they_visit() -> None:
+    rng = np.random.default_rng(8)
+    vectors, subjects, centres = clustered_gallery(rng, clusters=16, per_cluster=20)
+    probes = unit(np.vstack([centres, rng.standard_normal((8, DIM))]))
+    everything = build("max", vectors, subjects, ivf_lists=8, nprobe=8)
+    assert_same_as_scorer(everything, vectors, subjects, probes, "max")
+    narrow = build("max", vectors, subjects, ivf_lists=8, nprobe=1)
+    scorer = SubjectScorer(vectors, [name(int(pk)) for pk in subjects], "max")
+    all_scores = scorer.scores(probes)
+    columns = {label: i for i, label in enumerate(scorer.subjects.tolist())}
+    for p, row in enumerate(narrow.search(probes, 5)):
+        for candidate in row:  # whatever it finds carries its exact score
+            assert abs(candidate.score - all_scores[p, columns[candidate.subject_id]]) <= 1e-6
+
+
+def test_row_file_round_trip(tmp_path: Path) -> None:
+    rows = RowFile(4, tmp_path / "vectors")
+    data = np.arange(40, dtype=np.float32).reshape(10, 4)
+    assert rows.append(data[:3]) == 0 and rows.append(data[3:]) == 3
+    np.testing.assert_array_equal(rows.read(np.array([9, 0, 4])), data[[9, 0, 4]])
+    np.testing.assert_array_equal(rows.read_range(2, 6), data[2:6])
+    assert list((tmp_path / "vectors").iterdir()) == []  # unlinked: gone with the process
+    rows.close()
+
+
+def test_subject_names_against_a_dictionary() -> None:
+    rng = np.random.default_rng(2)
+    reference = {pk: f"name-{pk}" for pk in range(3000)}
+    names = SubjectNames(dict(reference))
+    for step in range(2500):  # enough changes to fold the overlay into the arrays
+        pk = int(rng.integers(0, 4000))
+        if step % 3 == 0:
+            names.remove(pk)
+            reference.pop(pk, None)
+        else:
+            names.set(pk, f"renamed-{pk}-{step % 5}")
+            reference[pk] = f"renamed-{pk}-{step % 5}"
+    assert len(names) == len(reference)
+    assert dict(names.items()) == reference
+    for pk in range(4000):
+        assert names.name(pk) == reference.get(pk)
+        if pk in reference:
+            assert names.pk(reference[pk]) == pk
+    assert names.pk("name-999999") is None
+
+
+def test_index_url_options(tmp_path: Path) -> None:
+    assert isinstance(open_index("faiss://"), FaissBackend)
+    assert isinstance(open_index("faiss://?storage=float32"), FaissBackend)
+    backend = open_index("faiss://?storage=sq8&ivf=64&nprobe=4", data_dir=tmp_path)
+    assert isinstance(backend, QuantizedBackend)
+    assert (backend.ivf_lists, backend.nprobe, backend.directory) == (64, 4, tmp_path / "index")
+    for url, message in (
+        ("faiss://?storage=fp8", "storage"),
+        ("faiss://?storage=sq8&ivf=0", "ivf"),
+        ("faiss://?storage=sq8&nprobe=x", "nprobe"),
+        ("faiss://?ivf=16", "sq8"),
+        ("faiss://?colour=blue", "colour"),
+    ):
+        with pytest.raises(IndexConfigError, match=message):
+            open_index(url)
