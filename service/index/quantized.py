@@ -46,6 +46,9 @@ _UNIT_ROUNDOFF = 2.0**-24
 _TRAIN_ROWS = 65_536
 _CHUNK_ROWS = 65_536
 _MIN_REBUILD_ROWS = 256
+# Rows asked of the first search: enough, on 512-d galleries of a million, for the window of
+# twice the error bound below the k-th subject, so that one scan of the codes usually does.
+_FIRST_K = 256
 
 
 class RowFile:
@@ -217,10 +220,13 @@ class SubjectNames:
         yield from self._added.items()
 
 
-def _uniform_training_set(dim: int) -> np.ndarray:
-    """Two vectors that train the quantiser to [-1, 1] in every dimension: the range of any
-    unit vector's components, for a gallery with nothing to learn from yet."""
-    return np.stack([-np.ones(dim), np.ones(dim)]).astype(np.float32)
+def _reading(rows: RowFile, alive: np.ndarray) -> Iterator[np.ndarray]:
+    """The live rows of `rows`, in order, a chunk at a time."""
+    for start in range(0, len(alive), _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, len(alive))
+        keep = alive[start:stop]
+        if keep.any():
+            yield rows.read_range(start, stop)[keep]
 
 
 class QuantizedSubjectIndex:
@@ -260,68 +266,88 @@ class QuantizedSubjectIndex:
         self._sample_alive = Column(np.bool_)
         self._live_samples = 0
         self._max_sample_id = -1
-        self._codes: faiss.Index = self._new_codes(_uniform_training_set(dim))
+        self._codes: faiss.Index = self._new_codes(-np.ones(dim), np.ones(dim), None)
         self._error = 0.0  # max ||x - decode(encode(x))|| over the rows encoded
         self._trained_rows = 0
 
     # -- the codes --
-    def _new_codes(self, training: np.ndarray) -> faiss.Index:
+    def _new_codes(
+        self, low: np.ndarray, high: np.ndarray, sample: np.ndarray | None
+    ) -> faiss.Index:
+        """Empty codes whose quantiser spans [low, high] in each dimension (an IVF's lists are
+        trained on `sample`)."""
         qtype = faiss.ScalarQuantizer.QT_8bit
-        if self.ivf_lists:
-            lists = max(1, min(self.ivf_lists, len(training) // 8))
-            if len(training) < 2 * lists or len(training) < 64:
-                lists = 1
-            coarse = faiss.IndexFlatIP(self.dim)
-            codes = faiss.IndexIVFScalarQuantizer(
-                coarse, self.dim, lists, qtype, faiss.METRIC_INNER_PRODUCT, False
-            )
-            codes.cp.niter = 10
-            codes.nprobe = min(self.nprobe, lists)
-            self._coarse = coarse  # the IVF index does not own it
-        else:
-            codes = faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT)
         _apply_search_threads()
-        codes.train(np.ascontiguousarray(training, dtype=np.float32))
+        ranges = np.stack([low, high]).astype(np.float32)
+        if not self.ivf_lists:
+            codes = faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT)
+            codes.train(ranges)  # min-max training on these two rows: exactly these ranges
+            return codes
+        sample = ranges if sample is None else sample
+        lists = max(1, min(self.ivf_lists, len(sample) // 8))
+        coarse = faiss.IndexFlatIP(self.dim)
+        codes = faiss.IndexIVFScalarQuantizer(
+            coarse, self.dim, lists, qtype, faiss.METRIC_INNER_PRODUCT, False
+        )
+        codes.cp.niter = 10
+        codes.nprobe = min(self.nprobe, lists)
+        self._coarse = coarse  # the IVF index does not own it
+        codes.train(np.ascontiguousarray(sample, dtype=np.float32))
+        trained = np.concatenate([low, high - low]).astype(np.float32)
+        faiss.copy_array_to_vector(trained, codes.sq.trained)
         return codes
 
     def _encode(self, vectors: np.ndarray, first_row: int) -> None:
         """Add rows `first_row...` to the codes and widen the error bound to cover them."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not len(vectors):
+            return
         sq = self._codes.sq
-        decoded = sq.decode(sq.compute_codes(vectors))
-        residual = np.linalg.norm(vectors.astype(np.float64) - decoded, axis=1)
-        if len(residual):
-            self._error = max(self._error, float(residual.max()))
-        labels = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
+        codes = sq.compute_codes(vectors)
+        residual = np.linalg.norm(vectors - sq.decode(codes), axis=1)
+        # float32 norms: relative rounding far below the margin.
+        self._error = max(self._error, float(residual.max()) * (1 + 1e-4))
         if self.ivf_lists:
+            labels = np.arange(first_row, first_row + len(vectors), dtype=np.int64)
             self._codes.add_with_ids(vectors, labels)
         else:
             assert self._codes.ntotal == first_row
-            self._codes.add(vectors)
+            self._codes.add_sa_codes(codes)
 
     def error_bound(self, queries: np.ndarray) -> np.ndarray:
         """Per query, the most its approximate score can differ from the exact one."""
         norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
         return norms * (self._error + 4 * self.dim * _UNIT_ROUNDOFF)
 
-    def _rebuild(self) -> None:
-        """Re-train the quantiser on the live rows and re-encode them (dead rows dropped)."""
-        alive = self._row_alive.values
+    def _rebuild(self, vectors: np.ndarray | None = None) -> None:
+        """Re-train the quantiser on the live rows and re-encode them, dead rows dropped.
+        `vectors`, when given, are the live rows in order (already in memory)."""
+
+        old_rows, alive = self._rows, self._row_alive.values
+
+        def chunks() -> Iterator[np.ndarray]:
+            if vectors is None:
+                yield from _reading(old_rows, alive)
+            else:
+                for start in range(0, len(vectors), _CHUNK_ROWS):
+                    yield vectors[start : start + _CHUNK_ROWS]
+
         live = np.flatnonzero(alive)
-        rng = np.random.default_rng(len(live))
-        sample = np.sort(rng.choice(live, size=min(len(live), _TRAIN_ROWS), replace=False))
-        training = self._rows.read(sample) if len(sample) else _uniform_training_set(self.dim)
-        if len(training) < _MIN_REBUILD_ROWS:
-            training = np.vstack([training, _uniform_training_set(self.dim)])
-        codes = self._new_codes(training)
+        low, high = np.full(self.dim, np.inf), np.full(self.dim, -np.inf)
+        for chunk in chunks():
+            low, high = np.minimum(low, chunk.min(axis=0)), np.maximum(high, chunk.max(axis=0))
+        if not len(live):
+            low, high = -np.ones(self.dim), np.ones(self.dim)
+        sample = None
+        if self.ivf_lists and len(live):
+            rng = np.random.default_rng(len(live))
+            picked = np.sort(rng.choice(len(live), size=min(len(live), _TRAIN_ROWS), replace=False))
+            sample = vectors[picked] if vectors is not None else self._rows.read(live[picked])
+        codes = self._new_codes(low, high, sample)
         rows = RowFile(self.dim, self._directory)
-        old_rows, self._rows, self._codes, self._error = self._rows, rows, codes, 0.0
-        for start in range(0, len(alive), _CHUNK_ROWS):
-            stop = min(start + _CHUNK_ROWS, len(alive))
-            keep = alive[start:stop]
-            if keep.any():
-                vectors = old_rows.read_range(start, stop)[keep]
-                self._encode(vectors, rows.append(vectors))
+        self._rows, self._codes, self._error = rows, codes, 0.0
+        for chunk in chunks():
+            self._encode(chunk, rows.append(chunk))
         old_rows.close()
         self._row_subject.replace(self._row_subject.values[live])
         self._row_sample.replace(self._row_sample.values[live])
@@ -398,7 +424,7 @@ class QuantizedSubjectIndex:
             return results
         bounds = self.error_bound(queries)
         pending = np.arange(len(queries))
-        k = min(total, max(4 * top_k, top_k + 32))
+        k = min(total, max(_FIRST_K, 16 * top_k))
         _apply_search_threads()
         while len(pending):
             scores, labels = self._codes.search(queries[pending], k)
@@ -446,10 +472,15 @@ class QuantizedSubjectIndex:
         order = np.lexsort((-exact, subjects))  # by subject, best first within each
         subjects, exact = subjects[order], exact[order]
         firsts = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
-        best = [(float(exact[i]), int(subjects[i])) for i in firsts.tolist()]
+        best, pks = exact[firsts], subjects[firsts]
+        ranked = np.argsort(-best, kind="stable")
+        if len(ranked) > top_k:  # the k-th score and every exact tie with it
+            ranked = ranked[best[ranked] >= best[ranked[top_k - 1]]]
         # Exact ties keep subject-id order, as models.scoring.SubjectScorer does.
-        best.sort(key=lambda item: (-item[0], self._name(item[1])))
-        return [(pk, score) for score, pk in best[:top_k]]
+        chosen = sorted(
+            (-float(best[i]), self._name(int(pks[i])), int(pks[i])) for i in ranked.tolist()
+        )
+        return [(pk, -negated) for negated, _, pk in chosen[:top_k]]
 
     # -- mutating (the caller has committed the change to the store first) --
     def set_subject(self, pk: int, subject_id: str) -> None:
@@ -564,13 +595,11 @@ class QuantizedSubjectIndex:
             return index
         index._max_sample_id = int(sample_ids.max())
         if scoring == "max":
-            for start in range(0, len(sample_ids), _CHUNK_ROWS):
-                stop = start + _CHUNK_ROWS
-                index._rows.append(vectors[start:stop])
             index._row_subject.replace(subject_pks)
             index._row_sample.replace(sample_ids)
             index._row_alive.replace(np.ones(len(sample_ids), dtype=bool))
             index._live_rows = len(sample_ids)
+            index._rebuild(vectors)
         else:
             assert index._samples is not None
             index._samples.append(vectors)
@@ -595,7 +624,7 @@ class QuantizedSubjectIndex:
                 index._row_sample.append(np.full(len(pks), -1, dtype=np.int64))
                 index._row_alive.append(np.ones(len(pks), dtype=bool))
                 index._live_rows += len(pks)
-        index._rebuild()
+            index._rebuild()
         return index
 
 

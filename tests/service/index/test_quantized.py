@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from models.scoring import SubjectScorer, decide
-from service.index import IndexConfigError, IndexContents, open_index
+from service.index import IndexConfigError, IndexContents, open_index, quantized
 from service.index.faiss import FaissBackend
 from service.index.quantized import (
     QuantizedBackend,
@@ -79,8 +79,13 @@ def assert_same_as_scorer(
             assert decide(row[0].score, threshold) == decide(float(expected_scores[0]), threshold)
 
 
+@pytest.mark.parametrize("first_k", [4, 256])
 @pytest.mark.parametrize("scoring", ["max", "mean"])
-def test_clustered_near_ties_give_the_exact_answer(scoring: str) -> None:
+def test_clustered_near_ties_give_the_exact_answer(
+    scoring: str, first_k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A small first search widens (several rounds); a large one takes all in one.
+    monkeypatch.setattr(quantized, "_FIRST_K", first_k)
     rng = np.random.default_rng(11)
     vectors, subjects, centres = clustered_gallery(rng, clusters=12, per_cluster=25)
     index = build(scoring, vectors, subjects)
