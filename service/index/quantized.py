@@ -290,6 +290,7 @@ class QuantizedSubjectIndex:
             coarse, self.dim, lists, qtype, faiss.METRIC_INNER_PRODUCT, False
         )
         codes.cp.niter = 10
+        codes.cp.min_points_per_centroid = 1  # a small gallery gets few lists, not a warning
         codes.nprobe = min(self.nprobe, lists)
         self._coarse = coarse  # the IVF index does not own it
         codes.train(np.ascontiguousarray(sample, dtype=np.float32))
