@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 
@@ -44,8 +45,20 @@ class ServiceState:
 
     def close(self) -> None:
         self.migrations.close()  # running jobs stop between chunks and resume at next start
+        self.live.save_snapshots()
         self.models.close()
         self.store.close()
+
+
+def release_free_memory() -> None:
+    """Hand the heap that building the indexes freed back to the system. glibc keeps freed
+    small blocks (the embeddings read from the database, a few KB each) in the process, so a
+    server that built a large index would otherwise hold that memory for good."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to do
+        return
+    libc.malloc_trim(0)
 
 
 def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceState:
@@ -73,6 +86,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         generated = ensure_admin_key(store, admin)
         live = LiveGalleries(store, models, backend)
         live.load_all()
+        release_free_memory()
         metrics.gallery_sizes = live.sizes
         ingest = Ingest(settings)
         calibrator = Calibrator()

@@ -21,6 +21,7 @@ from service.index.base import (
     IndexBackend,
     IndexConfigError,
     IndexContents,
+    SnapshotBackend,
     SubjectSearch,
 )
 
@@ -87,6 +88,7 @@ __all__ = [
     "IndexBackend",
     "IndexConfigError",
     "IndexContents",
+    "SnapshotBackend",
     "SubjectSearch",
     "open_index",
 ]

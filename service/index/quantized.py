@@ -29,10 +29,16 @@ ranges, and the error bound, follow the data).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
+import uuid
+import weakref
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import faiss
 import numpy as np
@@ -49,20 +55,56 @@ _MIN_REBUILD_ROWS = 256
 # Rows asked of the first search: enough, on 512-d galleries of a million, for the window of
 # twice the error bound below the k-th subject, so that one scan of the codes usually does.
 _FIRST_K = 256
+SNAPSHOT_FORMAT = 1
+
+
+def _close_and_remove(file: IO[bytes], path: Path | None, keep: dict[str, bool]) -> None:
+    file.close()
+    if path is not None and not keep["keep"]:
+        path.unlink(missing_ok=True)
 
 
 class RowFile:
-    """float32 rows appended to an unlinked temporary file; read back by row number."""
+    """float32 rows appended to a file; read back by row number.
 
-    def __init__(self, dim: int, directory: Path | None = None) -> None:
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+    Under `directory` the file is named (`rows-<random>.f32`), so that a snapshot can refer to
+    it, and removed when the RowFile is closed or collected unless a snapshot keeps it; with
+    no directory it is an unlinked temporary file. `path` reopens a snapshot's file, cut to
+    its first `rows` rows (anything after them was appended after the snapshot was taken)."""
+
+    def __init__(
+        self,
+        dim: int,
+        directory: Path | None = None,
+        *,
+        path: Path | None = None,
+        rows: int = 0,
+    ) -> None:
         self.dim = dim
         self._row_bytes = 4 * dim
-        # Open for the index's lifetime; unlinked at creation, so it never outlives the process.
-        self._file = tempfile.TemporaryFile(dir=directory, prefix="opengallery-vectors-")  # noqa: SIM115
+        self.path = path
+        if path is not None:
+            self._file: IO[bytes] = open(path, "r+b")  # noqa: SIM115 (lives with the index)
+            self._file.truncate(rows * self._row_bytes)
+        elif directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / f"rows-{uuid.uuid4().hex}.f32"
+            self._file = open(self.path, "x+b")  # noqa: SIM115 (lives with the index)
+        else:
+            self._file = tempfile.TemporaryFile(prefix="opengallery-vectors-")  # noqa: SIM115
         self._fd = self._file.fileno()
-        self.rows = 0
+        self.rows = rows
+        self._keep = {"keep": False}
+        self._finalizer = weakref.finalize(
+            self, _close_and_remove, self._file, self.path, self._keep
+        )
+
+    def keep(self, keep: bool = True) -> None:
+        """Whether the file outlives this object (a snapshot refers to it)."""
+        self._keep["keep"] = keep
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
 
     def append(self, vectors: np.ndarray) -> int:
         """Write rows at the end; returns the first new row's number."""
@@ -96,7 +138,7 @@ class RowFile:
             done += count
 
     def close(self) -> None:
-        self._file.close()
+        self._finalizer()
 
 
 class Column:
@@ -148,11 +190,21 @@ class SubjectNames:
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=self._offsets[1:])
         self._blob = b"".join(encoded)
+        self._index_hashes()
+
+    def _index_hashes(self, by_hash: np.ndarray | None = None) -> None:
+        """The name hashes in sorted order (`by_hash`, when given, is that order, saved by a
+        snapshot: the hash is deterministic) and the overlay, empty."""
+        blob, offsets = self._blob, self._offsets.tolist()
         hashes = np.fromiter(
-            (hash(names[i]) for i in order.tolist()), dtype=np.int64, count=len(names)
+            (zlib.crc32(blob[offsets[i] : offsets[i + 1]]) for i in range(len(self._pks))),
+            dtype=np.int64,
+            count=len(self._pks),
         )
-        self._by_hash = np.argsort(hashes, kind="stable")
-        self._hashes = hashes[self._by_hash]
+        if by_hash is None:
+            by_hash = np.argsort(hashes, kind="stable")
+        self._by_hash = by_hash
+        self._hashes = hashes[by_hash]
         self._added: dict[int, str] = {}
         self._added_pks: dict[str, int] = {}
         self._hidden: set[int] = set()  # base pks removed or renamed since the fold
@@ -181,7 +233,7 @@ class SubjectNames:
     def pk(self, name: str) -> int | None:
         if name in self._added_pks:
             return self._added_pks[name]
-        key = hash(name)
+        key = zlib.crc32(name.encode())
         lo = int(np.searchsorted(self._hashes, key, "left"))
         hi = int(np.searchsorted(self._hashes, key, "right"))
         for position in self._by_hash[lo:hi].tolist():
@@ -218,6 +270,12 @@ class SubjectNames:
             if pk not in self._hidden:
                 yield pk, self._base_name(position)
         yield from self._added.items()
+
+
+def _dot_rows(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Row-wise float32 dot products: the one way both search and top1_scores compute an exact
+    score, so that a probe and the calibration set are scored alike to the last bit."""
+    return np.einsum("ij,ij->i", left, right)
 
 
 def _reading(rows: RowFile, alive: np.ndarray) -> Iterator[np.ndarray]:
@@ -269,6 +327,7 @@ class QuantizedSubjectIndex:
         self._codes: faiss.Index = self._new_codes(-np.ones(dim), np.ones(dim), None)
         self._error = 0.0  # max ||x - decode(encode(x))|| over the rows encoded
         self._trained_rows = 0
+        self._snapshot: Path | None = None  # the snapshot whose files this index appends to
 
     # -- the codes --
     def _new_codes(
@@ -345,6 +404,7 @@ class QuantizedSubjectIndex:
             picked = np.sort(rng.choice(len(live), size=min(len(live), _TRAIN_ROWS), replace=False))
             sample = vectors[picked] if vectors is not None else self._rows.read(live[picked])
         codes = self._new_codes(low, high, sample)
+        self._forget_snapshot()  # its row file is about to go
         rows = RowFile(self.dim, self._directory)
         self._rows, self._codes, self._error = rows, codes, 0.0
         for chunk in chunks():
@@ -395,11 +455,37 @@ class QuantizedSubjectIndex:
 
     def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
         with self._lock.read():
-            result = np.full(len(queries), -np.inf, dtype=np.float64)
-            for i, row in enumerate(self._search_pks(queries, 1)):
-                if row:
-                    result[i] = row[0][1]
-            return result, self._version
+            return self._top1(np.ascontiguousarray(queries, dtype=np.float32)), self._version
+
+    def _top1(self, queries: np.ndarray) -> np.ndarray:
+        """`search(queries, 1)`'s scores, vectorised over the queries (calibration sets run to
+        thousands): the same window, the same exact scores."""
+        result = np.full(len(queries), -np.inf, dtype=np.float64)
+        total = int(self._codes.ntotal)
+        if self._live_rows == 0 or not len(queries):
+            return result
+        bounds = self.error_bound(queries)
+        pending = np.arange(len(queries))
+        k = min(total, _FIRST_K)
+        _apply_search_threads()
+        while len(pending):
+            approximate, labels = self._codes.search(queries[pending], k)
+            returned = labels >= 0
+            alive = np.zeros_like(returned)
+            alive[returned] = self._row_alive.values[labels[returned]]
+            best = np.where(alive, approximate, -np.inf).max(axis=1)
+            floor = best - 2.0 * bounds[pending]
+            wider = returned.all(axis=1) & (k < total) & (approximate[:, -1] >= floor)
+            take = alive & (approximate >= floor[:, None]) & ~wider[:, None]
+            which, column = np.nonzero(take)
+            rows, pairs = np.unique(labels[which, column], return_inverse=True)
+            exact = _dot_rows(self._rows.read(rows)[pairs], queries[pending[which]])
+            scores = np.full(len(pending), -np.inf)
+            np.maximum.at(scores, which, exact)
+            result[pending[~wider]] = scores[~wider]
+            pending = pending[wider]
+            k = min(total, 4 * k)
+        return result
 
     def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
         with self._lock.read():
@@ -469,7 +555,7 @@ class QuantizedSubjectIndex:
             return None
         candidates = approximate >= floor
         labels, subjects = labels[candidates], subjects[candidates]
-        exact = self._rows.read(labels) @ query
+        exact = _dot_rows(self._rows.read(labels), np.broadcast_to(query, (len(labels), self.dim)))
         order = np.lexsort((-exact, subjects))  # by subject, best first within each
         subjects, exact = subjects[order], exact[order]
         firsts = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
@@ -582,6 +668,155 @@ class QuantizedSubjectIndex:
             self._names.remove(pk)
             self._maybe_rebuild()
 
+    # -- snapshots --
+    def _forget_snapshot(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.unlink(missing_ok=True)
+            self._snapshot = None
+            self._rows.keep(False)
+            if self._samples is not None:
+                self._samples.keep(False)
+
+    def _settings(self) -> dict:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "dim": self.dim,
+            "scoring": self.scoring,
+            "ivf_lists": self.ivf_lists,
+            "nprobe": self.nprobe,
+        }
+
+    def save_snapshot(self, meta_path: Path, key: dict) -> None:
+        """Write what a restart needs to skip the database (the codes, the row tables, the
+        names; the float32 rows stay in their files) and `meta_path`, last, naming `key`."""
+        with self._lock.read():
+            if self._rows.path is None:
+                raise ValueError("an index without a directory has no files to snapshot")
+            names = self._names
+            if names._added or names._hidden:
+                names = SubjectNames(dict(names.items()))
+            arrays = {
+                "name_by_hash": names._by_hash,
+                "row_subject": self._row_subject.values,
+                "row_sample": self._row_sample.values,
+                "row_alive": self._row_alive.values,
+                "sample_id": self._sample_id.values,
+                "sample_subject": self._sample_subject.values,
+                "sample_alive": self._sample_alive.values,
+                "name_pks": names._pks,
+                "name_offsets": names._offsets,
+                "name_blob": np.frombuffer(names._blob, dtype=np.uint8),
+            }
+            files = [self._rows] + ([self._samples] if self._samples is not None else [])
+            for file in files:
+                file.sync()
+                file.keep()
+            codes_path = meta_path.with_suffix(".faiss")
+            partial = codes_path.with_name(codes_path.name + ".partial")
+            faiss.write_index(self._codes, str(partial))
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
+            partial.replace(codes_path)
+            arrays_path = meta_path.with_suffix(".npz")
+            partial = arrays_path.with_name(arrays_path.name + ".partial")
+            with open(partial, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            partial.replace(arrays_path)
+            meta = {
+                **self._settings(),
+                "key": key,
+                "rows_file": self._rows.path.name,
+                "rows": self._rows.rows,
+                "samples_file": self._samples.path.name
+                if self._samples and self._samples.path
+                else None,
+                "samples": self._samples.rows if self._samples is not None else 0,
+                "error": self._error,
+                "trained_rows": self._trained_rows,
+                "live_rows": self._live_rows,
+                "live_samples": self._live_samples,
+                "max_sample_id": self._max_sample_id,
+            }
+            partial = meta_path.with_name(meta_path.name + ".partial")
+            partial.write_text(json.dumps(meta))
+            with open(partial, "rb") as handle:
+                os.fsync(handle.fileno())
+            partial.replace(meta_path)
+            if self._snapshot is not None and self._snapshot != meta_path:
+                self._snapshot.unlink(missing_ok=True)
+            self._snapshot = meta_path
+
+    @classmethod
+    def load_snapshot(
+        cls,
+        meta_path: Path,
+        key: dict,
+        dim: int,
+        scoring: str,
+        *,
+        directory: Path,
+        ivf_lists: int = 0,
+        nprobe: int = 16,
+    ) -> QuantizedSubjectIndex | None:
+        """The index saved at `meta_path` if it was saved for `key` with these settings and
+        its files are whole; None otherwise (the caller rebuilds from the database)."""
+        index = cls(dim, scoring, directory=None, ivf_lists=ivf_lists, nprobe=nprobe)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if (
+            meta.get("key") != key
+            or {k: meta.get(k) for k in index._settings()} != index._settings()
+        ):
+            return None
+        try:
+            with np.load(meta_path.with_suffix(".npz")) as arrays:
+                loaded = {name: arrays[name] for name in arrays.files}
+            rows_path = directory / meta["rows_file"]
+            if rows_path.stat().st_size < meta["rows"] * 4 * dim:
+                return None
+            samples_path = directory / meta["samples_file"] if meta["samples_file"] else None
+            if samples_path is not None and samples_path.stat().st_size < meta["samples"] * 4 * dim:
+                return None
+        except (OSError, ValueError, KeyError):
+            return None
+        index._directory = directory
+        index._rows.close()
+        index._rows = RowFile(dim, path=rows_path, rows=meta["rows"])
+        index._rows.keep()
+        if index._samples is not None:
+            index._samples.close()
+            if samples_path is None:
+                return None
+            index._samples = RowFile(dim, path=samples_path, rows=meta["samples"])
+            index._samples.keep()
+        try:
+            index._codes = faiss.read_index(str(meta_path.with_suffix(".faiss")))
+        except RuntimeError:
+            return None
+        if ivf_lists:
+            index._codes.nprobe = min(nprobe, index._codes.nlist)
+        for name in ("row_subject", "row_sample", "row_alive"):
+            getattr(index, f"_{name}").replace(loaded[name])
+        for name in ("sample_id", "sample_subject", "sample_alive"):
+            getattr(index, f"_{name}").replace(loaded[name])
+        names = SubjectNames({})
+        names._pks = loaded["name_pks"]
+        names._offsets = loaded["name_offsets"]
+        names._blob = loaded["name_blob"].tobytes()
+        names._index_hashes(loaded["name_by_hash"])
+        index._names = names
+        index._error = float(meta["error"])
+        index._trained_rows = int(meta["trained_rows"])
+        index._live_rows = int(meta["live_rows"])
+        index._live_samples = int(meta["live_samples"])
+        index._max_sample_id = int(meta["max_sample_id"])
+        index._snapshot = meta_path
+        return index
+
     # -- building --
     @classmethod
     def from_contents(
@@ -631,7 +866,8 @@ class QuantizedSubjectIndex:
 
 class QuantizedBackend:
     """`faiss://?storage=sq8[&ivf=<lists>&nprobe=<n>]`: 8-bit codes in memory, float32 on
-    disk, exact re-ranking."""
+    disk, exact re-ranking; with a directory, snapshots that a restart loads instead of
+    reading every embedding from the database."""
 
     name = "faiss"
 
@@ -641,6 +877,25 @@ class QuantizedBackend:
         self.directory = directory
         self.ivf_lists = ivf_lists
         self.nprobe = nprobe
+        if directory is not None:
+            self._remove_orphans(directory)
+
+    @staticmethod
+    def _remove_orphans(directory: Path) -> None:
+        """Row files no snapshot refers to (left by a process that stopped without saving)
+        and half-written snapshot files."""
+        if not directory.is_dir():
+            return
+        referenced = set()
+        for meta_path in directory.glob("snapshot-*.json"):
+            try:
+                meta = json.loads(meta_path.read_text())
+                referenced |= {meta.get("rows_file"), meta.get("samples_file")}
+            except (OSError, ValueError):
+                meta_path.unlink(missing_ok=True)
+        for path in [*directory.glob("rows-*.f32"), *directory.glob("*.partial")]:
+            if path.name not in referenced:
+                path.unlink(missing_ok=True)
 
     def build(self, dim: int, scoring: str, contents: IndexContents) -> QuantizedSubjectIndex:
         return QuantizedSubjectIndex.from_contents(
@@ -651,3 +906,56 @@ class QuantizedBackend:
             ivf_lists=self.ivf_lists,
             nprobe=self.nprobe,
         )
+
+    def _meta_path(self, gallery: str, model_id: str) -> Path:
+        assert self.directory is not None
+        digest = hashlib.sha256(f"{gallery}\0{model_id}".encode()).hexdigest()[:32]
+        return self.directory / f"snapshot-{digest}.json"
+
+    def load_snapshot(
+        self, gallery: str, model_id: str, version: int, dim: int, scoring: str
+    ) -> QuantizedSubjectIndex | None:
+        """The saved index of (gallery, model) if it was saved at the database's `version`;
+        None otherwise. A stale snapshot is removed with its files."""
+        if self.directory is None:
+            return None
+        meta_path = self._meta_path(gallery, model_id)
+        if not meta_path.exists():
+            return None
+        key = {"gallery": gallery, "model_id": model_id, "version": version}
+        index = QuantizedSubjectIndex.load_snapshot(
+            meta_path,
+            key,
+            dim,
+            scoring,
+            directory=self.directory,
+            ivf_lists=self.ivf_lists,
+            nprobe=self.nprobe,
+        )
+        if index is None:
+            self._remove_snapshot(meta_path)
+        return index
+
+    def _remove_snapshot(self, meta_path: Path) -> None:
+        assert self.directory is not None
+        try:
+            meta = json.loads(meta_path.read_text())
+            files = [meta.get("rows_file"), meta.get("samples_file")]
+        except (OSError, ValueError):
+            files = []
+        meta_path.unlink(missing_ok=True)
+        meta_path.with_suffix(".npz").unlink(missing_ok=True)
+        meta_path.with_suffix(".faiss").unlink(missing_ok=True)
+        for name in files:
+            if name:
+                (self.directory / name).unlink(missing_ok=True)
+
+    def save_snapshot(
+        self, index: QuantizedSubjectIndex, gallery: str, model_id: str, version: int
+    ) -> None:
+        """Save `index` as (gallery, model) at database `version`; the caller holds the
+        gallery's mutation lock, so that `version` is the version the index reflects."""
+        if self.directory is None:
+            return
+        key = {"gallery": gallery, "model_id": model_id, "version": version}
+        index.save_snapshot(self._meta_path(gallery, model_id), key)

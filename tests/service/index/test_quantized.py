@@ -75,6 +75,7 @@ def assert_same_as_scorer(
         assert [c.subject_id for c in row] == expected_labels.tolist()
         np.testing.assert_allclose([c.score for c in row], expected_scores, atol=1e-6, rtol=0)
         assert abs(first - expected_scores[0]) <= 1e-6
+        assert first == row[0].score  # calibration scores a probe exactly as identify does
         for threshold in thresholds:
             assert decide(row[0].score, threshold) == decide(float(expected_scores[0]), threshold)
 
@@ -201,8 +202,19 @@ def test_row_file_round_trip(tmp_path: Path) -> None:
     assert rows.append(data[:3]) == 0 and rows.append(data[3:]) == 3
     np.testing.assert_array_equal(rows.read(np.array([9, 0, 4])), data[[9, 0, 4]])
     np.testing.assert_array_equal(rows.read_range(2, 6), data[2:6])
-    assert list((tmp_path / "vectors").iterdir()) == []  # unlinked: gone with the process
+    assert rows.path is not None and rows.path.parent == tmp_path / "vectors"
     rows.close()
+    assert list((tmp_path / "vectors").iterdir()) == []  # removed with its RowFile
+    kept = RowFile(4, tmp_path / "vectors")
+    kept.append(data)
+    kept.keep()
+    del kept  # a snapshot refers to it: it stays
+    [path] = (tmp_path / "vectors").iterdir()
+    reopened = RowFile(4, path=path, rows=6)  # rows after a snapshot's count are cut off
+    assert reopened.rows == 6 and path.stat().st_size == 6 * 16
+    np.testing.assert_array_equal(reopened.read_range(0, 6), data[:6])
+    reopened.close()
+    assert not path.exists()
 
 
 def test_subject_names_against_a_dictionary() -> None:
@@ -241,3 +253,37 @@ def test_index_url_options(tmp_path: Path) -> None:
     ):
         with pytest.raises(IndexConfigError, match=message):
             open_index(url)
+
+
+@pytest.mark.parametrize(("scoring", "ivf_lists"), [("max", 0), ("mean", 0), ("max", 4)])
+def test_snapshot_round_trip_and_refusals(scoring: str, ivf_lists: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    vectors, subjects, centres = clustered_gallery(rng, clusters=5, per_cluster=12)
+    backend = QuantizedBackend(tmp_path, ivf_lists=ivf_lists, nprobe=4)
+    contents = IndexContents(
+        np.arange(1, len(vectors) + 1, dtype=np.int64),
+        subjects,
+        vectors,
+        {int(pk): name(int(pk)) for pk in np.unique(subjects)},
+    )
+    index = backend.build(DIM, scoring, contents)
+    index.set_subject(500, "no samples yet")
+    backend.save_snapshot(index, "g", "m@1", 7)
+    probes = unit(np.vstack([centres, rng.standard_normal((4, DIM))]))
+    expected = index.search(probes, 5)
+    assert backend.load_snapshot("g", "m@2", 7, DIM, scoring) is None  # another model
+    loaded = backend.load_snapshot("g", "m@1", 7, DIM, scoring)
+    assert loaded is not None
+    assert loaded.search(probes, 5) == expected
+    assert (loaded.subject_count, loaded.sample_count) == (index.subject_count, index.sample_count)
+    assert loaded.subject_scores(probes, "no samples yet") is None
+    loaded.add_samples(500, "no samples yet", np.array([10_000]), probes[:1])
+    assert loaded.search(probes[:1], 1)[0][0].subject_id == "no samples yet"
+    backend.save_snapshot(loaded, "g", "m@1", 8)
+    del index, loaded  # the process ends: the files a snapshot refers to stay
+    again = backend.load_snapshot("g", "m@1", 8, DIM, scoring)
+    assert again is not None and again.search(probes[:1], 1)[0][0].subject_id == "no samples yet"
+    del again
+    assert backend.load_snapshot("g", "m@1", 9, DIM, scoring) is None  # stale: removed
+    assert list(tmp_path.iterdir()) == []
+    assert backend.load_snapshot("g", "m@1", 8, DIM, scoring) is None
