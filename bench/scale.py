@@ -9,7 +9,8 @@ size the gallery is filled once through the store (one subject per template, ran
 vectors), then for each index URL a server (`opengallery serve`, OPENGALLERY_INDEX_URL) starts
 on it and answers single-image identify requests (top 5) from 1 and 8 clients. Reported:
 requests/s, p50/p99, server CPU per request, server memory per template (resident set after
-start minus that of a server on an empty gallery, over the templates), start-up time, the
+start minus that of a server on an empty gallery, over the templates), start-up time (the
+first, from the database, and a restart, which loads a snapshot where the index has them), the
 one-minute load average. For approximate indexes (`ivf=`), recall@1 on the gallery itself:
 how often the index's top-1 subject for a probe equals exact search's, over probes that are
 noisy copies of gallery templates (mated) and random directions (non-mated).
@@ -164,7 +165,21 @@ def run_size(
                 entry[f"{count} clients"] = identify_load(server.url, pid, images, requests, count)
             entry["rss_mb_after_load"] = rss_bytes(pid) / 2**20
         finally:
-            server.stop()
+            server.stop()  # a graceful stop: an index with snapshots saves one
+        # The start that matters in operation: a restart, the database unchanged.
+        again = ServerProcess(
+            data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
+        )
+        started = time.perf_counter()
+        again.start(timeout=1800)
+        try:
+            entry["restart_s"] = time.perf_counter() - started
+            assert again.process is not None
+            identify_load(again.url, again.process.pid, images, 8, 1)
+            memory = rss_bytes(again.process.pid)
+            entry["restart_bytes_per_template"] = (memory - baseline[url]) / size
+        finally:
+            again.stop()
         if "ivf=" in url:
             print(f"  {url}: recall@1 ...", file=sys.stderr, flush=True)
             entry["recall_at_1"] = recall_at_1(url, vectors)
@@ -210,8 +225,9 @@ def markdown(report: dict) -> str:
                 )
     lines += [
         "",
-        "| gallery | index | start-up s | server RSS MB | bytes per template | recall@1 |",
-        "| ---: | --- | ---: | ---: | ---: | --- |",
+        "| gallery | index | start-up s | restart s | server RSS MB | bytes per template "
+        "| after a restart | recall@1 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for size, result in report["sizes"].items():
         for url, entry in result["indexes"].items():
@@ -222,8 +238,9 @@ def markdown(report: dict) -> str:
                 else "exact"
             )
             lines.append(
-                f"| {int(size):,} | `{url}` | {entry['startup_s']:.1f} | {entry['rss_mb']:.0f} "
-                f"| {entry['bytes_per_template']:.0f} | {recall_text} |"
+                f"| {int(size):,} | `{url}` | {entry['startup_s']:.1f} | {entry['restart_s']:.1f} "
+                f"| {entry['rss_mb']:.0f} | {entry['bytes_per_template']:.0f} "
+                f"| {entry['restart_bytes_per_template']:.0f} | {recall_text} |"
             )
     return "\n".join(lines)
 
