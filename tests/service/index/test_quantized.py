@@ -196,6 +196,20 @@ def test_ivf_visiting_every_list_is_exact_and_fewer_lists_rerank_what_they_visit
             assert abs(candidate.score - all_scores[p, columns[candidate.subject_id]]) <= 1e-6
 
 
+def test_ivf_calibration_searches_what_identify_searches() -> None:
+    """With few lists visited, the top-1 scores the calibrator gets are identify's top-1
+    scores, misses included: the threshold is calibrated on what is actually searched."""
+    rng = np.random.default_rng(9)
+    vectors, subjects, _ = clustered_gallery(rng, clusters=16, per_cluster=10)
+    narrow = build("max", vectors, subjects, ivf_lists=16, nprobe=1)
+    calibration = unit(rng.standard_normal((300, DIM)))
+    top1, _ = narrow.top1_scores(calibration)
+    searched = [row[0].score for row in narrow.search(calibration, 1)]
+    assert top1.tolist() == searched
+    exact = SubjectScorer(vectors, subjects).scores(calibration).max(axis=1)
+    assert (top1 <= exact + 1e-6).all() and (top1 < exact - 1e-6).any()  # it does miss
+
+
 def test_row_file_round_trip(tmp_path: Path) -> None:
     rows = RowFile(4, tmp_path / "vectors")
     data = np.arange(40, dtype=np.float32).reshape(10, 4)
