@@ -126,6 +126,33 @@ def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
     return result
 
 
+def search_costs(url: str, vectors: np.ndarray, repeats: int = 24) -> dict:
+    """In-process search cost per query (median ms): one query per call against eight per call
+    (what a batching window would merge), with one and two FAISS threads."""
+    from service.index.faiss import set_search_threads
+
+    rng = np.random.default_rng(2)
+    dim = vectors.shape[1]
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
+    index = open_index(url).build(dim, "max", contents)
+    queries = rng.standard_normal((8 * repeats, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    result = {}
+    for threads in (1, 2):
+        set_search_threads(threads)
+        for batch in (1, 8):
+            index.search(queries[:batch], TOP_K)
+            times = []
+            for r in range(repeats):
+                started = time.perf_counter()
+                index.search(queries[r * batch : (r + 1) * batch], TOP_K)
+                times.append((time.perf_counter() - started) / batch)
+            result[f"{threads} threads, {batch} per call"] = 1000 * float(np.median(times))
+    set_search_threads(1)
+    return result
+
+
 def run_size(
     bundle: Bundle,
     workdir: Path,
@@ -134,6 +161,7 @@ def run_size(
     requests: int,
     clients: list[int],
     baseline: dict[str, int],
+    search_only: bool = False,
 ) -> dict:
     dim = bundle.manifest.embedding_dim
     print(f"gallery size {size}: filling ...", file=sys.stderr, flush=True)
@@ -183,6 +211,9 @@ def run_size(
         if "ivf=" in url:
             print(f"  {url}: recall@1 ...", file=sys.stderr, flush=True)
             entry["recall_at_1"] = recall_at_1(url, vectors)
+        if search_only:
+            print(f"  {url}: in-process search cost ...", file=sys.stderr, flush=True)
+            entry["search_ms_per_query"] = search_costs(url, vectors)
         results["indexes"][url] = entry
     return results
 
@@ -242,6 +273,24 @@ def markdown(report: dict) -> str:
                 f"| {entry['rss_mb']:.0f} | {entry['bytes_per_template']:.0f} "
                 f"| {entry['restart_bytes_per_template']:.0f} | {recall_text} |"
             )
+    costs = [
+        (size, url, entry["search_ms_per_query"])
+        for size, result in report["sizes"].items()
+        for url, entry in result["indexes"].items()
+        if "search_ms_per_query" in entry
+    ]
+    if costs:
+        names = list(costs[0][2])
+        lines += [
+            "",
+            "In-process search, ms per query (median): " + ", ".join(names),
+            "",
+            "| gallery | index | " + " | ".join(names) + " |",
+            "| ---: | --- |" + " ---: |" * len(names),
+        ]
+        for size, url, cost in costs:
+            cells = " | ".join(f"{cost[name]:.2f}" for name in names)
+            lines.append(f"| {int(size):,} | `{url}` | {cells} |")
     return "\n".join(lines)
 
 
@@ -254,6 +303,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per run")
     parser.add_argument("--clients", default="1,8", help="client counts (comma-separated)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--search-costs",
+        action="store_true",
+        help="also time in-process search: 1 vs 8 queries per call, 1 vs 2 FAISS threads",
+    )
     args = parser.parse_args()
     urls = args.index or ["faiss://", "faiss://?storage=sq8"]
     clients = [int(c) for c in args.clients.split(",")]
@@ -270,7 +324,7 @@ def main() -> int:
         report["empty_server_rss_mb"] = {url: rss / 2**20 for url, rss in baseline.items()}
         for size in [int(s) for s in args.sizes.split(",")]:
             report["sizes"][size] = run_size(
-                bundle, workdir, size, urls, args.requests, clients, baseline
+                bundle, workdir, size, urls, args.requests, clients, baseline, args.search_costs
             )
             if args.out:
                 args.out.write_text(json.dumps(report, indent=2))
