@@ -75,6 +75,10 @@ class LiveGalleries:
                 gallery.active.index.sample_count,
                 model.model_id,
             )
+        retain = getattr(self.backend, "retain_snapshots", None)
+        if retain is not None:  # those of deleted galleries and of models migrated away from
+            with self._lock:
+                retain({(g.name, g.active.model.model_id) for g in self._galleries.values()})
 
     def _load_or_build(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
         """At start: the backend's snapshot if it was saved at the gallery's current version,

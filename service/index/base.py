@@ -100,6 +100,9 @@ class SnapshotBackend(Protocol):
         self, index: SubjectSearch, gallery: str, model_id: str, version: int
     ) -> None: ...
 
+    def retain_snapshots(self, kept: set[tuple[str, str]]) -> None:
+        """Remove the snapshots of every other (gallery, model) pair."""
+
 
 class IndexConfigError(ValueError):
     """An index URL this build cannot serve."""

@@ -950,6 +950,16 @@ class QuantizedBackend:
             if name:
                 (self.directory / name).unlink(missing_ok=True)
 
+    def retain_snapshots(self, kept: set[tuple[str, str]]) -> None:
+        """Remove every snapshot but those of the (gallery, model) pairs in `kept`: a deleted
+        gallery's, a model's a gallery migrated away from."""
+        if self.directory is None or not self.directory.is_dir():
+            return
+        wanted = {self._meta_path(gallery, model_id) for gallery, model_id in kept}
+        for meta_path in self.directory.glob("snapshot-*.json"):
+            if meta_path not in wanted:
+                self._remove_snapshot(meta_path)
+
     def save_snapshot(
         self, index: QuantizedSubjectIndex, gallery: str, model_id: str, version: int
     ) -> None:

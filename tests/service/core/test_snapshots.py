@@ -102,3 +102,26 @@ def test_a_good_snapshot_is_used_and_a_stale_one_rebuilt(
     # One snapshot and its row file remain; nothing else was left behind.
     names = sorted(path.suffix for path in (settings.data_dir / "index").iterdir())
     assert names == [".f32", ".faiss", ".json", ".npz"]
+
+
+def test_a_deleted_gallerys_snapshot_goes_at_the_next_start(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data", model=bundle_path, admin_key=ADMIN_KEY, index_url=SQ8
+    )
+    with serve(settings) as client:
+        for gallery in ("kept", "deleted"):
+            assert client.post("/v1/galleries", json={"name": gallery}).status_code == 201
+            assert client.put(f"/v1/galleries/{gallery}/subjects/a").status_code == 201
+            body = {"embeddings": unit_rows(2, 1).tolist()}
+            response = client.post(f"/v1/galleries/{gallery}/subjects/a/samples", json=body)
+            assert response.status_code == 201
+    index_dir = settings.data_dir / "index"
+    assert len(list(index_dir.glob("snapshot-*.json"))) == 2
+    with serve(settings) as client:
+        assert client.delete("/v1/galleries/deleted").status_code == 204
+    with serve(settings):
+        pass
+    assert len(list(index_dir.glob("snapshot-*.json"))) == 1
+    assert len(list(index_dir.glob("rows-*.f32"))) == 1
