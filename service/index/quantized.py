@@ -198,12 +198,13 @@ class SubjectNames:
         blob, offsets = self._blob, self._offsets.tolist()
         hashes = np.fromiter(
             (zlib.crc32(blob[offsets[i] : offsets[i + 1]]) for i in range(len(self._pks))),
-            dtype=np.int64,
+            dtype=np.uint32,
             count=len(self._pks),
         )
         if by_hash is None:
             by_hash = np.argsort(hashes, kind="stable")
-        self._by_hash = by_hash
+        # 32-bit positions and hashes: 8 bytes per subject instead of 16.
+        self._by_hash = by_hash.astype(np.int32 if len(by_hash) < 2**31 else np.int64)
         self._hashes = hashes[by_hash]
         self._added: dict[int, str] = {}
         self._added_pks: dict[str, int] = {}
@@ -234,8 +235,8 @@ class SubjectNames:
         if name in self._added_pks:
             return self._added_pks[name]
         key = zlib.crc32(name.encode())
-        lo = int(np.searchsorted(self._hashes, key, "left"))
-        hi = int(np.searchsorted(self._hashes, key, "right"))
+        lo = int(np.searchsorted(self._hashes, np.uint32(key), "left"))
+        hi = int(np.searchsorted(self._hashes, np.uint32(key), "right"))
         for position in self._by_hash[lo:hi].tolist():
             pk = int(self._pks[position])
             if pk not in self._hidden and self._base_name(position) == name:
