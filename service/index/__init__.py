@@ -5,8 +5,10 @@
 - `faiss://` (the default): exact search over float32 vectors in process memory;
 - `faiss://?storage=sq8`: exact search over 8-bit codes in process memory, re-ranked from the
   float32 vectors kept in a file under the data directory (a quarter of the memory);
+  concurrent searches are merged into one FAISS call (`merge=0` turns that off);
 - `faiss://?storage=sq8&ivf=<lists>&nprobe=<n>`: approximate search (an inverted file of
-  `lists` lists, `n` visited per query), re-ranked exactly within what it visits.
+  `lists` lists, `n` visited per query), re-ranked exactly within what it visits (searches
+  not merged unless `merge=1`: they cost no less together).
 
 A new backend implements `SubjectSearch` and `IndexBackend` (base.py) and gets a scheme here.
 """
@@ -27,7 +29,7 @@ from service.index.base import (
 
 DEFAULT_INDEX_URL = "faiss://"
 STORAGES = ("float32", "sq8")
-_FAISS_OPTIONS = {"storage", "ivf", "nprobe"}
+_FAISS_OPTIONS = {"storage", "ivf", "nprobe", "merge"}
 
 
 def _positive_int(options: dict[str, str], name: str, default: int) -> int:
@@ -64,16 +66,21 @@ def open_index(
                 f"faiss:// storage must be one of {list(STORAGES)}, got {storage!r}"
             )
         if storage == "float32":
-            if "ivf" in options or "nprobe" in options:
-                raise IndexConfigError("faiss:// ivf and nprobe need storage=sq8")
+            if options.keys() & {"ivf", "nprobe", "merge"}:
+                raise IndexConfigError("faiss:// ivf, nprobe and merge need storage=sq8")
             return FaissBackend(search_threads)
         from service.index.quantized import QuantizedBackend
 
         set_search_threads(search_threads)
+        ivf_lists = _positive_int(options, "ivf", 0)
+        merge = options.get("merge", "0" if ivf_lists else "1")
+        if merge not in ("0", "1"):
+            raise IndexConfigError(f"faiss:// merge must be 0 or 1, got {merge!r}")
         return QuantizedBackend(
             None if data_dir is None else data_dir / "index",
-            ivf_lists=_positive_int(options, "ivf", 0),
+            ivf_lists=ivf_lists,
             nprobe=_positive_int(options, "nprobe", 16),
+            merge_searches=merge == "1",
         )
     if scheme == "milvus":
         raise IndexConfigError("milvus:// indexes are not supported by this build; use faiss://")

@@ -33,10 +33,12 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import uuid
 import weakref
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -288,6 +290,16 @@ def _reading(rows: RowFile, alive: np.ndarray) -> Iterator[np.ndarray]:
             yield rows.read_range(start, stop)[keep]
 
 
+@dataclass(eq=False)
+class _PendingSearch:
+    queries: np.ndarray
+    top_k: int
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False  # woken to run the next batch, not with a result
+    result: list[list[Candidate]] | None = None
+    error: BaseException | None = None
+
+
 class QuantizedSubjectIndex:
     """One gallery's index for one model: 8-bit codes in memory, exact re-ranking from the
     float32 vectors on disk (implements SubjectSearch)."""
@@ -310,6 +322,12 @@ class QuantizedSubjectIndex:
         self._directory = directory
         self._lock = RWLock()
         self._version = 0
+        # Concurrent searches merged into one FAISS call (see search()).
+        self.merge_searches = False
+        self.searches = 0  # FAISS searches made for search() (merged ones count once)
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingSearch] = []
+        self._searching = False
         self._names = SubjectNames({})
         # Searched rows: samples ("max") or subject templates ("mean"). Row r of the file is
         # row r of the columns and label r in the FAISS index.
@@ -450,9 +468,68 @@ class QuantizedSubjectIndex:
         return len(self._names)
 
     def search(self, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        if not self.merge_searches:
+            with self._lock.read():
+                return self._search_now([_PendingSearch(queries, top_k)])[0]
+        request = _PendingSearch(queries, top_k)
+        with self._queue_lock:
+            self._queue.append(request)
+            leading = not self._searching
+            self._searching = True
+        if not leading:
+            request.done.wait()
+            if not request.lead:
+                if request.error is not None:
+                    raise request.error
+                assert request.result is not None
+                return request.result
+        return self._lead(request)
+
+    def _lead(self, request: _PendingSearch) -> list[list[Candidate]]:
+        """Run everything queued as one search; hand the lead to the first request queued
+        meanwhile (it runs the next batch: no thread waits on purpose)."""
         with self._lock.read():
-            rows = self._search_pks(queries, top_k)
-            return [[Candidate(self._name(pk), score) for pk, score in row] for row in rows]
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            try:
+                results = self._search_now(batch)
+            except BaseException as error:
+                results = None
+                for pending in batch:
+                    pending.error = error
+        with self._queue_lock:
+            successor = self._queue[0] if self._queue else None
+            self._searching = successor is not None
+        for pending, result in zip(batch, results or [None] * len(batch), strict=True):
+            pending.result = result
+            if pending is not request:
+                pending.done.set()
+        if successor is not None:
+            successor.lead = True
+            successor.done.set()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def _search_now(self, batch: list[_PendingSearch]) -> list[list[list[Candidate]]]:
+        """One FAISS search for every request of `batch` (the caller holds the read lock);
+        each gets its own queries' rows, cut to its own top_k (the exact top k subjects are
+        the first k of the exact top K, ties in subject-id order alike)."""
+        queries = (
+            batch[0].queries
+            if len(batch) == 1
+            else np.concatenate([pending.queries for pending in batch])
+        )
+        rows = self._search_pks(queries, max(pending.top_k for pending in batch))
+        named = [[Candidate(self._name(pk), score) for pk, score in row] for row in rows]
+        self.searches += 1
+        results, start = [], 0
+        for pending in batch:
+            stop = start + len(pending.queries)
+            results.append([row[: pending.top_k] for row in named[start:stop]])
+            start = stop
+        return results
 
     def top1_scores(self, queries: np.ndarray) -> tuple[np.ndarray, int]:
         with self._lock.read():
@@ -873,11 +950,17 @@ class QuantizedBackend:
     name = "faiss"
 
     def __init__(
-        self, directory: Path | None = None, *, ivf_lists: int = 0, nprobe: int = 16
+        self,
+        directory: Path | None = None,
+        *,
+        ivf_lists: int = 0,
+        nprobe: int = 16,
+        merge_searches: bool = False,
     ) -> None:
         self.directory = directory
         self.ivf_lists = ivf_lists
         self.nprobe = nprobe
+        self.merge_searches = merge_searches
         if directory is not None:
             self._remove_orphans(directory)
 
@@ -899,7 +982,7 @@ class QuantizedBackend:
                 path.unlink(missing_ok=True)
 
     def build(self, dim: int, scoring: str, contents: IndexContents) -> QuantizedSubjectIndex:
-        return QuantizedSubjectIndex.from_contents(
+        index = QuantizedSubjectIndex.from_contents(
             dim,
             scoring,
             contents,
@@ -907,6 +990,8 @@ class QuantizedBackend:
             ivf_lists=self.ivf_lists,
             nprobe=self.nprobe,
         )
+        index.merge_searches = self.merge_searches
+        return index
 
     def _meta_path(self, gallery: str, model_id: str) -> Path:
         assert self.directory is not None
@@ -935,6 +1020,8 @@ class QuantizedBackend:
         )
         if index is None:
             self._remove_snapshot(meta_path)
+        else:
+            index.merge_searches = self.merge_searches
         return index
 
     def _remove_snapshot(self, meta_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -258,12 +261,17 @@ def test_index_url_options(tmp_path: Path) -> None:
     backend = open_index("faiss://?storage=sq8&ivf=64&nprobe=4", data_dir=tmp_path)
     assert isinstance(backend, QuantizedBackend)
     assert (backend.ivf_lists, backend.nprobe, backend.directory) == (64, 4, tmp_path / "index")
+    assert not backend.merge_searches  # an inverted file costs no less per merged query
+    assert open_index("faiss://?storage=sq8").merge_searches
+    assert not open_index("faiss://?storage=sq8&merge=0").merge_searches
     for url, message in (
         ("faiss://?storage=fp8", "storage"),
         ("faiss://?storage=sq8&ivf=0", "ivf"),
         ("faiss://?storage=sq8&nprobe=x", "nprobe"),
         ("faiss://?ivf=16", "sq8"),
         ("faiss://?colour=blue", "colour"),
+        ("faiss://?storage=sq8&merge=2", "merge"),
+        ("faiss://?merge=1", "sq8"),
     ):
         with pytest.raises(IndexConfigError, match=message):
             open_index(url)
@@ -301,3 +309,70 @@ def test_snapshot_round_trip_and_refusals(scoring: str, ivf_lists: int, tmp_path
     assert backend.load_snapshot("g", "m@1", 9, DIM, scoring) is None  # stale: removed
     assert list(tmp_path.iterdir()) == []
     assert backend.load_snapshot("g", "m@1", 8, DIM, scoring) is None
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll a state change of other threads (bounded), never a fixed sleep."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_concurrent_searches_merge_into_one_and_each_gets_its_own_answer() -> None:
+    rng = np.random.default_rng(12)
+    vectors, subjects, centres = clustered_gallery(rng, clusters=8, per_cluster=15)
+    index = build("max", vectors, subjects)
+    probes = unit(np.vstack([centres, rng.standard_normal((8, DIM))]))
+    expected = [index.search(probes[i : i + 2], 1 + i % 4) for i in range(8)]  # not merged
+    index.merge_searches = True
+    before = index.searches
+    results: dict[int, list] = {}
+
+    def search(i: int) -> None:
+        results[i] = index.search(probes[i : i + 2], 1 + i % 4)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(8)]
+    with index._lock.write():  # the first caller leads but waits for the lock...
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(index._queue) == 8)  # ...while the others queue behind it
+    for thread in threads:
+        thread.join()
+    assert index.searches == before + 1  # one FAISS search for all eight
+    assert [results[i] for i in range(8)] == expected
+    assert index.search(probes[:1], 3) == index.search(probes[:1], 3)  # alone: still answers
+
+
+def test_a_failed_merged_search_fails_every_caller_and_the_next_ones_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(13)
+    vectors, subjects, _ = clustered_gallery(rng, clusters=3, per_cluster=5)
+    index = build("max", vectors, subjects)
+    index.merge_searches = True
+    probes = unit(rng.standard_normal((4, DIM)))
+    expected = index.search(probes, 2)
+
+    def broken(queries: np.ndarray, top_k: int) -> list:
+        raise RuntimeError("search failed")
+
+    monkeypatch.setattr(index, "_search_pks", broken)
+    errors: list[BaseException] = []
+
+    def search(i: int) -> None:
+        try:
+            index.search(probes[i : i + 1], 2)
+        except RuntimeError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(4)]
+    with index._lock.write():
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(index._queue) == 4)
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 4
+    monkeypatch.undo()
+    assert index.search(probes, 2) == expected
