@@ -9,14 +9,15 @@ cost page cache, not process memory.
 Why the answers equal exact float32 search. Let `x^` be the decoded code of `x` and
 `err = max ||x - x^||` over the encoded vectors (measured when encoding). For a probe `q`,
 `|q.x - q.x^| <= ||q|| err` (Cauchy-Schwarz); FAISS's float32 approximate score and the exact
-float32 score each add at most `D u ||q|| (1 + err)` of rounding (u = 2^-24), so every
-approximate score is within `bound = ||q|| (err + 4 D u)` of the exact one. A subject's
+float32 score each add at most about `D u ||q|| (1 + err)` of rounding (u = 2^-24; err < 1),
+so every approximate score is within `bound = ||q|| (err + 4 D u)` of the exact one. A subject's
 approximate score is its best sample's, and the k-th best subject's approximate score `a_k`
 gives `k` subjects whose exact scores are at least `a_k - bound`. A sample with approximate
 score below `a_k - 2 bound` scores exactly below `a_k - bound`, so it can neither be in the top
 k nor be the best sample of a subject that is. Re-ranking every sample at or above
 `a_k - 2 bound` exactly therefore gives the exact top-k subjects and their exact scores
-(per-subject max over the candidates; "mean" templates are one row per subject).
+(per-subject max over the candidates; "mean" templates are one row per subject). The FAISS
+search asks for `_FIRST_K` rows and is widened while its last row still reaches the window.
 
 With `ivf=<lists>` the codes sit in an inverted file (`IndexIVFScalarQuantizer`) and a search
 visits `nprobe` lists: approximate search, re-ranked exactly within what was visited.
@@ -25,6 +26,11 @@ Calibration (`top1_scores`) goes through the same search as identify.
 Removed vectors are marked dead and dropped when the index is rebuilt: when a quarter of the
 rows are dead, or when the gallery has doubled since the quantiser was trained (so that its
 ranges, and the error bound, follow the data).
+
+Concurrent searches can be merged (`merge_searches`): a caller that finds a search running
+queues its probes, and the next search takes everything queued in one FAISS call. With a
+directory, the backend saves snapshots (codes, row tables, names; the float32 row files stay
+where they are) keyed by gallery, model and database version, which the next start loads.
 """
 
 from __future__ import annotations
