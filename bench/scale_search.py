@@ -1,7 +1,9 @@
 """The "512-d, cheap network" workload: search and HTTP at 100k and 1M subjects, per index.
 
-    .venv/bin/python bench/scale_search.py --sizes 100000 --index faiss:// --index 'faiss://?storage=sq8'
-    .venv/bin/python bench/scale_search.py --sizes 1000000 --index 'faiss://?storage=sq8' --requests 300
+    .venv/bin/python bench/scale_search.py --sizes 100000 --index faiss:// \\
+        --index 'faiss://?storage=sq8'
+    .venv/bin/python bench/scale_search.py --sizes 1000000 --requests 300 \\
+        --index 'faiss://?storage=sq8'
 
 The bundle is `models.testing.make_cheap_bundle` (112x112 RGB in, 512-d out, almost no work),
 so a request costs search and HTTP, as with a face network on an accelerator. For each gallery
