@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -55,6 +56,8 @@ from models.scoring import check_scoring, l2_normalise
 from service.index.base import Candidate, IndexContents
 from service.index.faiss import _apply_search_threads
 from service.index.locks import RWLock
+
+logger = logging.getLogger("opengallery.service")
 
 _UNIT_ROUNDOFF = 2.0**-24
 _TRAIN_ROWS = 65_536
@@ -1015,15 +1018,19 @@ class QuantizedBackend:
         if not meta_path.exists():
             return None
         key = {"gallery": gallery, "model_id": model_id, "version": version}
-        index = QuantizedSubjectIndex.load_snapshot(
-            meta_path,
-            key,
-            dim,
-            scoring,
-            directory=self.directory,
-            ivf_lists=self.ivf_lists,
-            nprobe=self.nprobe,
-        )
+        try:
+            index = QuantizedSubjectIndex.load_snapshot(
+                meta_path,
+                key,
+                dim,
+                scoring,
+                directory=self.directory,
+                ivf_lists=self.ivf_lists,
+                nprobe=self.nprobe,
+            )
+        except Exception:  # any damage: the database still has everything
+            logger.exception("index snapshot %s unreadable: rebuilding", meta_path.name)
+            index = None
         if index is None:
             self._remove_snapshot(meta_path)
         else:

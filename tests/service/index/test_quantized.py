@@ -376,3 +376,20 @@ def test_a_failed_merged_search_fails_every_caller_and_the_next_ones_run(
     assert len(errors) == 4
     monkeypatch.undo()
     assert index.search(probes, 2) == expected
+
+
+def test_a_damaged_snapshot_is_ignored_and_removed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    vectors, subjects, _ = clustered_gallery(rng, clusters=2, per_cluster=5)
+    backend = QuantizedBackend(tmp_path)
+    contents = IndexContents(
+        np.arange(1, len(vectors) + 1, dtype=np.int64),
+        subjects,
+        vectors,
+        {int(pk): name(int(pk)) for pk in np.unique(subjects)},
+    )
+    backend.save_snapshot(backend.build(DIM, "max", contents), "g", "m@1", 3)
+    [arrays] = tmp_path.glob("*.npz")
+    arrays.write_bytes(b"not a zip file")
+    assert backend.load_snapshot("g", "m@1", 3, DIM, "max") is None
+    assert list(tmp_path.glob("snapshot-*")) == []
