@@ -27,8 +27,9 @@ Removed vectors are marked dead and dropped when the index is rebuilt: when a qu
 rows are dead, or when the gallery has doubled since the quantiser was trained (so that its
 ranges, and the error bound, follow the data).
 
-Concurrent searches can be merged (`merge_searches`): a caller that finds a search running
-queues its probes, and the next search takes everything queued in one FAISS call. With a
+Concurrent searches can be merged (`merge_searches`): up to `search_slots` searches run at
+once (one per core), a caller that finds them all busy queues its probes, and the next search
+takes everything queued in one FAISS call. With a
 directory, the backend saves snapshots (codes, row tables, names; the float32 row files stay
 where they are) keyed by gallery, model and database version, which the next start loads.
 """
@@ -336,7 +337,8 @@ class QuantizedSubjectIndex:
         self.searches = 0  # FAISS searches made for search() (merged ones count once)
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingSearch] = []
-        self._searching = False
+        self._running = 0  # merged searches running now
+        self.search_slots = max(1, os.cpu_count() or 1)
         self._names = SubjectNames({})
         # Searched rows: samples ("max") or subject templates ("mean"). Row r of the file is
         # row r of the columns and label r in the FAISS index.
@@ -482,9 +484,11 @@ class QuantizedSubjectIndex:
                 return self._search_now([_PendingSearch(queries, top_k)])[0]
         request = _PendingSearch(queries, top_k)
         with self._queue_lock:
-            self._queue.append(request)
-            leading = not self._searching
-            self._searching = True
+            leading = self._running < self.search_slots
+            if leading:
+                self._running += 1
+            else:
+                self._queue.append(request)
         if not leading:
             request.done.wait()
             if not request.lead:
@@ -495,11 +499,11 @@ class QuantizedSubjectIndex:
         return self._lead(request)
 
     def _lead(self, request: _PendingSearch) -> list[list[Candidate]]:
-        """Run everything queued as one search; hand the lead to the first request queued
-        meanwhile (it runs the next batch: no thread waits on purpose)."""
+        """Run `request` and everything queued as one search; hand this slot to the first
+        request queued meanwhile (it runs the next batch: no thread waits on purpose)."""
         with self._lock.read():
             with self._queue_lock:
-                batch, self._queue = self._queue, []
+                batch, self._queue = [request, *self._queue], []
             try:
                 results = self._search_now(batch)
             except BaseException as error:
@@ -507,8 +511,9 @@ class QuantizedSubjectIndex:
                 for pending in batch:
                     pending.error = error
         with self._queue_lock:
-            successor = self._queue[0] if self._queue else None
-            self._searching = successor is not None
+            successor = self._queue.pop(0) if self._queue else None
+            if successor is None:
+                self._running -= 1
         for pending, result in zip(batch, results or [None] * len(batch), strict=True):
             pending.result = result
             if pending is not request:

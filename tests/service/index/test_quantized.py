@@ -326,6 +326,7 @@ def test_concurrent_searches_merge_into_one_and_each_gets_its_own_answer() -> No
     probes = unit(np.vstack([centres, rng.standard_normal((8, DIM))]))
     expected = [index.search(probes[i : i + 2], 1 + i % 4) for i in range(8)]  # not merged
     index.merge_searches = True
+    index.search_slots = 1
     before = index.searches
     results: dict[int, list] = {}
 
@@ -336,7 +337,7 @@ def test_concurrent_searches_merge_into_one_and_each_gets_its_own_answer() -> No
     with index._lock.write():  # the first caller leads but waits for the lock...
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(index._queue) == 8)  # ...while the others queue behind it
+        wait_for(lambda: len(index._queue) == 7)  # ...while the others queue behind it
     for thread in threads:
         thread.join()
     assert index.searches == before + 1  # one FAISS search for all eight
@@ -351,6 +352,7 @@ def test_a_failed_merged_search_fails_every_caller_and_the_next_ones_run(
     vectors, subjects, _ = clustered_gallery(rng, clusters=3, per_cluster=5)
     index = build("max", vectors, subjects)
     index.merge_searches = True
+    index.search_slots = 1
     probes = unit(rng.standard_normal((4, DIM)))
     expected = index.search(probes, 2)
 
@@ -370,7 +372,7 @@ def test_a_failed_merged_search_fails_every_caller_and_the_next_ones_run(
     with index._lock.write():
         for thread in threads:
             thread.start()
-        wait_for(lambda: len(index._queue) == 4)
+        wait_for(lambda: len(index._queue) == 3)
     for thread in threads:
         thread.join()
     assert len(errors) == 4
@@ -393,3 +395,30 @@ def test_a_damaged_snapshot_is_ignored_and_removed(tmp_path: Path) -> None:
     arrays.write_bytes(b"not a zip file")
     assert backend.load_snapshot("g", "m@1", 3, DIM, "max") is None
     assert list(tmp_path.glob("snapshot-*")) == []
+
+
+def test_merged_searches_use_every_slot() -> None:
+    """With two slots two searches run at once (one per core) and the rest merge behind."""
+    rng = np.random.default_rng(14)
+    vectors, subjects, _ = clustered_gallery(rng, clusters=4, per_cluster=6)
+    index = build("max", vectors, subjects)
+    probes = unit(rng.standard_normal((10, DIM)))
+    expected = [index.search(probes[i : i + 1], 3) for i in range(10)]
+    index.merge_searches = True
+    index.search_slots = 2
+    before = index.searches
+    results: dict[int, list] = {}
+
+    def search(i: int) -> None:
+        results[i] = index.search(probes[i : i + 1], 3)
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in range(10)]
+    with index._lock.write():  # two leaders wait for the lock, eight queue
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(index._queue) == 8 and index._running == 2)
+    for thread in threads:
+        thread.join()
+    assert [results[i] for i in range(10)] == expected
+    assert index.searches - before <= 3  # two leaders take what is queued; at most one more
+    assert index._running == 0
