@@ -5,10 +5,9 @@
 - `faiss://` (the default): exact search over float32 vectors in process memory;
 - `faiss://?storage=sq8`: exact search over 8-bit codes in process memory, re-ranked from the
   float32 vectors kept in a file under the data directory (a quarter of the memory);
-  concurrent searches are merged into one FAISS call (`merge=0` turns that off);
+  `merge=1` merges concurrent searches into shared FAISS calls (one running per core);
 - `faiss://?storage=sq8&ivf=<lists>&nprobe=<n>`: approximate search (an inverted file of
-  `lists` lists, `n` visited per query), re-ranked exactly within what it visits (searches
-  not merged unless `merge=1`: they cost no less together).
+  `lists` lists, `n` visited per query), re-ranked exactly within what it visits.
 
 A new backend implements `SubjectSearch` and `IndexBackend` (base.py) and gets a scheme here.
 """
@@ -73,7 +72,7 @@ def open_index(
 
         set_search_threads(search_threads)
         ivf_lists = _positive_int(options, "ivf", 0)
-        merge = options.get("merge", "0" if ivf_lists else "1")
+        merge = options.get("merge", "0")
         if merge not in ("0", "1"):
             raise IndexConfigError(f"faiss:// merge must be 0 or 1, got {merge!r}")
         return QuantizedBackend(

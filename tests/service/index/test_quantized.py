@@ -261,9 +261,8 @@ def test_index_url_options(tmp_path: Path) -> None:
     backend = open_index("faiss://?storage=sq8&ivf=64&nprobe=4", data_dir=tmp_path)
     assert isinstance(backend, QuantizedBackend)
     assert (backend.ivf_lists, backend.nprobe, backend.directory) == (64, 4, tmp_path / "index")
-    assert not backend.merge_searches  # an inverted file costs no less per merged query
-    assert open_index("faiss://?storage=sq8").merge_searches
-    assert not open_index("faiss://?storage=sq8&merge=0").merge_searches
+    assert not backend.merge_searches
+    assert open_index("faiss://?storage=sq8&merge=1").merge_searches
     for url, message in (
         ("faiss://?storage=fp8", "storage"),
         ("faiss://?storage=sq8&ivf=0", "ivf"),
