@@ -77,7 +77,11 @@ class Ingest:
         image is held at a time; and the C heap is trimmed after a large request.
         """
         decoded = [
-            upload.image if upload.image is not None else _base64_or_none(upload.image_base64)
+            None
+            if upload.embedding is not None
+            else upload.image
+            if upload.image is not None
+            else _base64_or_none(upload.image_base64)
             for upload in uploads
         ]
         # An image over the per-image limit is rejected on its own, undecoded.
