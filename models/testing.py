@@ -2,9 +2,12 @@
 
 ``make_random_bundle`` writes a valid bundle whose network is ``Flatten`` + ``MatMul`` with
 fixed random weights (input ``"input"`` float32 [N, C, H, W] with a dynamic N, output
-``"embedding"`` [N, D]). Different seeds give different weights, hence genuinely different
-embeddings. It needs the ``onnx`` package (train/dev extras, not the service extra), imported
-only when called, so ``models`` stays importable without it. Not for production bundles.
+``"embedding"`` [N, D]), optionally after an average pooling of ``pool`` x ``pool`` pixels.
+``make_cheap_bundle`` is the benchmarks' "512-d, cheap network": 112x112 RGB in, 512-d out,
+pooled 14x14 first so that the network costs almost nothing and search and HTTP dominate.
+Different seeds give different weights, hence genuinely different embeddings. It needs the
+``onnx`` package (train/dev extras, not the service extra), imported only when called,
+so ``models`` stays importable without it. Not for production bundles.
 """
 
 from __future__ import annotations
@@ -23,12 +26,23 @@ _OPSET = 17
 _IR_VERSION = 8  # old enough for any onnxruntime >= 1.14
 
 
+def _pooled_shape(input_shape: tuple[int, ...], pool: int) -> tuple[int, int, int]:
+    channels, height, width = input_shape
+    if pool < 1 or height % pool or width % pool:
+        raise ValueError(f"pool must be >= 1 and divide {height}x{width}, got {pool}")
+    return channels, height // pool, width // pool
+
+
 def random_bundle_weights(
-    seed: int = 0, embedding_dim: int = 16, input_shape: tuple[int, int, int] = (1, 28, 28)
+    seed: int = 0,
+    embedding_dim: int = 16,
+    input_shape: tuple[int, int, int] = (1, 28, 28),
+    pool: int = 1,
 ) -> np.ndarray:
-    """The weight matrix [C*H*W, D] of ``make_random_bundle(seed=...)``'s network."""
+    """The weight matrix [C*(H/pool)*(W/pool), D] of ``make_random_bundle(seed=...)``'s
+    network."""
     rng = np.random.default_rng(seed)
-    fan_in = int(np.prod(input_shape))
+    fan_in = int(np.prod(_pooled_shape(input_shape, pool)))
     weights = rng.standard_normal((fan_in, embedding_dim)) / np.sqrt(fan_in)
     return weights.astype(np.float32)
 
@@ -50,26 +64,43 @@ def random_embeddings(
     *,
     seed: int = 0,
     embedding_dim: int = 16,
+    pool: int = 1,
 ) -> np.ndarray:
     """What the random network of ``seed`` returns for float32 inputs [N, C, H, W] (numpy)."""
     inputs = np.asarray(inputs, dtype=np.float32)
-    weights = random_bundle_weights(seed, embedding_dim, tuple(inputs.shape[1:]))
-    return inputs.reshape(inputs.shape[0], -1) @ weights
+    weights = random_bundle_weights(seed, embedding_dim, tuple(inputs.shape[1:]), pool)
+    n, channels, height, width = inputs.shape
+    channels, rows, cols = _pooled_shape((channels, height, width), pool)
+    pooled = inputs.reshape(n, channels, rows, pool, cols, pool).mean(axis=(3, 5))
+    return pooled.reshape(n, -1) @ weights
 
 
 def random_onnx_model_bytes(
-    seed: int = 0, embedding_dim: int = 16, input_shape: tuple[int, int, int] = (1, 28, 28)
+    seed: int = 0,
+    embedding_dim: int = 16,
+    input_shape: tuple[int, int, int] = (1, 28, 28),
+    pool: int = 1,
 ) -> bytes:
-    """The serialised ONNX model: Flatten(axis=1) then MatMul with the seed's weights."""
+    """The serialised ONNX model: [AveragePool(pool)], Flatten(axis=1), then MatMul with the
+    seed's weights."""
     import onnx  # a test/train dependency, not a service one
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = random_bundle_weights(seed, embedding_dim, input_shape)
+    weights = random_bundle_weights(seed, embedding_dim, input_shape, pool)
+    nodes = [helper.make_node("Flatten", [INPUT_NAME], ["flat"], axis=1)]
+    if pool > 1:
+        nodes = [
+            helper.make_node(
+                "AveragePool",
+                [INPUT_NAME],
+                ["pooled"],
+                kernel_shape=[pool, pool],
+                strides=[pool, pool],
+            ),
+            helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        ]
     graph = helper.make_graph(
-        nodes=[
-            helper.make_node("Flatten", [INPUT_NAME], ["flat"], axis=1),
-            helper.make_node("MatMul", ["flat", "weights"], [OUTPUT_NAME]),
-        ],
+        nodes=[*nodes, helper.make_node("MatMul", ["flat", "weights"], [OUTPUT_NAME])],
         name=f"random_seed{seed}",
         inputs=[helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *input_shape])],
         outputs=[
@@ -96,6 +127,7 @@ def make_random_bundle(
     name: str = "random",
     version: str = "1",
     calibration_size: int = 2000,
+    pool: int = 1,
 ) -> Bundle:
     """Write a bundle with a random linear network to ``out_dir`` and return it loaded.
 
@@ -107,12 +139,12 @@ def make_random_bundle(
     """
     input_shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
     spec = random_input_spec(input_shape)
-    model_bytes = random_onnx_model_bytes(seed, embedding_dim, input_shape)
+    model_bytes = random_onnx_model_bytes(seed, embedding_dim, input_shape, pool)
     rng = np.random.default_rng([seed, 1])
     pixel_shape = (calibration_size, spec.height, spec.width, spec.channels)
     pixels = rng.integers(0, 256, size=pixel_shape, dtype=np.uint8)
     inputs = pixels_to_array(pixels, spec)
-    calibration = random_embeddings(inputs, seed=seed, embedding_dim=embedding_dim)
+    calibration = random_embeddings(inputs, seed=seed, embedding_dim=embedding_dim, pool=pool)
     parity, extra = _parity(model_bytes, inputs[:64], calibration[:64])
     manifest = Manifest(
         name=name,
@@ -128,9 +160,37 @@ def make_random_bundle(
         calibration=[],
         onnx_sha256="",
         parity_max_abs_diff=parity,
-        extra={"seed": seed, **extra},
+        extra={"seed": seed, "pool": pool, **extra},
     )
     return write_bundle(out_dir, manifest, model_bytes, calibration)
+
+
+CHEAP_INPUT_SHAPE = (3, 112, 112)
+CHEAP_EMBEDDING_DIM = 512
+CHEAP_POOL = 14
+
+
+def make_cheap_bundle(
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    name: str = "cheap512",
+    version: str = "1",
+    calibration_size: int = 2000,
+) -> Bundle:
+    """The "512-d, cheap network" of the benchmarks: 112x112 RGB in, 512-d out, 14x14 average
+    pooling then one MatMul (about 0.1 M multiply-adds per image), so that a request's cost is
+    search and HTTP, as with a face network on an accelerator."""
+    return make_random_bundle(
+        out_dir,
+        seed=seed,
+        embedding_dim=CHEAP_EMBEDDING_DIM,
+        input_shape=CHEAP_INPUT_SHAPE,
+        name=name,
+        version=version,
+        calibration_size=calibration_size,
+        pool=CHEAP_POOL,
+    )
 
 
 def _parity(model_bytes: bytes, inputs: np.ndarray, expected: np.ndarray) -> tuple[float, dict]:

@@ -75,13 +75,14 @@ def _startup_problem(settings: Settings) -> str | None:
             open_store(url).close()
         except StoreError as error:
             return str(error)
-    try:
-        backend = open_index(settings.index_url, search_threads=settings.search_threads)
-    except (IndexConfigError, IndexUnavailable) as error:
-        return str(error)
-    close = getattr(backend, "close", None)
-    if close is not None:
-        close()
+    if (settings.index_url or "").lower().startswith("milvus:"):  # an index server
+        try:
+            backend = open_index(settings.index_url, search_threads=settings.search_threads)
+        except (IndexConfigError, IndexUnavailable) as error:
+            return str(error)
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
     return None
 
 

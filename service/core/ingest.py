@@ -6,11 +6,8 @@ one bad image never sinks the others of a batch.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 from PIL import Image
@@ -25,6 +22,7 @@ from service.core.images import (
     decode_image,
     header_pixels,
 )
+from service.core.memory import release_free_memory
 from service.core.models import LoadedModel
 from service.settings import Settings
 
@@ -79,7 +77,11 @@ class Ingest:
         image is held at a time; and the C heap is trimmed after a large request.
         """
         decoded = [
-            upload.image if upload.image is not None else _base64_or_none(upload.image_base64)
+            None
+            if upload.embedding is not None
+            else upload.image
+            if upload.image is not None
+            else _base64_or_none(upload.image_base64)
             for upload in uploads
         ]
         # An image over the per-image limit is rejected on its own, undecoded.
@@ -182,25 +184,3 @@ def _base64_or_none(text: str | None) -> bytes | None:
         return decode_base64(text or "")
     except ImageRejected:
         return None
-
-
-@cache
-def _malloc_trim() -> object | None:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        return libc.malloc_trim
-    except (OSError, AttributeError, TypeError):  # not glibc: nothing to call
-        return None
-
-
-def release_free_memory() -> None:
-    """Hand free C-heap memory back to the system (glibc's malloc_trim).
-
-    Decoded images are large allocations freed at the end of a request; glibc keeps freed
-    heap for reuse, so without this the process keeps its peak size after a large request
-    (measured in docs/service.md).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)  # type: ignore[operator]

@@ -69,7 +69,10 @@ class LiveGalleries:
                     record.model_id,
                 )
                 continue
-            gallery = LiveGallery(record, self.build_active(record, model))
+            index = self._load_or_build(record, model)
+            gallery = LiveGallery(
+                record, ActiveModel(model, index, self.build_calibration(record, model, index))
+            )
             with self._lock:
                 self._galleries[record.name] = gallery
             logger.info(
@@ -79,6 +82,49 @@ class LiveGalleries:
                 gallery.active.index.sample_count,
                 model.model_id,
             )
+        retain = getattr(self.backend, "retain_snapshots", None)
+        if retain is not None:  # those of deleted galleries and of models migrated away from
+            with self._lock:
+                retain({(g.name, g.active.model.model_id) for g in self._galleries.values()})
+
+    def _load_or_build(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
+        """At start: the backend's snapshot if it was saved at the gallery's current version,
+        else a build from the database (then saved, for the next start)."""
+        load = getattr(self.backend, "load_snapshot", None)
+        if load is not None:
+            index = load(record.name, model.model_id, record.version, model.dim, record.scoring)
+            if index is not None:
+                logger.info(
+                    "gallery %r: index snapshot at version %d loaded", record.name, record.version
+                )
+                return index
+        index = self.build_index(record, model)
+        save = getattr(self.backend, "save_snapshot", None)
+        if save is not None:
+            try:
+                save(index, record.name, model.model_id, record.version)
+            except OSError as error:  # a start without a snapshot is only slower
+                logger.warning("gallery %r: index snapshot not saved: %s", record.name, error)
+        return index
+
+    def save_snapshots(self) -> None:
+        """Save every gallery's index where the backend can (at shutdown): each under its
+        gallery's lock, at the version the database has then, which is what it reflects."""
+        save = getattr(self.backend, "save_snapshot", None)
+        if save is None:
+            return
+        with self._lock:
+            galleries = list(self._galleries.values())
+        for gallery in galleries:
+            with gallery.lock:
+                try:
+                    record = self.store.get_gallery(gallery.name)
+                    active = gallery.active
+                    if record is None or record.model_id != active.model.model_id:
+                        continue
+                    save(active.index, record.name, active.model.model_id, record.version)
+                except Exception:  # shutting down: a missing snapshot only slows the next start
+                    logger.exception("gallery %r: index snapshot not saved", gallery.name)
 
     def build_active(self, record: GalleryRecord, model: LoadedModel) -> ActiveModel:
         """`record`'s (model, index, calibration) for `model`, from the store: the one full

@@ -13,6 +13,7 @@ from service.core.galleries import Galleries
 from service.core.ingest import Ingest
 from service.core.keys import Authenticator, ensure_admin_key
 from service.core.live import LiveGalleries
+from service.core.memory import release_free_memory
 from service.core.metrics import Metrics
 from service.core.migration import MigrationManager
 from service.core.models import LoadedModels
@@ -49,6 +50,7 @@ class ServiceState:
 
     def close(self) -> None:
         self.migrations.close()  # running jobs stop between chunks and resume at next start
+        self.live.save_snapshots()
         self.models.close()
         self.keys.close()  # its last_used writes end before the store closes
         self.store.close()
@@ -87,7 +89,9 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
     differ from the registered bundle of the same id.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    backend = open_index(settings.index_url, search_threads=settings.search_threads)
+    backend = open_index(
+        settings.index_url, search_threads=settings.search_threads, data_dir=settings.data_dir
+    )
     check_not_emptied(settings)
     try:
         store = open_store(settings.effective_database_url)
@@ -111,6 +115,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         generated = ensure_admin_key(store, admin)
         live = LiveGalleries(store, models, backend)
         live.load_all()
+        release_free_memory()
         metrics.gallery_sizes = live.sizes
         metrics.storage_full = store.space_exhausted
         ingest = Ingest(settings)

@@ -1,14 +1,24 @@
 """The vector index wing: subject-level search behind one protocol, a backend per URL.
 
-`open_index(url)` reads OPENGALLERY_INDEX_URL: `faiss://` (the default) is exact search in
-process memory; `milvus://host:port` keeps each gallery's index in a Milvus server (the
-`scale` extra; see service/index/milvus.py for its options). A new backend implements
-`SubjectSearch` and `IndexBackend` (base.py) and gets a scheme here.
+`open_index(url)` reads OPENGALLERY_INDEX_URL:
+
+- `faiss://` (the default): exact search over float32 vectors in process memory;
+- `faiss://?storage=sq8`: exact search over 8-bit codes in process memory, re-ranked from the
+  float32 vectors kept in a file under the data directory (a quarter of the memory);
+  `merge=1` merges concurrent searches into shared FAISS calls (one running per core);
+- `faiss://?storage=sq8&ivf=<lists>&nprobe=<n>`: approximate search (an inverted file of
+  `lists` lists, `n` visited per query), re-ranked exactly within what it visits.
+
+- `milvus://host:port`: each gallery's index in a Milvus server (the `scale` extra; options
+  in service/index/milvus.py).
+
+A new backend implements `SubjectSearch` and `IndexBackend` (base.py) and gets a scheme here.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from service.index.base import (
     Candidate,
@@ -16,20 +26,66 @@ from service.index.base import (
     IndexConfigError,
     IndexContents,
     IndexUnavailable,
+    SnapshotBackend,
     SubjectSearch,
 )
 
 DEFAULT_INDEX_URL = "faiss://"
+STORAGES = ("float32", "sq8")
+_FAISS_OPTIONS = {"storage", "ivf", "nprobe", "merge"}
 
 
-def open_index(url: str | None, *, search_threads: int = 1) -> IndexBackend:
+def _positive_int(options: dict[str, str], name: str, default: int) -> int:
+    text = options.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise IndexConfigError(f"index URL option {name} must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def open_index(
+    url: str | None, *, search_threads: int = 1, data_dir: Path | None = None
+) -> IndexBackend:
     """The backend named by `url` (None: the default). IndexConfigError for a URL this build
-    cannot serve; IndexUnavailable if its server cannot be reached."""
-    scheme = urlsplit(url or DEFAULT_INDEX_URL).scheme
-    if scheme == "faiss":
-        from service.index.faiss import FaissBackend
+    cannot serve; IndexUnavailable if its server cannot be reached.
 
-        return FaissBackend(search_threads)
+    `data_dir` is where `storage=sq8` keeps its float32 vector files (the system's temporary
+    directory when None)."""
+    parts = urlsplit(url or DEFAULT_INDEX_URL)
+    scheme = parts.scheme
+    if scheme == "faiss":
+        from service.index.faiss import FaissBackend, set_search_threads
+
+        options: dict[str, str] = {}
+        for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+            if name not in _FAISS_OPTIONS:
+                raise IndexConfigError(
+                    f"unknown faiss:// index option {name!r}; known: {sorted(_FAISS_OPTIONS)}"
+                )
+            options[name] = values[-1]
+        storage = options.get("storage", "float32")
+        if storage not in STORAGES:
+            raise IndexConfigError(
+                f"faiss:// storage must be one of {list(STORAGES)}, got {storage!r}"
+            )
+        if storage == "float32":
+            if options.keys() & {"ivf", "nprobe", "merge"}:
+                raise IndexConfigError("faiss:// ivf, nprobe and merge need storage=sq8")
+            return FaissBackend(search_threads)
+        from service.index.quantized import QuantizedBackend
+
+        set_search_threads(search_threads)
+        ivf_lists = _positive_int(options, "ivf", 0)
+        merge = options.get("merge", "0")
+        if merge not in ("0", "1"):
+            raise IndexConfigError(f"faiss:// merge must be 0 or 1, got {merge!r}")
+        return QuantizedBackend(
+            None if data_dir is None else data_dir / "index",
+            ivf_lists=ivf_lists,
+            nprobe=_positive_int(options, "nprobe", 16),
+            merge_searches=merge == "1",
+        )
     if scheme == "milvus":
         try:
             from service.index.milvus import MilvusBackend
@@ -51,6 +107,7 @@ __all__ = [
     "IndexConfigError",
     "IndexContents",
     "IndexUnavailable",
+    "SnapshotBackend",
     "SubjectSearch",
     "open_index",
 ]

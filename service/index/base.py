@@ -100,6 +100,24 @@ class IndexBackend(Protocol):
         indexes outside the process (a Milvus collection per gallery and model)."""
 
 
+class SnapshotBackend(Protocol):
+    """What a backend offers if it can save its indexes and load them at the next start
+    (optional: the service looks for these methods). A snapshot is keyed by the gallery, the
+    model and the database's gallery version: one saved at another version is stale, is
+    removed, and the index is rebuilt from the database."""
+
+    def load_snapshot(
+        self, gallery: str, model_id: str, version: int, dim: int, scoring: str
+    ) -> SubjectSearch | None: ...
+
+    def save_snapshot(
+        self, index: SubjectSearch, gallery: str, model_id: str, version: int
+    ) -> None: ...
+
+    def retain_snapshots(self, kept: set[tuple[str, str]]) -> None:
+        """Remove the snapshots of every other (gallery, model) pair."""
+
+
 class IndexConfigError(ValueError):
     """An index URL this build cannot serve."""
 

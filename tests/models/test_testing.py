@@ -7,7 +7,12 @@ import pytest
 
 from models.bundle import load_bundle
 from models.preprocessing import pixels_to_array
-from models.testing import make_random_bundle, random_embeddings
+from models.testing import (
+    make_cheap_bundle,
+    make_random_bundle,
+    random_bundle_weights,
+    random_embeddings,
+)
 
 
 def run(path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -75,3 +80,29 @@ def test_existing_directory_is_refused(tmp_path: Path) -> None:
     make_random_bundle(tmp_path / "b", calibration_size=5)
     with pytest.raises(ValueError, match="already exists"):
         make_random_bundle(tmp_path / "b", calibration_size=5)
+
+
+def test_cheap_bundle_is_112x112_rgb_to_512_and_matches_numpy(tmp_path: Path) -> None:
+    bundle = make_cheap_bundle(tmp_path / "cheap", seed=3, calibration_size=8)
+    assert bundle.manifest.input.shape == (3, 112, 112)
+    assert bundle.manifest.input.color == "RGB"
+    assert bundle.manifest.embedding_dim == 512
+    ops = [node.op_type for node in onnx.load(bundle.onnx_path).graph.node]
+    assert ops == ["AveragePool", "Flatten", "MatMul"]
+    inputs = np.random.default_rng(2).standard_normal((3, 3, 112, 112)).astype(np.float32)
+    out = run(bundle.onnx_path, inputs)
+    assert out.shape == (3, 512)
+    # The numpy reference by hand: the mean of each 14x14 block, then the seed's weights.
+    blocks = inputs.reshape(3, 3, 8, 14, 8, 14).mean(axis=(3, 5)).reshape(3, 192)
+    np.testing.assert_allclose(
+        out, blocks @ random_bundle_weights(3, 512, (3, 112, 112), 14), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        out, random_embeddings(inputs, seed=3, embedding_dim=512, pool=14), atol=1e-4
+    )
+    assert bundle.manifest.parity_max_abs_diff < 1e-4
+
+
+def test_pool_must_divide_the_input() -> None:
+    with pytest.raises(ValueError, match="divide"):
+        random_bundle_weights(0, 8, (1, 28, 28), pool=5)

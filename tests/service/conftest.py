@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from service.settings import Settings
 
 ADMIN_KEY = "test-admin-key-0123456789"
 DIM = 16
+# The index the service tests run against (read before the fixture below clears OPENGALLERY_*):
+# e.g. OPENGALLERY_TEST_INDEX_URL='faiss://?storage=sq8' runs them all on 8-bit codes.
+INDEX_URL = os.environ.get("OPENGALLERY_TEST_INDEX_URL")
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +36,9 @@ def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, bundle_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", model=bundle_path, admin_key=ADMIN_KEY)
+    return Settings(
+        data_dir=tmp_path / "data", model=bundle_path, admin_key=ADMIN_KEY, index_url=INDEX_URL
+    )
 
 
 @pytest.fixture

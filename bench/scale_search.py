@@ -1,0 +1,340 @@
+"""The "512-d, cheap network" workload: search and HTTP at 100k and 1M subjects, per index.
+
+    .venv/bin/python bench/scale_search.py --sizes 100000 --index faiss:// \\
+        --index 'faiss://?storage=sq8'
+    .venv/bin/python bench/scale_search.py --sizes 1000000 --requests 300 \\
+        --index 'faiss://?storage=sq8'
+
+The bundle is `models.testing.make_cheap_bundle` (112x112 RGB in, 512-d out, almost no work),
+so a request costs search and HTTP, as with a face network on an accelerator. For each gallery
+size the gallery is filled once through the store (one subject per template, random unit
+vectors), then for each index URL a server (`opengallery serve`, OPENGALLERY_INDEX_URL) starts
+on it and answers single-image identify requests (top 5) from 1 and 8 clients. Reported:
+requests/s, p50/p99, server CPU per request, server memory per template (resident set after
+start minus that of a server on an empty gallery, over the templates), start-up time (the
+first, from the database, and a restart, which loads a snapshot where the index has them), the
+one-minute load average. For approximate indexes (`ivf=`), recall@1 on the gallery itself:
+how often the index's top-1 subject for a probe equals exact search's, over probes that are
+noisy copies of gallery templates (mated) and random directions (non-mated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.bundle import Bundle  # noqa: E402
+from models.testing import make_cheap_bundle  # noqa: E402
+from service.index import IndexContents, open_index  # noqa: E402
+from service.testing import ServerProcess, png_bytes  # noqa: E402
+
+
+def _bench_service():  # type: ignore[no-untyped-def]
+    """bench/service.py as a module (bench/ is not a package): its store filler and client."""
+    spec = importlib.util.spec_from_file_location("bench_service", ROOT / "bench" / "service.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+service_bench = _bench_service()
+ADMIN_KEY = service_bench.ADMIN_KEY
+GALLERY = service_bench.GALLERY
+TOP_K = 5
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def gallery_vectors(size: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((size, dim), dtype=np.float32)
+    for start in range(0, size, 100_000):
+        chunk = rng.standard_normal((min(100_000, size - start), dim)).astype(np.float32)
+        vectors[start : start + len(chunk)] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    return vectors
+
+
+def identify_load(url: str, pid: int, images: list[bytes], requests: int, clients: int) -> dict:
+    path = f"/v1/galleries/{GALLERY}/identify"
+    bodies = [service_bench.multipart([image], {"top_k": str(TOP_K)}) for image in images]
+    per_client = max(requests // clients, 1)
+
+    def worker(number: int) -> list[float]:
+        client = service_bench.RawClient(url)
+        try:
+
+            def call(i: int) -> None:
+                body, content_type = bodies[(number * per_client + i) % len(bodies)]
+                client.post(path, body, content_type)
+
+            return service_bench.timed_loop(call, per_client)[0]
+        finally:
+            client.close()
+
+    worker(0)  # warm-up: the threshold for this gallery is calibrated by the first request
+    cpu_before = service_bench.process_cpu_seconds(pid)
+    started = time.perf_counter()
+    latencies: list[float] = []
+    with ThreadPoolExecutor(clients) as pool:
+        for own in pool.map(worker, range(clients)):
+            latencies += own
+    wall = time.perf_counter() - started
+    summary = service_bench.summarise(latencies, per_client * clients, wall)
+    cpu = service_bench.process_cpu_seconds(pid) - cpu_before
+    summary["server_cpu_ms_per_request"] = 1000 * cpu / (per_client * clients)
+    summary["load_average_1min"] = os.getloadavg()[0]
+    return summary
+
+
+def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
+    """Top-1 agreement with exact search (sq8 storage, exact) on the same gallery."""
+    rng = np.random.default_rng(1)
+    dim = vectors.shape[1]
+    picked = rng.choice(len(vectors), size=probes, replace=False)
+    mated = vectors[picked] + 0.6 * rng.standard_normal((probes, dim)).astype(np.float32) / np.sqrt(
+        dim
+    )
+    non_mated = rng.standard_normal((probes, dim)).astype(np.float32)
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
+    approximate = open_index(url).build(dim, "max", contents)
+    exact = open_index("faiss://?storage=sq8").build(dim, "max", contents)
+    result = {}
+    for name, queries in (("mated", mated), ("non-mated", non_mated)):
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        found = [row[0].subject_id for row in approximate.search(queries, 1)]
+        truth = [row[0].subject_id for row in exact.search(queries, 1)]
+        result[name] = float(np.mean([a == b for a, b in zip(found, truth, strict=True)]))
+    return result
+
+
+def search_costs(url: str, vectors: np.ndarray, repeats: int = 24) -> dict:
+    """In-process search cost per query (median ms): one query per call against eight per call
+    (what a batching window would merge), with one and two FAISS threads."""
+    from service.index.faiss import set_search_threads
+
+    rng = np.random.default_rng(2)
+    dim = vectors.shape[1]
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
+    index = open_index(url).build(dim, "max", contents)
+    queries = rng.standard_normal((8 * repeats, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    result = {}
+    for threads in (1, 2):
+        set_search_threads(threads)
+        for batch in (1, 8):
+            index.search(queries[:batch], TOP_K)
+            times = []
+            for r in range(repeats):
+                started = time.perf_counter()
+                index.search(queries[r * batch : (r + 1) * batch], TOP_K)
+                times.append((time.perf_counter() - started) / batch)
+            result[f"{threads} threads, {batch} per call"] = 1000 * float(np.median(times))
+    set_search_threads(1)
+    return result
+
+
+def run_size(
+    bundle: Bundle,
+    workdir: Path,
+    size: int,
+    urls: list[str],
+    requests: int,
+    clients: list[int],
+    baseline: dict[str, int],
+    search_only: bool = False,
+) -> dict:
+    dim = bundle.manifest.embedding_dim
+    print(f"gallery size {size}: filling ...", file=sys.stderr, flush=True)
+    vectors = gallery_vectors(size, dim)
+    data_dir = workdir / f"data-{size}"
+    fill_s = service_bench.fill_gallery(data_dir, bundle, vectors)
+    images = [png_bytes(seed, size=(112, 112), mode="RGB") for seed in range(64)]
+    results: dict = {"fill_s": fill_s, "indexes": {}}
+    for url in urls:
+        print(f"  {url}: starting ...", file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
+        started = time.perf_counter()
+        server = ServerProcess(
+            data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
+        ).start(timeout=1800)
+        startup = time.perf_counter() - started
+        try:
+            assert server.process is not None
+            pid = server.process.pid
+            memory = rss_bytes(pid)
+            entry: dict = {
+                "startup_s": startup,
+                "load_average_at_start": load,
+                "rss_mb": memory / 2**20,
+                "bytes_per_template": (memory - baseline[url]) / size,
+            }
+            for count in clients:
+                print(f"  {url}: {count} clients ...", file=sys.stderr, flush=True)
+                entry[f"{count} clients"] = identify_load(server.url, pid, images, requests, count)
+            entry["rss_mb_after_load"] = rss_bytes(pid) / 2**20
+        finally:
+            server.stop()  # a graceful stop: an index with snapshots saves one
+        # The start that matters in operation: a restart, the database unchanged.
+        again = ServerProcess(
+            data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
+        )
+        started = time.perf_counter()
+        again.start(timeout=1800)
+        try:
+            entry["restart_s"] = time.perf_counter() - started
+            assert again.process is not None
+            identify_load(again.url, again.process.pid, images, 8, 1)
+            memory = rss_bytes(again.process.pid)
+            entry["restart_bytes_per_template"] = (memory - baseline[url]) / size
+        finally:
+            again.stop()
+        if "ivf=" in url:
+            print(f"  {url}: recall@1 ...", file=sys.stderr, flush=True)
+            entry["recall_at_1"] = recall_at_1(url, vectors)
+        if search_only:
+            print(f"  {url}: in-process search cost ...", file=sys.stderr, flush=True)
+            entry["search_ms_per_query"] = search_costs(url, vectors)
+        results["indexes"][url] = entry
+    return results
+
+
+def empty_server_rss(bundle: Bundle, workdir: Path, url: str) -> int:
+    """The resident set of a server whose gallery is empty, after one identify request."""
+    data_dir = workdir / "data-empty"
+    if not data_dir.exists():
+        service_bench.fill_gallery(data_dir, bundle, np.zeros((0, bundle.manifest.embedding_dim)))
+    image = png_bytes(0, size=(112, 112), mode="RGB")
+    with ServerProcess(
+        data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
+    ) as server:
+        body, content_type = service_bench.multipart([image], {"top_k": str(TOP_K)})
+        client = service_bench.RawClient(server.url)
+        client.post(f"/v1/galleries/{GALLERY}/identify", body, content_type)
+        client.close()
+        assert server.process is not None
+        return rss_bytes(server.process.pid)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}; model {report['model']}; top_k {TOP_K}; one subject "
+        "per template; single-image identify requests (multipart PNG, 112x112 RGB).",
+        "",
+        "| gallery | index | clients | req/s | p50 ms | p99 ms | server CPU ms/req | load avg |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size, result in report["sizes"].items():
+        for url, entry in result["indexes"].items():
+            for key, run in entry.items():
+                if not key.endswith("clients"):
+                    continue
+                lines.append(
+                    f"| {int(size):,} | `{url}` | {key.split()[0]} | {run['per_s']:.0f} "
+                    f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
+                    f"| {run['server_cpu_ms_per_request']:.2f} | {run['load_average_1min']:.1f} |"
+                )
+    lines += [
+        "",
+        "| gallery | index | start-up s | restart s | server RSS MB | bytes per template "
+        "| after a restart | recall@1 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for size, result in report["sizes"].items():
+        for url, entry in result["indexes"].items():
+            recall = entry.get("recall_at_1")
+            recall_text = (
+                ", ".join(f"{name} {value:.3f}" for name, value in recall.items())
+                if recall
+                else "exact"
+            )
+            lines.append(
+                f"| {int(size):,} | `{url}` | {entry['startup_s']:.1f} | {entry['restart_s']:.1f} "
+                f"| {entry['rss_mb']:.0f} | {entry['bytes_per_template']:.0f} "
+                f"| {entry['restart_bytes_per_template']:.0f} | {recall_text} |"
+            )
+    costs = [
+        (size, url, entry["search_ms_per_query"])
+        for size, result in report["sizes"].items()
+        for url, entry in result["indexes"].items()
+        if "search_ms_per_query" in entry
+    ]
+    if costs:
+        names = list(costs[0][2])
+        lines += [
+            "",
+            "In-process search, ms per query (median): " + ", ".join(names),
+            "",
+            "| gallery | index | " + " | ".join(names) + " |",
+            "| ---: | --- |" + " ---: |" * len(names),
+        ]
+        for size, url, cost in costs:
+            cells = " | ".join(f"{cost[name]:.2f}" for name in names)
+            lines.append(f"| {int(size):,} | `{url}` | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100000", help="gallery sizes (comma-separated)")
+    parser.add_argument(
+        "--index", action="append", help="index URL (repeatable; default faiss:// and sq8)"
+    )
+    parser.add_argument("--requests", type=int, default=400, help="requests per run")
+    parser.add_argument("--clients", default="1,8", help="client counts (comma-separated)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--search-costs",
+        action="store_true",
+        help="also time in-process search: 1 vs 8 queries per call, 1 vs 2 FAISS threads",
+    )
+    args = parser.parse_args()
+    urls = args.index or ["faiss://", "faiss://?storage=sq8"]
+    clients = [int(c) for c in args.clients.split(",")]
+    report: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="opengallery-scale-") as tmp:
+        workdir = Path(tmp)
+        bundle = make_cheap_bundle(workdir / "bundle")
+        report["model"] = f"{bundle.model_id} (cheap network: 112x112 RGB -> 512-d)"
+        baseline = {url: empty_server_rss(bundle, workdir, url) for url in urls}
+        report["empty_server_rss_mb"] = {url: rss / 2**20 for url, rss in baseline.items()}
+        for size in [int(s) for s in args.sizes.split(",")]:
+            report["sizes"][size] = run_size(
+                bundle, workdir, size, urls, args.requests, clients, baseline, args.search_costs
+            )
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
