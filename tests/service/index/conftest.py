@@ -10,7 +10,12 @@ from service.index import IndexBackend, open_index
 
 # backend name -> the fixture giving its index URL (milvus_url: tests/conftest.py, a real
 # Milvus server for the session).
-BACKENDS: dict[str, str | None] = {"faiss": None, "milvus": "milvus_url"}
+BACKENDS: dict[str, str | None] = {"faiss": None, "faiss-sq8": "sq8_url", "milvus": "milvus_url"}
+
+
+@pytest.fixture
+def sq8_url() -> str:
+    return "faiss://?storage=sq8"
 
 
 @pytest.fixture(params=sorted(BACKENDS))
