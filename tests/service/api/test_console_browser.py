@@ -366,87 +366,30 @@ def test_models_view_migrates_a_gallery_and_follows_the_job(
     view.close()
 
 
-def test_calibration_and_keys_views_read_the_designed_answers(
+def test_keys_view_lists_creates_and_revokes_through_the_api(
     browser: object, server: ServerThread, artefacts: Path
 ) -> None:
-    """The gallery calibration and key listing APIs (design §4) as the console reads them,
-    answered here by the browser (page.route) so the views are tested on their own."""
-    import json
-
+    """The keys view against the real API: it lists the keys, revokes one, and the service
+    then refuses that key."""
     with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
-        admin.post("/v1/galleries", json={"name": "faces", "fpir": 0.05})
-    scores = [round(0.1 + 0.6 * ((i * 37) % 100) / 100, 4) for i in range(400)]
-    calibration = {
-        "source": "gallery",
-        "size": 400,
-        "min_fpir": 0.025,
-        "thresholds": [
-            {"fpir": 0.05, "threshold": 0.6712, "fpir_upper": 0.0731},
-            {"fpir": 0.1, "threshold": 0.6421, "fpir_upper": 0.1312},
-        ],
-        "scores": scores,
-    }
-    keys = {
-        "keys": [
-            {"key_id": 1, "scope": "admin", "name": None, "created": "2026-11-30T10:00:00"},
-            {"key_id": 2, "scope": "client", "name": "kiosk", "created": "2026-11-30T11:00:00"},
-        ]
-    }
-    revoked: list[str] = []
-
-    def answer_calibration(route: object) -> None:
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(calibration))  # type: ignore[attr-defined]
-
-    def answer_keys(route: object) -> None:
-        request = route.request  # type: ignore[attr-defined]
-        if request.method == "DELETE":
-            revoked.append(request.url.rsplit("/", 1)[1])
-            route.fulfill(status=204, body="")  # type: ignore[attr-defined]
-        else:
-            route.fulfill(status=200, content_type="application/json", body=json.dumps(keys))  # type: ignore[attr-defined]
-
+        created = admin.post("/v1/keys", json={"scope": "client", "name": "kiosk"}).json()
+    key_id = created["key_id"]
     view = Page(browser, server, viewport={"width": 1280, "height": 900})
     page = view.page
-    page.route(re.compile(r".*/v1/galleries/faces/calibration(\?.*)?$"), answer_calibration)
-    page.route(re.compile(r".*/v1/keys(/\d+)?$"), answer_keys)
     view.open()
     view.log_in(ADMIN_KEY)
-    row = page.wait_for_selector("tr[data-gallery='faces']")
-    cells = [c.text_content() for c in row.query_selector_all("td")]
-    assert cells[2:5] == ["0.050000", "0.6712", "0.073100"]  # FPIR, threshold, fpir_upper
-    page.click("#nav a[data-view=calibration]")
-    # Drawn: the canvas is sized to its box (a width attribute) in the same frame.
-    page.wait_for_selector("#calibration-histogram[width]")
-    # The threshold line is drawn in red where 0.6712 falls between the smallest and
-    # largest value (0.1 and 0.6940): find red pixels in that column of the canvas.
-    red_column = page.evaluate(
-        """() => {
-          const canvas = document.getElementById('calibration-histogram');
-          const g = canvas.getContext('2d');
-          const data = g.getImageData(0, 0, canvas.width, canvas.height).data;
-          const reds = new Set();
-          for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) {
-            const i = 4 * (y * canvas.width + x);
-            if (data[i] > 150 && data[i + 1] < 80 && data[i + 2] < 80) reds.add(x);
-          }
-          return [...reds].sort((a, b) => a - b);
-        }"""
-    )
-    width = page.evaluate("document.getElementById('calibration-histogram').width")
-    ratio = page.evaluate("window.devicePixelRatio")
-    plot_left, plot_width = 40 * ratio, width - 50 * ratio
-    expected = plot_left + (0.6712 - 0.1) / (max(scores) - 0.1) * plot_width
-    assert red_column and min(abs(x - expected) for x in red_column) <= 3 * ratio
-    assert "400 strangers" in page.text_content("#view")
-    page.screenshot(path=str(artefacts / "calibration.png"), full_page=True)
-
     page.click("#nav a[data-view=keys]")
-    page.wait_for_selector("tr[data-key-id='2']")
-    assert "kiosk" in page.text_content("tr[data-key-id='2']")
+    row = page.wait_for_selector(f"tr[data-key-id='{key_id}']")
+    assert "kiosk" in row.text_content()
     with page.expect_response(lambda response: response.request.method == "DELETE"):
-        page.click("tr[data-key-id='2'] button.danger")
-    assert revoked == ["2"]
+        page.click(f"tr[data-key-id='{key_id}'] button.danger")
+    page.screenshot(path=str(artefacts / "keys.png"), full_page=True)
     view.close()
+    with httpx.Client(base_url=server.url, headers={"X-API-Key": ADMIN_KEY}) as admin:
+        listed = {key["key_id"] for key in admin.get("/v1/keys").json()["keys"]}
+    assert key_id not in listed
+    refused = httpx.get(f"{server.url}/v1/galleries", headers={"X-API-Key": created["key"]})
+    assert refused.status_code == 401
 
 
 def test_export_and_import_a_gallery_in_the_console(
@@ -514,4 +457,27 @@ def test_calibration_view_draws_the_services_own_scores(
     assert len(body["scores"]) == body["size"] == 2000  # the bundle's strangers
     page.wait_for_selector("#calibration-histogram[width]")
     assert "no per-stranger scores" not in page.text_content("#view")
+    # The threshold for the gallery's FPIR is drawn in red where it falls between the
+    # smallest and the largest score: find red pixels in that column of the canvas.
+    scores = body["scores"]
+    threshold = next(p["threshold"] for p in body["thresholds"] if p["fpir"] == 0.05)
+    red_columns = page.evaluate(
+        """() => {
+          const canvas = document.getElementById('calibration-histogram');
+          const g = canvas.getContext('2d');
+          const data = g.getImageData(0, 0, canvas.width, canvas.height).data;
+          const reds = new Set();
+          for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) {
+            const i = 4 * (y * canvas.width + x);
+            if (data[i] > 150 && data[i + 1] < 80 && data[i + 2] < 80) reds.add(x);
+          }
+          return [...reds].sort((a, b) => a - b);
+        }"""
+    )
+    width = page.evaluate("document.getElementById('calibration-histogram').width")
+    ratio = page.evaluate("window.devicePixelRatio")
+    plot_left, plot_width = 40 * ratio, width - 50 * ratio
+    low, high = min(scores), max(scores)
+    expected = plot_left + (threshold - low) / (high - low) * plot_width
+    assert red_columns and min(abs(x - expected) for x in red_columns) <= 3 * ratio
     view.close()
