@@ -9,6 +9,7 @@ searches run concurrently, mutations are serialised by the caller per gallery.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +38,24 @@ class IndexContents:
             np.zeros(0, dtype=np.int64),
             np.zeros((0, dim), dtype=np.float32),
         )
+
+
+def distinct_subjects(hits: Iterable[tuple[int, float]], top_k: int) -> list[tuple[int, float]]:
+    """The first `top_k` distinct subjects of (subject pk, score) sample hits, best first.
+
+    With "max" scoring a subject's first hit is its best sample, so this is exact as long as
+    the hits reach `top_k` subjects; a backend widens its search until they do.
+    """
+    seen: set[int] = set()
+    found: list[tuple[int, float]] = []
+    for pk, score in hits:
+        if pk in seen:
+            continue
+        seen.add(pk)
+        found.append((pk, score))
+        if len(found) == top_k:
+            break
+    return found
 
 
 class SubjectSearch(Protocol):

@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 
 from models.scoring import check_scoring, l2_normalise
-from service.index.base import Candidate, IndexContents
+from service.index.base import Candidate, IndexContents, distinct_subjects
 from service.index.locks import RWLock
 
 _search_threads = 1
@@ -163,18 +163,12 @@ class FaissSubjectIndex:
             rows: list[list[tuple[int, float]]] = []
             complete = True
             for srow, irow in zip(scores, ids, strict=True):
-                seen: set[int] = set()
-                row: list[tuple[int, float]] = []
-                for score, sample_id in zip(srow, irow, strict=True):
-                    if sample_id < 0:
-                        break
-                    pk = self._sample_subject[int(sample_id)]
-                    if pk in seen:
-                        continue
-                    seen.add(pk)
-                    row.append((pk, float(score)))
-                    if len(row) == top_k:
-                        break
+                hits = (
+                    (self._sample_subject[int(sample_id)], float(score))
+                    for score, sample_id in zip(srow, irow, strict=True)
+                    if sample_id >= 0
+                )
+                row = distinct_subjects(hits, top_k)
                 if len(row) < top_k and k < total:
                     complete = False
                     break

@@ -33,7 +33,13 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from models.scoring import check_scoring, l2_normalise
-from service.index.base import Candidate, IndexConfigError, IndexContents, IndexUnavailable
+from service.index.base import (
+    Candidate,
+    IndexConfigError,
+    IndexContents,
+    IndexUnavailable,
+    distinct_subjects,
+)
 from service.index.locks import RWLock
 
 TEMPLATE_IDS = 1 << 62  # template ids: above every sample id the database hands out
@@ -270,15 +276,7 @@ class MilvusSubjectIndex:
             hits = self._search(queries, k, SAMPLE)
             rows: list[list[tuple[int, float]]] = []
             for row in hits:
-                seen: set[int] = set()
-                found: list[tuple[int, float]] = []
-                for _, pk, score in row:
-                    if pk in seen:
-                        continue
-                    seen.add(pk)
-                    found.append((pk, score))
-                    if len(found) == top_k:
-                        break
+                found = distinct_subjects(((pk, score) for _, pk, score in row), top_k)
                 if len(found) < top_k and k < total:
                     break
                 rows.append(found)
