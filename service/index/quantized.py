@@ -45,7 +45,7 @@ import threading
 import uuid
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -56,6 +56,7 @@ import numpy as np
 from models.scoring import check_scoring, l2_normalise
 from service.index.base import Candidate, IndexContents
 from service.index.faiss import _apply_search_threads
+from service.index.int8_scan import Int8Codes
 from service.index.locks import RWLock
 
 logger = logging.getLogger("opengallery.service")
@@ -67,7 +68,9 @@ _MIN_REBUILD_ROWS = 256
 # Rows asked of the first search: enough, on 512-d galleries of a million, for the window of
 # twice the error bound below the k-th subject, so that one scan of the codes usually does.
 _FIRST_K = 256
-SNAPSHOT_FORMAT = 1
+# Queries per shared scan of the codes (its int32 scores take 4 bytes per query and row).
+_SCAN_QUERIES = 32
+SNAPSHOT_FORMAT = 2
 
 
 def _close_and_remove(file: IO[bytes], path: Path | None, keep: dict[str, bool]) -> None:
@@ -354,7 +357,7 @@ class QuantizedSubjectIndex:
         self._sample_alive = Column(np.bool_)
         self._live_samples = 0
         self._max_sample_id = -1
-        self._codes: faiss.Index = self._new_codes(-np.ones(dim), np.ones(dim), None)
+        self._codes: faiss.Index | Int8Codes = self._new_codes(-np.ones(dim), np.ones(dim), None)
         self._error = 0.0  # max ||x - decode(encode(x))|| over the rows encoded
         self._trained_rows = 0
         self._snapshot: Path | None = None  # the snapshot whose files this index appends to
@@ -362,16 +365,17 @@ class QuantizedSubjectIndex:
     # -- the codes --
     def _new_codes(
         self, low: np.ndarray, high: np.ndarray, sample: np.ndarray | None
-    ) -> faiss.Index:
+    ) -> faiss.Index | Int8Codes:
         """Empty codes whose quantiser spans [low, high] in each dimension (an IVF's lists are
-        trained on `sample`)."""
+        trained on `sample`); `self._sq` becomes their encoder."""
         qtype = faiss.ScalarQuantizer.QT_8bit
         _apply_search_threads()
-        ranges = np.stack([low, high]).astype(np.float32)
+        trained = np.concatenate([low, high - low]).astype(np.float32)
         if not self.ivf_lists:
-            codes = faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT)
-            codes.train(ranges)  # min-max training on these two rows: exactly these ranges
-            return codes
+            self._sq = faiss.ScalarQuantizer(self.dim, qtype)
+            faiss.copy_array_to_vector(trained, self._sq.trained)
+            return Int8Codes(self.dim, low, high - low)
+        ranges = np.stack([low, high]).astype(np.float32)
         sample = ranges if sample is None else sample
         lists = max(1, min(self.ivf_lists, len(sample) // 8))
         coarse = faiss.IndexFlatIP(self.dim)
@@ -383,8 +387,8 @@ class QuantizedSubjectIndex:
         codes.nprobe = min(self.nprobe, lists)
         self._coarse = coarse  # the IVF index does not own it
         codes.train(np.ascontiguousarray(sample, dtype=np.float32))
-        trained = np.concatenate([low, high - low]).astype(np.float32)
         faiss.copy_array_to_vector(trained, codes.sq.trained)
+        self._sq = codes.sq
         return codes
 
     def _encode(self, vectors: np.ndarray, first_row: int) -> None:
@@ -392,7 +396,7 @@ class QuantizedSubjectIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if not len(vectors):
             return
-        sq = self._codes.sq
+        sq = self._sq
         codes = sq.compute_codes(vectors)
         residual = np.linalg.norm(vectors - sq.decode(codes), axis=1)
         # float32 norms: relative rounding far below the margin.
@@ -402,12 +406,16 @@ class QuantizedSubjectIndex:
             self._codes.add_with_ids(vectors, labels)
         else:
             assert self._codes.ntotal == first_row
-            self._codes.add_sa_codes(codes)
+            self._codes.add_codes(codes)
 
     def error_bound(self, queries: np.ndarray) -> np.ndarray:
-        """Per query, the most its approximate score can differ from the exact one."""
+        """Per query, the most its approximate score can differ from the exact one (with the
+        shared scan, plus what rounding the query to integers costs: int8_scan)."""
         norms = np.linalg.norm(np.asarray(queries, dtype=np.float64), axis=1)
-        return norms * (self._error + 4 * self.dim * _UNIT_ROUNDOFF)
+        bound = norms * (self._error + 4 * self.dim * _UNIT_ROUNDOFF)
+        if isinstance(self._codes, Int8Codes):
+            bound = bound + self._codes.query_error(queries)
+        return bound
 
     def _rebuild(self, vectors: np.ndarray | None = None) -> None:
         """Re-train the quantiser on the live rows and re-encode them, dead rows dropped.
@@ -549,9 +557,28 @@ class QuantizedSubjectIndex:
         with self._lock.read():
             return self._top1(np.ascontiguousarray(queries, dtype=np.float32)), self._version
 
+    def _approximate(
+        self, queries: np.ndarray
+    ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+        """`search(which, k)`: the approximate top k rows of `queries[which]`. The shared scan
+        reads the codes once for all `queries` and widens from what it computed; FAISS
+        searches again on each call."""
+        if isinstance(self._codes, Int8Codes):
+            return self._codes.scan(queries).top
+        codes = self._codes
+        return lambda which, k: codes.search(queries[which], k)
+
     def _top1(self, queries: np.ndarray) -> np.ndarray:
         """`search(queries, 1)`'s scores, vectorised over the queries (calibration sets run to
         thousands): the same window, the same exact scores."""
+        if isinstance(self._codes, Int8Codes) and len(queries) > _SCAN_QUERIES:
+            # A scan holds an int32 score per query and row: a bounded number of queries.
+            return np.concatenate(
+                [
+                    self._top1(queries[start : start + _SCAN_QUERIES])
+                    for start in range(0, len(queries), _SCAN_QUERIES)
+                ]
+            )
         result = np.full(len(queries), -np.inf, dtype=np.float64)
         total = int(self._codes.ntotal)
         if self._live_rows == 0 or not len(queries):
@@ -560,8 +587,9 @@ class QuantizedSubjectIndex:
         pending = np.arange(len(queries))
         k = min(total, _FIRST_K)
         _apply_search_threads()
+        search = self._approximate(queries)
         while len(pending):
-            approximate, labels = self._codes.search(queries[pending], k)
+            approximate, labels = search(pending, k)
             returned = labels >= 0
             alive = np.zeros_like(returned)
             alive[returned] = self._row_alive.values[labels[returned]]
@@ -605,6 +633,12 @@ class QuantizedSubjectIndex:
 
     def _search_pks(self, queries: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if isinstance(self._codes, Int8Codes) and len(queries) > _SCAN_QUERIES:
+            return [
+                row
+                for start in range(0, len(queries), _SCAN_QUERIES)
+                for row in self._search_pks(queries[start : start + _SCAN_QUERIES], top_k)
+            ]
         results: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
         total = int(self._codes.ntotal)
         if self._live_rows == 0 or top_k <= 0 or not len(queries):
@@ -613,8 +647,9 @@ class QuantizedSubjectIndex:
         pending = np.arange(len(queries))
         k = min(total, max(_FIRST_K, 16 * top_k))
         _apply_search_threads()
+        search = self._approximate(queries)
         while len(pending):
-            scores, labels = self._codes.search(queries[pending], k)
+            scores, labels = search(pending, k)
             retry = []
             for i, score_row, label_row in zip(pending.tolist(), scores, labels, strict=True):
                 answer = self._rerank(queries[i], score_row, label_row, top_k, bounds[i], k, total)
@@ -829,12 +864,16 @@ class QuantizedSubjectIndex:
             for file in files:
                 file.sync()
                 file.keep()
-            codes_path = meta_path.with_suffix(".faiss")
-            partial = codes_path.with_name(codes_path.name + ".partial")
-            faiss.write_index(self._codes, str(partial))
-            with open(partial, "rb") as handle:
-                os.fsync(handle.fileno())
-            partial.replace(codes_path)
+            if isinstance(self._codes, Int8Codes):
+                arrays["vmin"], arrays["vdiff"] = self._codes.vmin, self._codes.vdiff
+                arrays |= {f"codes_{i}": b for i, b in enumerate(self._codes.blocks())}
+            else:
+                codes_path = meta_path.with_suffix(".faiss")
+                partial = codes_path.with_name(codes_path.name + ".partial")
+                faiss.write_index(self._codes, str(partial))
+                with open(partial, "rb") as handle:
+                    os.fsync(handle.fileno())
+                partial.replace(codes_path)
             arrays_path = meta_path.with_suffix(".npz")
             partial = arrays_path.with_name(arrays_path.name + ".partial")
             with open(partial, "wb") as handle:
@@ -852,6 +891,7 @@ class QuantizedSubjectIndex:
                 else None,
                 "samples": self._samples.rows if self._samples is not None else 0,
                 "error": self._error,
+                "max_code_norm": getattr(self._codes, "max_code_norm", 0.0),
                 "trained_rows": self._trained_rows,
                 "live_rows": self._live_rows,
                 "live_samples": self._live_samples,
@@ -911,12 +951,25 @@ class QuantizedSubjectIndex:
                 return None
             index._samples = RowFile(dim, path=samples_path, rows=meta["samples"])
             index._samples.keep()
-        try:
-            index._codes = faiss.read_index(str(meta_path.with_suffix(".faiss")))
-        except RuntimeError:
-            return None
         if ivf_lists:
+            try:
+                index._codes = faiss.read_index(str(meta_path.with_suffix(".faiss")))
+            except RuntimeError:
+                return None
             index._codes.nprobe = min(nprobe, index._codes.nlist)
+            index._sq = index._codes.sq
+        else:
+            vmin, vdiff = loaded["vmin"], loaded["vdiff"]
+            index._new_codes(vmin, vmin + vdiff, None)  # the encoder, trained as saved
+            faiss.copy_array_to_vector(
+                np.concatenate([vmin, vdiff]).astype(np.float32), index._sq.trained
+            )
+            blocks = [loaded[f"codes_{i}"] for i in range(len(loaded)) if f"codes_{i}" in loaded]
+            index._codes = Int8Codes.from_blocks(
+                dim, vmin, vdiff, blocks, float(meta["max_code_norm"])
+            )
+            if index._codes.ntotal != len(loaded["row_alive"]):
+                return None
         for name in ("row_subject", "row_sample", "row_alive"):
             getattr(index, f"_{name}").replace(loaded[name])
         for name in ("sample_id", "sample_subject", "sample_alive"):
