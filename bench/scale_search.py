@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.bundle import Bundle  # noqa: E402
+from models.bundle import Bundle, load_bundle  # noqa: E402
 from models.testing import make_cheap_bundle  # noqa: E402
 from service.index import IndexContents, open_index  # noqa: E402
 from service.testing import ServerProcess, png_bytes  # noqa: E402
@@ -166,14 +167,23 @@ def run_size(
     search_only: bool = False,
 ) -> dict:
     dim = bundle.manifest.embedding_dim
-    print(f"gallery size {size}: filling ...", file=sys.stderr, flush=True)
     vectors = gallery_vectors(size, dim)
     data_dir = workdir / f"data-{size}"
-    fill_s = service_bench.fill_gallery(data_dir, bundle, vectors)
+    filled = data_dir / "filled.json"  # written once the store holds the whole gallery
+    if filled.exists():
+        print(f"gallery size {size}: reusing {data_dir}", file=sys.stderr, flush=True)
+        fill_s = json.loads(filled.read_text())["fill_s"]
+    else:
+        print(f"gallery size {size}: filling ...", file=sys.stderr, flush=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        fill_s = service_bench.fill_gallery(data_dir, bundle, vectors)
+        filled.write_text(json.dumps({"fill_s": fill_s, "model": bundle.model_id}))
     images = [png_bytes(seed, size=(112, 112), mode="RGB") for seed in range(64)]
     results: dict = {"fill_s": fill_s, "indexes": {}}
     for url in urls:
         print(f"  {url}: starting ...", file=sys.stderr, flush=True)
+        # The first start builds from the database, whatever an earlier run left.
+        shutil.rmtree(data_dir / "index", ignore_errors=True)
         load = os.getloadavg()[0]
         started = time.perf_counter()
         server = ServerProcess(
@@ -306,6 +316,12 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8", help="client counts (comma-separated)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
+        "--data",
+        type=Path,
+        help="keep the bundle and the filled galleries here and reuse them in later runs "
+        "(a 1M gallery takes minutes to fill); default: a temporary directory",
+    )
+    parser.add_argument(
         "--search-costs",
         action="store_true",
         help="also time in-process search: 1 vs 8 queries per call, 1 vs 2 FAISS threads",
@@ -319,8 +335,13 @@ def main() -> int:
         "sizes": {},
     }
     with tempfile.TemporaryDirectory(prefix="opengallery-scale-") as tmp:
-        workdir = Path(tmp)
-        bundle = make_cheap_bundle(workdir / "bundle")
+        workdir = args.data or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        bundle = (
+            load_bundle(workdir / "bundle")
+            if (workdir / "bundle" / "manifest.json").exists()
+            else make_cheap_bundle(workdir / "bundle")
+        )
         report["model"] = f"{bundle.model_id} (cheap network: 112x112 RGB -> 512-d)"
         baseline = {url: empty_server_rss(bundle, workdir, url) for url in urls}
         report["empty_server_rss_mb"] = {url: rss / 2**20 for url, rss in baseline.items()}

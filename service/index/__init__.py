@@ -5,7 +5,8 @@
 - `faiss://` (the default): exact search over float32 vectors in process memory;
 - `faiss://?storage=sq8`: exact search over 8-bit codes in process memory, re-ranked from the
   float32 vectors kept in a file under the data directory (a quarter of the memory);
-  `merge=1` merges concurrent searches into shared FAISS calls (one running per core);
+  `merge=1` merges concurrent searches into shared scans (`slots=<n>` running at once, one
+  per core by default);
 - `faiss://?storage=sq8&ivf=<lists>&nprobe=<n>`: approximate search (an inverted file of
   `lists` lists, `n` visited per query), re-ranked exactly within what it visits.
 
@@ -32,7 +33,7 @@ from service.index.base import (
 
 DEFAULT_INDEX_URL = "faiss://"
 STORAGES = ("float32", "sq8")
-_FAISS_OPTIONS = {"storage", "ivf", "nprobe", "merge"}
+_FAISS_OPTIONS = {"storage", "ivf", "nprobe", "merge", "slots"}
 
 
 def _positive_int(options: dict[str, str], name: str, default: int) -> int:
@@ -70,8 +71,8 @@ def open_index(
                 f"faiss:// storage must be one of {list(STORAGES)}, got {storage!r}"
             )
         if storage == "float32":
-            if options.keys() & {"ivf", "nprobe", "merge"}:
-                raise IndexConfigError("faiss:// ivf, nprobe and merge need storage=sq8")
+            if options.keys() & {"ivf", "nprobe", "merge", "slots"}:
+                raise IndexConfigError("faiss:// ivf, nprobe, merge and slots need storage=sq8")
             return FaissBackend(search_threads)
         from service.index.quantized import QuantizedBackend
 
@@ -85,6 +86,7 @@ def open_index(
             ivf_lists=ivf_lists,
             nprobe=_positive_int(options, "nprobe", 16),
             merge_searches=merge == "1",
+            search_slots=_positive_int(options, "slots", 0) or None,
         )
     if scheme == "milvus":
         try:

@@ -1049,11 +1049,13 @@ class QuantizedBackend:
         ivf_lists: int = 0,
         nprobe: int = 16,
         merge_searches: bool = False,
+        search_slots: int | None = None,
     ) -> None:
         self.directory = directory
         self.ivf_lists = ivf_lists
         self.nprobe = nprobe
         self.merge_searches = merge_searches
+        self.search_slots = search_slots
         if directory is not None:
             self._remove_orphans(directory)
 
@@ -1091,8 +1093,13 @@ class QuantizedBackend:
             ivf_lists=self.ivf_lists,
             nprobe=self.nprobe,
         )
-        index.merge_searches = self.merge_searches
+        self._configure(index)
         return index
+
+    def _configure(self, index: QuantizedSubjectIndex) -> None:
+        index.merge_searches = self.merge_searches
+        if self.search_slots is not None:
+            index.search_slots = self.search_slots
 
     def _meta_path(self, gallery: str, model_id: str) -> Path:
         assert self.directory is not None
@@ -1126,7 +1133,7 @@ class QuantizedBackend:
         if index is None:
             self._remove_snapshot(meta_path)
         else:
-            index.merge_searches = self.merge_searches
+            self._configure(index)
         return index
 
     def _remove_snapshot(self, meta_path: Path) -> None:

@@ -263,6 +263,9 @@ def test_index_url_options(tmp_path: Path) -> None:
     assert (backend.ivf_lists, backend.nprobe, backend.directory) == (64, 4, tmp_path / "index")
     assert not backend.merge_searches
     assert open_index("faiss://?storage=sq8&merge=1").merge_searches
+    contents = IndexContents.empty(DIM)
+    slotted = open_index("faiss://?storage=sq8&merge=1&slots=1").build(DIM, "max", contents)
+    assert slotted.merge_searches and slotted.search_slots == 1
     for url, message in (
         ("faiss://?storage=fp8", "storage"),
         ("faiss://?storage=sq8&ivf=0", "ivf"),
@@ -271,6 +274,8 @@ def test_index_url_options(tmp_path: Path) -> None:
         ("faiss://?colour=blue", "colour"),
         ("faiss://?storage=sq8&merge=2", "merge"),
         ("faiss://?merge=1", "sq8"),
+        ("faiss://?storage=sq8&slots=0", "slots"),
+        ("faiss://?slots=1", "sq8"),
     ):
         with pytest.raises(IndexConfigError, match=message):
             open_index(url)
