@@ -118,8 +118,10 @@ class Int8Codes:
         if not len(codes):
             return
         centred = (codes ^ np.uint8(0x80)).view(np.int8)
-        norms = np.sqrt(np.square(centred, dtype=np.float64).sum(axis=1))
-        self.max_code_norm = max(self.max_code_norm, float(norms.max()) * (1 + 1e-12))
+        for start in range(0, len(centred), 4096):  # int32 squares, a few MB at a time
+            wide = centred[start : start + 4096].astype(np.int32)
+            largest = float(np.sqrt(np.einsum("ij,ij->i", wide, wide).max()))
+            self.max_code_norm = max(self.max_code_norm, largest * (1 + 1e-12))
         sums = centred.sum(axis=1, dtype=np.int32)
         self._widen_sums(sums)
         done = 0
