@@ -2,7 +2,9 @@
 
 The index holds every searched vector (a sample under "max", a subject's template under "mean")
 as 8-bit codes in process memory (FAISS `QT_8bit`: per dimension, 256 levels between the
-trained minimum and maximum), about a quarter of float32. The float32 vectors live in a file
+trained minimum and maximum), about a quarter of float32, scanned by an integer matrix product
+that every query of a search shares (int8_scan.py; its rounding of the query is part of the
+error bound below). The float32 vectors live in a file
 under the data directory, read with `pread` for the few candidates of each query, so they
 cost page cache, not process memory.
 
@@ -10,14 +12,16 @@ Why the answers equal exact float32 search. Let `x^` be the decoded code of `x` 
 `err = max ||x - x^||` over the encoded vectors (measured when encoding). For a probe `q`,
 `|q.x - q.x^| <= ||q|| err` (Cauchy-Schwarz); FAISS's float32 approximate score and the exact
 float32 score each add at most about `D u ||q|| (1 + err)` of rounding (u = 2^-24; err < 1),
-so every approximate score is within `bound = ||q|| (err + 4 D u)` of the exact one. A subject's
+so every approximate score is within `bound = ||q|| (err + 4 D u)` (plus the shared scan's
+query rounding, `Int8Codes.query_error`) of the exact one. A subject's
 approximate score is its best sample's, and the k-th best subject's approximate score `a_k`
 gives `k` subjects whose exact scores are at least `a_k - bound`. A sample with approximate
 score below `a_k - 2 bound` scores exactly below `a_k - bound`, so it can neither be in the top
 k nor be the best sample of a subject that is. Re-ranking every sample at or above
 `a_k - 2 bound` exactly therefore gives the exact top-k subjects and their exact scores
 (per-subject max over the candidates; "mean" templates are one row per subject). The FAISS
-search asks for `_FIRST_K` rows and is widened while its last row still reaches the window.
+search asks for `_FIRST_K` rows and is widened while its last row still reaches the window
+(from the same scan's scores: the codes are read once).
 
 With `ivf=<lists>` the codes sit in an inverted file (`IndexIVFScalarQuantizer`) and a search
 visits `nprobe` lists: approximate search, re-ranked exactly within what was visited.
@@ -28,8 +32,9 @@ rows are dead, or when the gallery has doubled since the quantiser was trained (
 ranges, and the error bound, follow the data).
 
 Concurrent searches can be merged (`merge_searches`): up to `search_slots` searches run at
-once (one per core), a caller that finds them all busy queues its probes, and the next search
-takes everything queued in one FAISS call. With a
+once (one per core by default), a caller that finds them all busy queues its probes, and the
+next search takes everything queued in one scan (no waiting window: a lone caller searches at
+once). With a
 directory, the backend saves snapshots (codes, row tables, names; the float32 row files stay
 where they are) keyed by gallery, model and database version, which the next start loads.
 """
@@ -535,7 +540,7 @@ class QuantizedSubjectIndex:
         return request.result
 
     def _search_now(self, batch: list[_PendingSearch]) -> list[list[list[Candidate]]]:
-        """One FAISS search for every request of `batch` (the caller holds the read lock);
+        """One search for every request of `batch` (the caller holds the read lock);
         each gets its own queries' rows, cut to its own top_k (the exact top k subjects are
         the first k of the exact top K, ties in subject-id order alike)."""
         queries = (
