@@ -101,7 +101,7 @@ def test_a_good_snapshot_is_used_and_a_stale_one_rebuilt(
     assert rebuilt[0] == after_write[0]
     # One snapshot and its row file remain; nothing else was left behind.
     names = sorted(path.suffix for path in (settings.data_dir / "index").iterdir())
-    assert names == [".f32", ".faiss", ".json", ".npz"]
+    assert names == [".f32", ".json", ".npz"]  # the flat codes sit in the .npz
 
 
 def test_a_deleted_gallerys_snapshot_goes_at_the_next_start(
