@@ -73,8 +73,9 @@ _MIN_REBUILD_ROWS = 256
 # Rows asked of the first search: enough, on 512-d galleries of a million, for the window of
 # twice the error bound below the k-th subject, so that one scan of the codes usually does.
 _FIRST_K = 256
-# Queries per shared scan of the codes (its int32 scores take 4 bytes per query and row).
-_SCAN_QUERIES = 32
+# Queries per shared scan of the codes: the integer product repacks each block per call, and
+# from about 64 queries on that cost is spread thin (its int32 scores: 256 MB at 1M rows).
+_SCAN_QUERIES = 64
 SNAPSHOT_FORMAT = 2
 
 
