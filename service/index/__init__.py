@@ -5,8 +5,8 @@
 - `faiss://` (the default): exact search over float32 vectors in process memory;
 - `faiss://?storage=sq8`: exact search over 8-bit codes in process memory, re-ranked from the
   float32 vectors kept in a file under the data directory (a quarter of the memory);
-  `merge=1` merges concurrent searches into shared scans (`slots=<n>` running at once, one
-  per core by default);
+  concurrent searches share one scan of the codes (`slots=<n>` scans at once, one per core by
+  default; `merge=0` turns sharing off);
 - `faiss://?storage=sq8&ivf=<lists>&nprobe=<n>`: approximate search (an inverted file of
   `lists` lists, `n` visited per query), re-ranked exactly within what it visits.
 
@@ -78,7 +78,9 @@ def open_index(
 
         set_search_threads(search_threads)
         ivf_lists = _positive_int(options, "ivf", 0)
-        merge = options.get("merge", "0")
+        # Merged searches share one scan of the codes (int8_scan): on by default for the flat
+        # codes, where a merged scan costs less per query and a lone search waits for nothing.
+        merge = options.get("merge", "0" if ivf_lists else "1")
         if merge not in ("0", "1"):
             raise IndexConfigError(f"faiss:// merge must be 0 or 1, got {merge!r}")
         return QuantizedBackend(

@@ -261,8 +261,9 @@ def test_index_url_options(tmp_path: Path) -> None:
     backend = open_index("faiss://?storage=sq8&ivf=64&nprobe=4", data_dir=tmp_path)
     assert isinstance(backend, QuantizedBackend)
     assert (backend.ivf_lists, backend.nprobe, backend.directory) == (64, 4, tmp_path / "index")
-    assert not backend.merge_searches
-    assert open_index("faiss://?storage=sq8&merge=1").merge_searches
+    assert not backend.merge_searches  # an inverted file merges only when asked
+    assert open_index("faiss://?storage=sq8").merge_searches  # flat codes share their scans
+    assert not open_index("faiss://?storage=sq8&merge=0").merge_searches
     contents = IndexContents.empty(DIM)
     slotted = open_index("faiss://?storage=sq8&merge=1&slots=1").build(DIM, "max", contents)
     assert slotted.merge_searches and slotted.search_slots == 1
