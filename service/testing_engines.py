@@ -65,7 +65,6 @@ class PostgresServer:
         binaries = postgres_binaries()
         self.directory = Path(tempfile.mkdtemp(prefix="opengallery-postgres-"))
         data = self.directory / "data"
-        log = self.directory / "postgres.log"
         user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
         if user is not None:
             shutil.chown(self.directory, user)
@@ -85,6 +84,15 @@ class PostgresServer:
             user=user,
             timeout=timeout,
         )
+        self._launch(timeout)
+        return self
+
+    def _launch(self, timeout: float) -> None:
+        assert self.directory is not None
+        binaries = postgres_binaries()
+        data = self.directory / "data"
+        log = self.directory / "postgres.log"
+        user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
         with open(log, "ab") as log_file:
             self.process = subprocess.Popen(
                 [
@@ -109,7 +117,14 @@ class PostgresServer:
                 user=user,
             )
         self._wait_ready(timeout, log)
-        return self
+
+    def halt(self) -> None:
+        """Shut the server down, keeping its data (an outage); `resume()` brings it back."""
+        _stop(self.process, signal.SIGINT, 30.0)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again: same port, same data."""
+        self._launch(timeout)
 
     def _wait_ready(self, timeout: float, log: Path) -> None:
         import psycopg
@@ -179,6 +194,19 @@ class MilvusServer:
 
     def start(self, timeout: float = 60.0) -> MilvusServer:
         self.directory = Path(tempfile.mkdtemp(prefix="opengallery-milvus-"))
+        self._launch(timeout)
+        return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (an outage); `resume()` brings it back."""
+        _stop(self.process, signal.SIGTERM, 30.0)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again: same port, same data."""
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        assert self.directory is not None
         log = self.directory / "milvus.log"
         with open(log, "ab") as log_file:
             self.process = subprocess.Popen(
@@ -205,7 +233,6 @@ class MilvusServer:
                 self.stop()
                 raise TimeoutError(f"milvus-lite not ready after {timeout}s")
             time.sleep(0.1)
-        return self
 
     def _answers(self) -> bool:
         from pymilvus import MilvusClient

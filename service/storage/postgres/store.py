@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import psycopg
+
+from service.storage.errors import StoreUnavailable
 from service.storage.postgres.calibration import PostgresCalibration
+from service.storage.postgres.connection import _one_line
 from service.storage.postgres.galleries import PostgresGalleries
 from service.storage.postgres.jobs import PostgresJobs
 from service.storage.postgres.keys import PostgresKeys
@@ -30,3 +34,12 @@ class PostgresStore(
     def space_exhausted(self) -> bool:
         # The server owns its disk: a write it refuses for space is an error of that write.
         return False
+
+    def ping(self, timeout: float) -> None:
+        try:
+            with self._pool.connection(timeout=timeout) as connection:
+                connection.execute("SELECT 1")
+        except psycopg.OperationalError as error:  # the pool's timeout is one too
+            raise StoreUnavailable(
+                f"the database at {self.shown_url} is unavailable: {_one_line(error)}"
+            ) from None
