@@ -190,9 +190,14 @@ def enrol(client: TestClient, gallery: str, subject: str, vectors: np.ndarray) -
     assert response.status_code == 201, response.text
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_the_same_gallery_on_faiss_and_on_milvus_answers_alike(
-    settings: Settings, milvus_url: str
+    settings: Settings, milvus_url: str, database: str, request: pytest.FixtureRequest
 ) -> None:
+    if database == "postgresql":  # one database, as replicas share it
+        settings = settings.model_copy(
+            update={"database_url": request.getfixturevalue("postgres_url")}
+        )
     rng = np.random.default_rng(11)
     dim = 16  # the test bundle's (tests/service/conftest.py)
     probes = {scoring: unit(rng, 12, dim) for scoring in ("max", "mean")}
