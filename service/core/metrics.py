@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.core.errors import StartupError
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -95,6 +97,11 @@ class Metrics:
         self.gallery_sizes: Callable[[], dict[str, tuple[int, int]]] = dict
         self.storage_full: Callable[[], bool] = lambda: False
         self._multiprocess_dir = multiprocess_dir()
+        if self._multiprocess_dir and not os.path.isdir(self._multiprocess_dir):
+            raise StartupError(
+                f"{MULTIPROC_ENV}={self._multiprocess_dir} is not a directory: create it (empty)"
+                " for the metrics of the processes of this machine, or unset it"
+            )
         # A registry of this instance's own (several apps may live in one process, in tests);
         # in multiprocess mode the counters are read back from the shared directory instead,
         # so they are registered nowhere.

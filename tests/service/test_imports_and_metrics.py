@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.settings import Settings
+from service.testing import free_port
 
 from .conftest import ADMIN_KEY, DIM
+from .test_serve_startup import _serve_command
 
 
 def test_service_imports_without_torch_or_onnx() -> None:
@@ -204,3 +206,20 @@ def test_processes_sharing_a_multiprocess_directory_add_up(
     assert values["opengallery_gallery_subjects"] == 1
     assert values["opengallery_storage_full"] == 0
     assert len(list(shared.iterdir())) >= 2  # one file set per process
+
+
+def test_a_multiprocess_directory_that_does_not_exist_is_one_line_at_start(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    missing = tmp_path / "no-such-directory"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENGALLERY_")}
+    result = subprocess.run(
+        _serve_command(free_port(), tmp_path / "data", bundle_path),
+        env={**environment, "PROMETHEUS_MULTIPROC_DIR": str(missing)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"PROMETHEUS_MULTIPROC_DIR={missing} is not a directory" in lines[0]
