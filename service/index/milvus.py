@@ -131,6 +131,9 @@ class MilvusConnection:
             ) from None
 
     def call(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # Every call gets the URL's timeout: without one, pymilvus retries a server that does
+        # not answer for a minute, and a request waits that long.
+        kwargs.setdefault("timeout", self.config.timeout)
         try:
             return action(*args, **kwargs)
         except Exception as error:

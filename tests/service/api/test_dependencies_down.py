@@ -10,6 +10,8 @@ can stop it and start it again on the same port with the same data.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -174,3 +176,34 @@ def test_milvus_down_under_load_then_back(
             after = identify(client, probes)
             assert after.status_code == 200, after.text
             assert after.json()["results"] == before.json()["results"]
+
+
+def test_milvus_that_stops_answering_costs_its_timeout_not_a_hang(
+    settings: Settings, logs: pytest.LogCaptureFixture
+) -> None:
+    """A server that accepts connections and never answers (frozen, or a network that drops
+    packets): each request waits the URL's timeout, not pymilvus's minute of retries."""
+    vectors = unit(np.random.default_rng(7), 3)
+    with MilvusServer() as milvus:
+        assert milvus.process is not None
+        url = with_password(milvus.url, "root") + "?timeout=2"
+        app = create_app(settings.model_copy(update={"index_url": url}))
+        with (
+            ServerThread(app) as server,
+            httpx.Client(base_url=server.url, headers=HEADERS, timeout=CLIENT_TIMEOUT_S) as client,
+        ):
+            enrol_gallery(client, vectors)
+            before = identify(client, vectors).json()
+            os.kill(milvus.process.pid, signal.SIGSTOP)
+            try:
+                readiness = client.get("/readyz")
+                assert readiness.status_code == 503
+                assert readiness.json()["unavailable"] == ["index"]
+                # The client gives up after CLIENT_TIMEOUT_S: a hang fails here.
+                assert_unavailable(
+                    under_load(server.url, lambda c, i: identify(c, vectors)), "index_unavailable"
+                )
+            finally:
+                os.kill(milvus.process.pid, signal.SIGCONT)
+            assert ready_again(client)["unavailable"] == []
+            assert identify(client, vectors).json()["results"] == before["results"]
