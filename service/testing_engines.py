@@ -8,6 +8,7 @@ Both bind 127.0.0.1 only, wait until they answer, and are stopped (and their fil
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -34,6 +35,16 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    tree = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            tree += _process_tree(int(child))
+    return tree
 
 
 def postgres_binaries() -> Path:
@@ -125,6 +136,20 @@ class PostgresServer:
     def resume(self, timeout: float = 60.0) -> None:
         """Start the halted server again: same port, same data."""
         self._launch(timeout)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its backends: connections are accepted (by the kernel) and
+        never answered, as with a hung host. `thaw()` lets it go on."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
+        assert self.process is not None
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def _wait_ready(self, timeout: float, log: Path) -> None:
         import psycopg

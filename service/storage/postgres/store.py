@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import psycopg
 
 from service.storage.errors import StoreUnavailable
@@ -36,7 +38,16 @@ class PostgresStore(
         return False
 
     def ping(self, timeout: float) -> None:
+        # First a connection of its own: a server that accepts connections and never answers
+        # (frozen) would hold a pooled connection's query for good, while connect_timeout
+        # bounds a new connection (libpq counts whole seconds, 2 at least). Then one from the
+        # pool, since the pool reconnects on its own schedule and requests go through it.
+        seconds = max(2, math.ceil(timeout))
         try:
+            with psycopg.connect(
+                self._pool.conninfo, autocommit=True, connect_timeout=seconds
+            ) as connection:
+                connection.execute("SELECT 1")
             with self._pool.connection(timeout=timeout) as connection:
                 connection.execute("SELECT 1")
         except psycopg.OperationalError as error:  # the pool's timeout is one too

@@ -207,3 +207,27 @@ def test_milvus_that_stops_answering_costs_its_timeout_not_a_hang(
                 os.kill(milvus.process.pid, signal.SIGCONT)
             assert ready_again(client)["unavailable"] == []
             assert identify(client, vectors).json()["results"] == before["results"]
+
+
+def test_a_frozen_database_is_reported_by_readyz_within_its_timeout(
+    settings: Settings, logs: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL that accepts connections and never answers: /readyz says so in about 2 s
+    (requests that reached it wait until it answers again: docs/scaling.md)."""
+    with PostgresServer() as database:
+        url = with_password(database.admin_url, "postgres")
+        app = create_app(settings.model_copy(update={"database_url": url}))
+        with (
+            ServerThread(app) as server,
+            httpx.Client(base_url=server.url, headers=HEADERS, timeout=CLIENT_TIMEOUT_S) as client,
+        ):
+            enrol_gallery(client, unit(np.random.default_rng(8), 2))
+            database.freeze()
+            try:
+                readiness = client.get("/readyz")  # a hang fails here, after CLIENT_TIMEOUT_S
+            finally:
+                database.thaw()
+            assert readiness.status_code == 503
+            assert readiness.json()["unavailable"] == ["database"]
+            assert ready_again(client)["unavailable"] == []
+            assert client.get("/v1/galleries/g").json()["subject_count"] == 2
