@@ -3,7 +3,7 @@
 Names are prefixed `opengallery_`. Requests and latency per route template (not per raw path,
 which would explode the label space), gallery sizes, and known/unknown decisions.
 
-Several processes on one machine (`serve --workers N`, or replicas behind one scraper) add up
+Several processes on one machine (`serve --workers N`, or several `serve` on one host) add up
 through prometheus-client's multiprocess mode: when `PROMETHEUS_MULTIPROC_DIR` names a
 directory (set before the process starts, since prometheus-client chooses its value store at
 import), every process writes its counters and histograms there and /metrics, whichever
@@ -41,15 +41,6 @@ prometheus_client.disable_created_metrics()
 def multiprocess_dir() -> str | None:
     """The shared metrics directory of the processes on this machine, if there is one."""
     return os.environ.get(MULTIPROC_ENV) or None
-
-
-def mark_process_dead(pid: int) -> None:
-    """Tell the shared directory that a worker has exited (its live gauges go; counters stay).
-
-    A supervisor of several workers calls this for each worker it reaps."""
-    directory = multiprocess_dir()
-    if directory is not None:
-        multiprocess.mark_process_dead(pid, directory)
 
 
 class _ScrapeTimeGauges(Collector):
