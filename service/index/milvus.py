@@ -124,7 +124,7 @@ class MilvusConnection:
                 db_name=config.db_name,
                 timeout=config.timeout,
             )
-            self.client.list_collections()
+            self.client.list_collections(timeout=config.timeout)
         except Exception as error:  # pymilvus raises its own and gRPC's errors
             raise IndexUnavailable(
                 f"cannot reach Milvus at {config.shown_url}: {' '.join(str(error).split())}"
