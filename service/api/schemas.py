@@ -425,6 +425,12 @@ class Readiness(BaseModel):
         False, description="writes fail for lack of space (answered 507); not ready meanwhile"
     )
     models: list[str]
+    unavailable: list[Literal["database", "index"]] = Field(
+        default_factory=list,
+        description="dependencies that do not answer now (their requests answer 503 "
+        "database_unavailable / index_unavailable); not ready meanwhile, ready again by "
+        "itself when they are back",
+    )
 
 
 class JobProgress(BaseModel):

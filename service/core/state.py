@@ -19,12 +19,16 @@ from service.core.migration import MigrationManager
 from service.core.models import LoadedModels
 from service.core.recognition import Recognition
 from service.core.transfer import GalleryTransfer
-from service.index import open_index
+from service.index import IndexUnavailable, open_index
 from service.settings import Settings
-from service.storage import Store, StoreOpenError, open_store
+from service.storage import Store, StoreOpenError, StoreUnavailable, open_store
 from service.storage.factory import sqlite_path
 
 logger = logging.getLogger("opengallery.service")
+
+# How long /readyz waits for each dependency: a load balancer's probe gives up after a few
+# seconds, and a dependency slower than this is not one to send traffic through.
+DEPENDENCY_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -47,6 +51,25 @@ class ServiceState:
     @property
     def ready(self) -> bool:
         return self.indexes_built and self.models.default_model_id is not None
+
+    def unavailable(self, timeout: float = DEPENDENCY_TIMEOUT_S) -> list[str]:
+        """The dependencies that do not answer now: "database", "index" (a vector index
+        server; one in this process has nothing to lose). Each is asked anew, so a dependency
+        that is back is reported back at once."""
+        down = []
+        checks = [
+            ("database", self.store.ping),
+            ("index", getattr(self.live.backend, "ping", None)),
+        ]
+        for name, ping in checks:
+            if ping is None:
+                continue
+            try:
+                ping(timeout)
+            except (StoreUnavailable, IndexUnavailable) as error:
+                logger.warning("not ready: %s", error)  # names the server, never a password
+                down.append(name)
+        return down
 
     def close(self) -> None:
         self.migrations.close()  # running jobs stop between chunks and resume at next start

@@ -31,6 +31,12 @@ class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, Tran
         back (at most once a second); any successful write ends the state.
         """
 
+    def ping(self, timeout: float) -> None:
+        """Raise StoreUnavailable if the database does not answer within `timeout` seconds.
+
+        A database in a file of this machine has no server to lose: the default does nothing.
+        """
+
 
 __all__ = [
     "CalibrationStore",
