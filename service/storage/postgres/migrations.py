@@ -9,6 +9,7 @@ import numpy as np
 from service.storage.errors import StoreConflict
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.samples import vector_bytes
+from service.storage.protocols.changes import MODEL_SWITCHED
 from service.storage.records import StoredImage
 
 
@@ -137,4 +138,6 @@ class PostgresMigrations(PostgresConnection):
                     " WHERE id = %s",
                     (job_id,),
                 )
-            return self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(connection, MODEL_SWITCHED, gallery, model_id=target_model)
+            return version

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.storage.postgres.calibration import PostgresCalibration
+from service.storage.postgres.changes import PostgresChanges
 from service.storage.postgres.galleries import PostgresGalleries
 from service.storage.postgres.jobs import PostgresJobs
 from service.storage.postgres.keys import PostgresKeys
@@ -22,6 +23,7 @@ class PostgresStore(
     PostgresKeys,
     PostgresModels,
     PostgresJobs,
+    PostgresChanges,
     Store,
 ):
     """One PostgreSQL database through a connection pool; safe to call from many threads and

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.storage.errors import StoreConflict
+from service.storage.protocols.changes import MODEL_SWITCHED
 from service.storage.records import StoredImage
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -119,4 +120,6 @@ class SQLiteMigrations(SQLiteConnection):
                     "UPDATE jobs SET status = 'succeeded', done = total, updated = ? WHERE id = ?",
                     (_now(), job_id),
                 )
-            return self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(connection, MODEL_SWITCHED, gallery, model_id=target_model)
+            return version
