@@ -109,6 +109,8 @@ class CalibrationSets:
                     )
                 fresh = [new[i].embedding for i, item in enumerate(added) if item.created]
                 self._follow(gallery, active, fresh, size)
+                if fresh:
+                    gallery.note_local(("calibration",))
             break
         else:
             raise ServiceError("model_changed", "the gallery changed model; retry")
@@ -200,7 +202,9 @@ class CalibrationSets:
                     f"({active.calibration.size}) cannot be deleted",
                 )
             with store_errors():
-                self.store.clear_calibration(gallery_name)
+                cleared = self.store.clear_calibration(gallery_name)
             if active.calibration.source == "gallery":
                 active.calibration.replace_probes(active.model.calibration, "bundle")
+            if cleared:
+                gallery.note_local(("calibration",))
         return self.describe(gallery_name)

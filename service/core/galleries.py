@@ -175,6 +175,7 @@ class Galleries:
         with gallery.lock, store_errors():
             record, created, _ = self.store.put_subject(gallery_name, subject_id, metadata)
             gallery.active.index.set_subject(record.pk, subject_id)
+            gallery.note_local(("put", record.pk))
         return SubjectWrite(record, created)
 
     def get_subject(self, gallery_name: str, subject_id: str) -> SubjectDetail:
@@ -207,6 +208,7 @@ class Galleries:
             active = gallery.active
             active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
             active.calibration.subject_removed(subject_id)
+            gallery.note_local(("delete", pk))
 
     # -- samples --
     def enrol(self, gallery_name: str, subject_id: str, uploads: list[Upload]) -> Enrolment:
@@ -285,6 +287,7 @@ class Galleries:
                     vectors,
                 )
                 active.calibration.samples_added(subject_id, vectors)
+                gallery.note_local(*(("add", added[i].sample_id) for i in fresh))
             return added
 
     def enrol_many(
@@ -395,6 +398,7 @@ class Galleries:
                     vectors,
                 )
                 active.calibration.samples_added_many(names, vectors)
+                gallery.note_local(*(("add", result.items[i].sample_id) for i in fresh))
             return result.items
 
     def sample_image(self, gallery_name: str, subject_id: str, sample_id: int) -> SampleImage:
@@ -416,3 +420,4 @@ class Galleries:
             active = gallery.active
             active.index.remove_samples(np.array([sample_id], dtype=np.int64))
             active.calibration.samples_removed(subject_id)
+            gallery.note_local(("remove", sample_id))

@@ -18,6 +18,7 @@ from service.core.metrics import Metrics
 from service.core.migration import MigrationManager
 from service.core.models import LoadedModels
 from service.core.recognition import Recognition
+from service.core.replication import ChangeFollower
 from service.core.transfer import GalleryTransfer
 from service.index import open_index
 from service.settings import Settings
@@ -43,12 +44,15 @@ class ServiceState:
     transfer: GalleryTransfer
     generated_admin_key: str | None = None
     indexes_built: bool = False
+    follower: ChangeFollower | None = None  # applies what other replicas write
 
     @property
     def ready(self) -> bool:
         return self.indexes_built and self.models.default_model_id is not None
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.close()
         self.migrations.close()  # running jobs stop between chunks and resume at next start
         self.live.save_snapshots()
         self.models.close()
@@ -113,6 +117,8 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         load_registered(models, bundles, store)
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
         generated = ensure_admin_key(store, admin)
+        # Read before loading: what commits while the galleries load is applied after.
+        applied = store.last_change()
         live = LiveGalleries(store, models, backend)
         live.load_all()
         release_free_memory()
@@ -123,7 +129,19 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         recognition = Recognition(settings, store, live, ingest, metrics)
         calibration_sets = CalibrationSets(settings, store, live, ingest)
         migrations = MigrationManager(settings, store, models, live)
+        keys = Authenticator(store, cache_seconds=settings.key_cache_seconds)
+        follower = ChangeFollower(
+            store,
+            live,
+            keys,
+            models,
+            after=applied,
+            load_models=lambda: load_registered(models, bundle_directory(settings), store),
+        )
+        follower.catch_up()  # what other replicas wrote while this one loaded
+        live.on_miss = follower.reconcile_gallery
         migrations.resume_pending()
+        follower.start()
     except BaseException:
         models.close()
         store.close()
@@ -138,7 +156,8 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         recognition=recognition,
         calibration_sets=calibration_sets,
         migrations=migrations,
-        keys=Authenticator(store, cache_seconds=settings.key_cache_seconds),
+        keys=keys,
+        follower=follower,
         metrics=metrics,
         transfer=GalleryTransfer(store, models, live),
         generated_admin_key=generated,
