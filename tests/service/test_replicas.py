@@ -1,0 +1,196 @@
+"""Replicas as they run: `opengallery serve` processes on one PostgreSQL, on loopback ports.
+
+An enrolment acknowledged by one replica is searchable on the other within 1 s, a key revoked
+on one is refused by the other within 1 s, a replica that restarts catches up, and a replica
+killed with SIGKILL during concurrent enrolment through both loses no acknowledged sample: after
+its restart both indexes equal the database.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.testing import ServerProcess
+
+from .conftest import ADMIN_KEY, DIM
+
+VISIBLE_WITHIN_S = 1.0
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, DIM))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def replica(tmp_path: Path, name: str, bundle_path: Path, database_url: str) -> ServerProcess:
+    return ServerProcess(
+        tmp_path / name,
+        bundle_path,
+        admin_key=ADMIN_KEY,
+        env={"OPENGALLERY_DATABASE_URL": database_url},
+        log_path=tmp_path / f"{name}.log",
+    )
+
+
+@pytest.fixture
+def two_replicas(
+    tmp_path: Path, bundle_path: Path, postgres_url: str
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    with ExitStack() as stack:
+        a = stack.enter_context(replica(tmp_path, "a", bundle_path, postgres_url))
+        b = stack.enter_context(replica(tmp_path, "b", bundle_path, postgres_url))
+        yield a, b
+
+
+def client(server: ServerProcess, key: str = ADMIN_KEY) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=30.0)
+
+
+def best_many(http: httpx.Client, gallery: str, probes: np.ndarray) -> list[str | None]:
+    """The best subject of each probe (32 probes per request)."""
+    found: list[str | None] = []
+    for start in range(0, len(probes), 32):
+        response = http.post(
+            f"/v1/galleries/{gallery}/identify",
+            json={"embeddings": probes[start : start + 32].tolist(), "top_k": 1},
+        )
+        assert response.status_code == 200, response.text
+        for result in response.json()["results"]:
+            candidates = result["candidates"]
+            found.append(candidates[0]["subject_id"] if candidates else None)
+    return found
+
+
+def best(http: httpx.Client, gallery: str, probe: np.ndarray) -> str | None:
+    return best_many(http, gallery, probe[None, :])[0]
+
+
+def indexed(http: httpx.Client) -> tuple[int, int]:
+    """(subjects, samples) the replica's indexes hold, from its metrics."""
+    text = http.get("/metrics").text
+    subjects = re.search(r"^opengallery_gallery_subjects (\d+)", text, re.M)
+    samples = re.search(r"^opengallery_gallery_samples (\d+)", text, re.M)
+    assert subjects and samples, text
+    return int(subjects.group(1)), int(samples.group(1))
+
+
+def in_database(http: httpx.Client, gallery: str) -> tuple[int, int]:
+    record = http.get(f"/v1/galleries/{gallery}").json()
+    return record["subject_count"], record["sample_count"]
+
+
+def enrol(http: httpx.Client, gallery: str, subject: str, vector: np.ndarray) -> int:
+    response = http.post(
+        f"/v1/galleries/{gallery}/samples",
+        json={
+            "create_subjects": True,
+            "items": [{"subject_id": subject, "embedding": vector.tolist()}],
+        },
+    )
+    assert response.status_code == 201, response.text
+    outcome = response.json()["samples"][0]
+    assert outcome["status"] == "enrolled", outcome
+    return int(outcome["sample_id"])
+
+
+def seconds_until(condition, deadline_s: float = 10.0) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until `condition()` holds, polled as fast as the replica answers."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > deadline_s:
+            raise TimeoutError(f"not within {deadline_s} s")
+    return time.monotonic() - start
+
+
+def test_enrolment_and_revocation_reach_the_other_replica_and_a_restart_catches_up(
+    two_replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = two_replicas
+    rng = np.random.default_rng(11)
+    with client(a) as on_a, client(b) as on_b:
+        assert on_a.post("/v1/galleries", json={"name": "g"}).status_code == 201
+        vectors = unit(rng, 6)
+        delays = []
+        for i, vector in enumerate(vectors):
+            enrol(on_a, "g", f"s{i}", vector)
+            delays.append(seconds_until(lambda v=vector, i=i: best(on_b, "g", v) == f"s{i}"))
+        assert max(delays) <= VISIBLE_WITHIN_S, delays
+
+        key = on_a.post("/v1/keys", json={"scope": "client"}).json()
+        with client(b, key["key"]) as as_client_on_b:
+            assert as_client_on_b.get("/v1/galleries").status_code == 200  # cached by b
+            assert on_a.delete(f"/v1/keys/{key['key_id']}").status_code == 204
+            refused = seconds_until(lambda: as_client_on_b.get("/v1/galleries").status_code == 401)
+        assert refused <= VISIBLE_WITHIN_S
+
+        # b stops; a goes on writing; b starts again and catches up.
+        b.stop()
+        more = unit(rng, 4)
+        for i, vector in enumerate(more):
+            enrol(on_a, "g", f"t{i}", vector)
+        assert on_a.delete("/v1/galleries/g/subjects/s0").status_code == 204
+        b.start()
+        assert in_database(on_b, "g") == indexed(on_b) == indexed(on_a) == (9, 9)
+        for i, vector in enumerate(more):
+            assert best(on_b, "g", vector) == f"t{i}"
+        assert best(on_b, "g", vectors[0]) != "s0"
+        probes = unit(rng, 5)
+        answers = on_a.post("/v1/galleries/g/identify", json={"embeddings": probes.tolist()})
+        again = on_b.post("/v1/galleries/g/identify", json={"embeddings": probes.tolist()})
+        assert again.json()["results"] == answers.json()["results"]
+
+
+def test_a_replica_killed_during_enrolment_through_both_loses_no_acknowledged_sample(
+    two_replicas: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = two_replicas
+    rng = np.random.default_rng(12)
+    vectors = unit(rng, 400)
+    acknowledged: dict[int, tuple[str, int]] = {}  # vector index -> (subject, sample id)
+    lock = threading.Lock()
+    with client(a) as on_a:
+        assert on_a.post("/v1/galleries", json={"name": "g"}).status_code == 201
+        half = threading.Event()
+
+        def writer(server: ServerProcess, indexes: range) -> None:
+            with client(server) as http:
+                for i in indexes:
+                    try:
+                        sample_id = enrol(http, "g", f"p{i}", vectors[i])
+                    except httpx.TransportError:
+                        return  # the replica is gone: this write was never acknowledged
+                    with lock:
+                        acknowledged[i] = (f"p{i}", sample_id)
+                        if len(acknowledged) >= 100:
+                            half.set()
+
+        writers = [
+            threading.Thread(target=writer, args=(server, range(start, start + 200)))
+            for server, start in ((a, 0), (b, 200))
+        ]
+        for thread in writers:
+            thread.start()
+        assert half.wait(60)
+        a.kill()
+        for thread in writers:
+            thread.join(120)
+        a.start()
+        assert all(i in acknowledged for i in range(200, 400))  # b's writer finished
+        assert not all(i in acknowledged for i in range(200))  # a's was cut short
+        subjects, samples = in_database(on_a, "g")
+        assert samples >= len(acknowledged)  # also writes committed but never acknowledged
+        for server in (a, b):
+            with client(server) as http:
+                seconds_until(lambda h=http: indexed(h) == (subjects, samples))
+                order = sorted(acknowledged)
+                found = best_many(http, "g", vectors[order])
+                assert found == [acknowledged[i][0] for i in order]
