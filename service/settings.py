@@ -40,6 +40,13 @@ class Settings(BaseSettings):
         None, description="first admin key; generated and printed once when unset"
     )
     log_level: str = "info"
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="serving processes on the one port, each a replica following the database's "
+        "change log (faiss:// float32 indexes only)",
+    )
 
     key_cache_seconds: float = Field(
         5.0,

@@ -194,3 +194,78 @@ def test_a_replica_killed_during_enrolment_through_both_loses_no_acknowledged_sa
                 order = sorted(acknowledged)
                 found = best_many(http, "g", vectors[order])
                 assert found == [acknowledged[i][0] for i in order]
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The uvicorn worker processes of `serve --workers` (children running multiprocessing's
+    spawn entry point, not its resource tracker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        parent_pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent_pid == parent and b"spawn_main" in command and b"resource_tracker" not in command:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_workers_on_sqlite_serve_one_port_and_follow_each_other(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    """`serve --workers 2` on the default SQLite: two processes on one port; each request on
+    its own connection lands on either, and each finds what the other enrolled within 1 s."""
+    server = ServerProcess(
+        tmp_path / "data",
+        bundle_path,
+        admin_key=ADMIN_KEY,
+        env={"OPENGALLERY_WORKERS": "2"},
+        log_path=tmp_path / "workers.log",
+    )
+    rng = np.random.default_rng(13)
+    headers = {"X-API-Key": ADMIN_KEY}
+    with server:
+        assert server.process is not None
+        assert len(worker_pids(server.process.pid)) == 2
+
+        def fresh(method: str, path: str, body: object) -> httpx.Response:
+            return httpx.request(method, server.url + path, json=body, headers=headers)
+
+        assert fresh("POST", "/v1/galleries", {"name": "g"}).status_code == 201
+        vectors = unit(rng, 10)
+        delays = []
+        for i, vector in enumerate(vectors):
+            item = {"subject_id": f"w{i}", "embedding": vector.tolist()}
+            body = {"create_subjects": True, "items": [item]}
+            assert fresh("POST", "/v1/galleries/g/samples", body).status_code == 201
+
+            def everywhere(v: np.ndarray = vector, name: str = f"w{i}") -> bool:
+                probe = {"embeddings": [v.tolist()], "top_k": 1}
+                answers = [fresh("POST", "/v1/galleries/g/identify", probe) for _ in range(4)]
+                found = [a.json()["results"][0]["candidates"] for a in answers]
+                return all(best and best[0]["subject_id"] == name for best in found)
+
+            delays.append(seconds_until(everywhere))
+        assert max(delays) <= VISIBLE_WITHIN_S, delays
+
+
+def test_workers_refuse_an_index_kept_on_disk_in_one_line(
+    tmp_path: Path,
+    bundle_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from service import cli
+
+    monkeypatch.setenv("OPENGALLERY_INDEX_URL", "faiss://?storage=sq8")
+    argv = ["--workers", "2", "--data-dir", str(tmp_path), "--model", str(bundle_path)]
+    assert cli.serve_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "opengallery serve: --workers needs the default in-memory index (faiss://, float32)\n"
+    )
+    assert not (tmp_path / "opengallery.sqlite3").exists()  # refused before anything started
