@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     migration_pause_ms: float = Field(
         0.0, ge=0.0, description="pause between chunks, to leave CPU to live traffic"
     )
+    job_lease_seconds: float = Field(
+        15.0,
+        gt=0.0,
+        description="a running job's lease, renewed by the replica running it every third of "
+        "this; a replica that dies leaves the job to another after at most this long",
+    )
 
     @field_validator("database_url")
     @classmethod

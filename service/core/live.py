@@ -87,6 +87,14 @@ class LiveGalleries:
         # Called with the name of a gallery the database has and memory has not (created by
         # another replica a moment ago): the change log's follower builds it at once.
         self.on_miss: Callable[[str], None] | None = None
+        # Called with the name of a gallery whose model the database changed under a write
+        # (a migration run by another replica): the follower switches it at once.
+        self.on_stale: Callable[[str], None] | None = None
+
+    def refresh(self, name: str) -> None:
+        """Catch up with a model switch committed elsewhere (see `on_stale`)."""
+        if self.on_stale is not None:
+            self.on_stale(name)
 
     def load_all(self) -> None:
         """Build every gallery's index from the database."""

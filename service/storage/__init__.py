@@ -9,6 +9,7 @@ change log that replicas follow). Records are frozen dataclasses; errors derive 
 from service.storage.errors import (
     AlreadyExistsError,
     LastAdminKeyError,
+    LeaseNotHeld,
     NotFoundError,
     SchemaVersionError,
     StoreConfigError,
@@ -68,6 +69,7 @@ __all__ = [
     "JobStore",
     "KeyStore",
     "LastAdminKeyError",
+    "LeaseNotHeld",
     "ModelStore",
     "NewSample",
     "NotFoundError",

@@ -269,3 +269,62 @@ def test_workers_refuse_an_index_kept_on_disk_in_one_line(
         "opengallery serve: --workers needs the default in-memory index (faiss://, float32)\n"
     )
     assert not (tmp_path / "opengallery.sqlite3").exists()  # refused before anything started
+
+
+@pytest.fixture(scope="module")
+def wider_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.testing import make_random_bundle
+
+    path = tmp_path_factory.mktemp("wider") / "random-3"
+    make_random_bundle(path, seed=9, embedding_dim=24, version="3")
+    return path
+
+
+def test_a_migration_runs_on_one_replica_and_moves_to_another_when_it_dies(
+    tmp_path: Path, bundle_path: Path, wider_bundle: Path, postgres_url: str
+) -> None:
+    from .redeploy import enrol_images, enrolled_images, identify_images, wait_job
+
+    new = "random@3"
+    lease = {"OPENGALLERY_JOB_LEASE_SECONDS": "1"}
+    a, b = (replica(tmp_path, name, bundle_path, postgres_url) for name in "ab")
+    a.env.update(lease)
+    b.env.update(lease)
+    with a, b, client(a) as on_a, client(b) as on_b:
+        assert on_a.post("/v1/models", json={"path": str(wider_bundle)}).status_code == 201
+        for gallery in ("g", "h"):
+            assert on_a.post("/v1/galleries", json={"name": gallery}).status_code == 201
+            enrol_images(on_a, gallery, enrolled_images(4, 4))
+        probes = [png for pngs in enrolled_images(2, 1, offset=500).values() for png in pngs]
+
+        # Run by a alone; b switches when the switch reaches it through the change log.
+        job_id = on_a.post("/v1/galleries/g/migrate", json={"model": new}).json()["job_id"]
+        job = wait_job(on_a, job_id)
+        assert (job["status"], job["attempts"]) == ("succeeded", 1)
+        switched = seconds_until(lambda: identify_images(on_b, "g", probes).json()["model"] == new)
+        assert switched <= VISIBLE_WITHIN_S
+
+        # a stalls after its first chunk and is killed: b takes the job over and finishes it.
+        a.stop()
+        a.env.update(
+            {"OPENGALLERY_MIGRATION_CHUNK_SIZE": "4", "OPENGALLERY_MIGRATION_PAUSE_MS": "600000"}
+        )
+        a.start()
+        job_id = on_a.post("/v1/galleries/h/migrate", json={"model": new}).json()["job_id"]
+        job = wait_job(on_a, job_id, until=lambda job: job["progress"]["done"] >= 4)
+        # Three lease periods while a holds it: b never runs the job beside a.
+        watched_until = time.monotonic() + 3.0
+        while time.monotonic() < watched_until:
+            job = on_b.get(f"/v1/jobs/{job_id}").json()
+            assert (job["status"], job["attempts"], job["progress"]["done"]) == ("running", 1, 4)
+        a.kill()
+        job = wait_job(on_b, job_id)
+        assert (job["status"], job["attempts"]) == ("succeeded", 2)
+        assert job["progress"] == {"done": 16, "total": 16}
+        assert identify_images(on_b, "h", probes).json()["model"] == new
+        a.env.pop("OPENGALLERY_MIGRATION_PAUSE_MS")
+        a.start()
+        for gallery in ("g", "h"):
+            assert identify_images(on_a, gallery, probes).json()["model"] == new
+            assert identify_images(on_b, gallery, probes).json()["model"] == new
+        assert on_a.get("/v1/galleries/h").json()["model"] == new

@@ -25,6 +25,7 @@ class PostgresCalibration(PostgresConnection):
     ) -> tuple[list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery, lock=True)[0]
+            self._check_model(connection, gallery_pk, gallery, model_id)
             added: list[AddedSample] = []
             for sample in samples:
                 existing = connection.execute(

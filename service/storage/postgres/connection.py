@@ -18,7 +18,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from service.storage.errors import NotFoundError, StoreConfigError, StoreUnavailable
+from service.storage.errors import (
+    NotFoundError,
+    StoreConfigError,
+    StoreConflict,
+    StoreUnavailable,
+)
 from service.storage.postgres.schema import apply_schema, iso
 from service.storage.records import SubjectRecord
 from service.storage.urls import redact_url
@@ -141,6 +146,19 @@ class PostgresConnection:
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+    @staticmethod
+    def _check_model(
+        connection: psycopg.Connection[Any], gallery_pk: int, gallery: str, model_id: str
+    ) -> None:
+        """StoreConflict unless the gallery is on `model_id` (another replica may have switched
+        it since the caller embedded with `model_id`). The caller holds the gallery's row."""
+        row = connection.execute(
+            "SELECT model_id FROM galleries WHERE id = %s", (gallery_pk,)
+        ).fetchone()
+        if row is None or row[0] != model_id:
+            current = None if row is None else row[0]
+            raise StoreConflict(f"gallery {gallery!r} is on {current}, not {model_id}")
 
     @staticmethod
     def _log_change(

@@ -33,6 +33,7 @@ class PostgresSamples(PostgresConnection):
     ) -> tuple[SubjectRecord, list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk, version = self._gallery_row(connection, gallery, lock=True)
+            self._check_model(connection, gallery_pk, gallery, model_id)
             pk = self._subject_pk(connection, gallery_pk, subject_id)
             added: list[AddedSample] = []
             for sample in samples:
@@ -73,6 +74,7 @@ class PostgresSamples(PostgresConnection):
     ) -> BulkEnrolled:
         with self._write() as connection:
             gallery_pk, version = self._gallery_row(connection, gallery, lock=True)
+            self._check_model(connection, gallery_pk, gallery, model_id)
             subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
             if create_subjects:
                 connection.execute(

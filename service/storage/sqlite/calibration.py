@@ -24,6 +24,7 @@ class SQLiteCalibration(SQLiteConnection):
     ) -> tuple[list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
+            self._check_model(connection, gallery_pk, gallery, model_id)
             added: list[AddedSample] = []
             now = _now()
             for sample in samples:

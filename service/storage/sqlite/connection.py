@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from service.storage.errors import NotFoundError, StoreFullError, StoreOpenError
+from service.storage.errors import NotFoundError, StoreConflict, StoreFullError, StoreOpenError
 from service.storage.records import SubjectRecord
 from service.storage.sqlite.schema import ADDED_COLUMNS, SCHEMA, now
 
@@ -140,6 +140,18 @@ class SQLiteConnection:
                 "SELECT version FROM galleries WHERE id = ?", (gallery_pk,)
             ).fetchone()[0]
         )
+
+    @staticmethod
+    def _check_model(
+        connection: sqlite3.Connection, gallery_pk: int, gallery: str, model_id: str
+    ) -> None:
+        """StoreConflict unless the gallery is on `model_id` (another process may have switched
+        it since the caller embedded with `model_id`)."""
+        current = connection.execute(
+            "SELECT model_id FROM galleries WHERE id = ?", (gallery_pk,)
+        ).fetchone()[0]
+        if current != model_id:
+            raise StoreConflict(f"gallery {gallery!r} is on {current}, not {model_id}")
 
     @staticmethod
     def _log_change(

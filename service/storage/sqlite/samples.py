@@ -29,6 +29,7 @@ class SQLiteSamples(SQLiteConnection):
     ) -> tuple[SubjectRecord, list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
+            self._check_model(connection, gallery_pk, gallery, model_id)
             pk = self._subject_pk(connection, gallery_pk, subject_id)
             added: list[AddedSample] = []
             now = _now()
@@ -78,6 +79,7 @@ class SQLiteSamples(SQLiteConnection):
     ) -> BulkEnrolled:
         with self._write() as connection:
             gallery_pk, version = self._gallery_row(connection, gallery)
+            self._check_model(connection, gallery_pk, gallery, model_id)
             now = _now()
             subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
             if create_subjects:

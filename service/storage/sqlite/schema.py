@@ -93,6 +93,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     created TEXT NOT NULL,
     updated TEXT NOT NULL
 );
+-- Which process runs a running job, until when (epoch seconds; the processes of one SQLite
+-- database share one machine's clock): service/storage/protocols/jobs.py.
+CREATE TABLE IF NOT EXISTS job_leases (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 -- The change log replicas follow (service/storage/protocols/changes.py), appended in the
 -- transaction of each write it records; AUTOINCREMENT: a seq is never handed out twice.
 CREATE TABLE IF NOT EXISTS changes (
