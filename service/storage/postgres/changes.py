@@ -80,7 +80,7 @@ class PostgresChanges(PostgresConnection):
                 for _ in listener.notifies(timeout=timeout, stop_after=1):
                     return True
                 return False
-            except psycopg.OperationalError as error:
+            except psycopg.Error as error:  # the connection lost, or closed under us
                 self._close_listener()
                 raise StoreUnavailable(
                     f"the database at {self.shown_url} is unavailable: {_one_line(error)}"
