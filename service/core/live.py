@@ -146,9 +146,11 @@ class LiveGalleries:
                 logger.warning("gallery %r: index snapshot not saved: %s", record.name, error)
         return index
 
-    def save_snapshots(self) -> None:
+    def save_snapshots(self, is_current: Callable[[], bool] | None = None) -> None:
         """Save every gallery's index where the backend can (at shutdown): each under its
-        gallery's lock, at the version the database has then, which is what it reflects."""
+        gallery's lock, at the version the database has then, which is what it reflects, as
+        long as `is_current()` (every change committed by other processes is applied) holds
+        once the version is read; otherwise it is not saved (the next start builds it)."""
         save = getattr(self.backend, "save_snapshot", None)
         if save is None:
             return
@@ -160,6 +162,9 @@ class LiveGalleries:
                     record = self.store.get_gallery(gallery.name)
                     active = gallery.active
                     if record is None or record.model_id != active.model.model_id:
+                        continue
+                    if is_current is not None and not is_current():
+                        logger.info("gallery %r: not current, no snapshot saved", gallery.name)
                         continue
                     save(active.index, record.name, active.model.model_id, record.version)
                 except Exception:  # shutting down: a missing snapshot only slows the next start

@@ -114,7 +114,7 @@ class ChangeFollower:
         leaves the cursor at the last change applied (the next call resumes there)."""
         applied = 0
         with self._lock:
-            while not self._stop.is_set():
+            while True:
                 changes = self.store.changes_after(self._cursor, BATCH)
                 if not changes:
                     break

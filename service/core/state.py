@@ -51,10 +51,18 @@ class ServiceState:
         return self.indexes_built and self.models.default_model_id is not None
 
     def close(self) -> None:
-        if self.follower is not None:
-            self.follower.close()
+        follower = self.follower
+        if follower is not None:
+            follower.close()
         self.migrations.close()  # running jobs stop between chunks and resume at next start
-        self.live.save_snapshots()
+        if follower is None:
+            self.live.save_snapshots()
+        else:
+            try:
+                follower.catch_up()  # a snapshot must hold what other processes wrote
+                self.live.save_snapshots(lambda: follower.cursor >= self.store.last_change())
+            except Exception:  # shutting down: a missing snapshot only slows the next start
+                logger.exception("index snapshots not saved")
         self.models.close()
         self.keys.close()  # its last_used writes end before the store closes
         self.store.close()

@@ -192,3 +192,38 @@ def test_own_writes_are_not_read_back_and_applying_again_changes_nothing(
         follower.apply(change)
     assert indexed(b, "g") == (1, 3)
     assert identify(b, "g", queries) == before == identify(a, "g", queries)
+
+
+def test_a_snapshot_saved_at_shutdown_holds_what_other_replicas_wrote(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    """With index snapshots (sq8), a replica stopping saves its indexes keyed by the gallery's
+    version: only once it has applied every change, so that its next start is not stale."""
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+
+    def app(name: str) -> TestClient:
+        settings = Settings(
+            data_dir=tmp_path / name,
+            model=bundle_path,
+            admin_key=ADMIN_KEY,
+            database_url=url,
+            index_url="faiss://?storage=sq8",
+        )
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.headers["X-API-Key"] = ADMIN_KEY
+        return client
+
+    rng = np.random.default_rng(9)
+    with app("a") as a:
+        a.post("/v1/galleries", json={"name": "g"})
+        a.put("/v1/galleries/g/subjects/x")
+        a.post("/v1/galleries/g/subjects/x/samples", json={"embeddings": unit(rng, 2).tolist()})
+        with app("b") as b:
+            follower = state(b).follower
+            assert follower is not None
+            follower.close()  # b stops following: what a writes now reaches b only at its stop
+            a.put("/v1/galleries/g/subjects/y")
+            a.post("/v1/galleries/g/subjects/y/samples", json={"embeddings": unit(rng, 3).tolist()})
+            assert indexed(b, "g") == (1, 2)
+        with app("b") as b:  # started from the snapshot b saved
+            assert indexed(b, "g") == indexed(a, "g") == (2, 5)
