@@ -20,6 +20,7 @@ yet, in log order, from one background thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -48,6 +49,24 @@ logger = logging.getLogger("opengallery.service")
 WAIT_S = 0.5  # longest wait for a wake-up before reading the log anyway (and checking stop)
 RETRY_S = 1.0  # after the database was unreachable
 BATCH = 1000  # changes read at a time
+
+
+def merged(changes: list[ChangeRecord]) -> list[ChangeRecord]:
+    """`changes` with each run of consecutive sample additions to one gallery made one (one
+    read and one index update for a burst of enrolments); it carries the run's last seq."""
+    out: list[ChangeRecord] = []
+    for change in changes:
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and change.kind == SAMPLES_ADDED
+            and last.kind == SAMPLES_ADDED
+            and last.gallery == change.gallery
+        ):
+            out[-1] = dataclasses.replace(change, sample_ids=last.sample_ids + change.sample_ids)
+        else:
+            out.append(change)
+    return out
 
 
 class ChangeFollower:
@@ -118,10 +137,10 @@ class ChangeFollower:
                 changes = self.store.changes_after(self._cursor, BATCH)
                 if not changes:
                     break
-                for change in changes:
+                for change in merged(changes):
                     self.apply(change)
                     self._cursor = change.seq
-                    applied += 1
+                applied += len(changes)
         return applied
 
     # -- applying --

@@ -227,3 +227,23 @@ def test_a_snapshot_saved_at_shutdown_holds_what_other_replicas_wrote(
             assert indexed(b, "g") == (1, 2)
         with app("b") as b:  # started from the snapshot b saved
             assert indexed(b, "g") == indexed(a, "g") == (2, 5)
+
+
+def test_runs_of_additions_to_one_gallery_are_applied_as_one() -> None:
+    from service.core.replication import merged
+    from service.storage import ChangeRecord
+
+    changes = [
+        ChangeRecord(1, "samples_added", "g", sample_ids=(1, 2)),
+        ChangeRecord(2, "samples_added", "g", sample_ids=(3,)),
+        ChangeRecord(3, "samples_added", "h", sample_ids=(4,)),
+        ChangeRecord(5, "samples_removed", "h", 7, "x", (4,)),
+        ChangeRecord(6, "samples_added", "h", sample_ids=(5,)),
+        ChangeRecord(7, "samples_added", "h", sample_ids=(6, 8)),
+    ]
+    assert merged(changes) == [
+        ChangeRecord(2, "samples_added", "g", sample_ids=(1, 2, 3)),
+        ChangeRecord(3, "samples_added", "h", sample_ids=(4,)),
+        ChangeRecord(5, "samples_removed", "h", 7, "x", (4,)),
+        ChangeRecord(7, "samples_added", "h", sample_ids=(5, 6, 8)),
+    ]
