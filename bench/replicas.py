@@ -162,6 +162,9 @@ def visibility(
     for thread in threads:
         thread.join()
     p50, p99 = percentiles(delays)
+    slow = [round(1000 * d) for d in delays if d > 0.25]
+    if slow:
+        print(f"delays over 250 ms: {slow}", file=sys.stderr, flush=True)
     return {
         "markers": markers,
         "p50_ms": 1000 * p50,
@@ -238,6 +241,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--enrolments", type=int, default=500)
     parser.add_argument("--single", action="store_true", help="only 1 process on SQLite")
+    parser.add_argument("--visibility-only", action="store_true", help="only the visibility delays")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -262,7 +266,9 @@ def main() -> None:
             return url
 
         with servers(root, bundle, database("sqlite"), 1) as (single,):
-            one_by_one = enrolments(single.url, args.dim, args.enrolments)
+            one_by_one = enrolments(
+                single.url, args.dim, 1 if args.visibility_only else args.enrolments
+            )
         print(f"enrolments, 1 replica, SQLite: {one_by_one}", file=sys.stderr, flush=True)
         results["enrolments"] = one_by_one
         visible: dict[str, dict[str, float]] = {}
@@ -279,7 +285,11 @@ def main() -> None:
             ("1 replica, PostgreSQL", "postgresql", 1, 1),
             ("2 replicas, PostgreSQL", "postgresql", 2, 1),
         ]
-        for name, kind, count, workers in configurations[:1] if args.single else configurations:
+        if args.single:
+            configurations = configurations[:1]
+        if args.visibility_only:
+            configurations = []
+        for name, kind, count, workers in configurations:
             with servers(root, bundle, database(kind), count, workers) as started:
                 rates[name] = throughput(
                     [s.url for s in started], args.dim, args.clients, args.seconds
