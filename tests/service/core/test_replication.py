@@ -247,3 +247,51 @@ def test_runs_of_additions_to_one_gallery_are_applied_as_one() -> None:
         ChangeRecord(5, "samples_removed", "h", 7, "x", (4,)),
         ChangeRecord(7, "samples_added", "h", sample_ids=(5, 6, 8)),
     ]
+
+
+def test_a_follower_that_lost_the_database_catches_up_when_it_is_back(
+    postgres_url: str, postgres_admin_url: str, tmp_path: Path, bundle_path: Path
+) -> None:
+    """Every connection to the database is cut (the followers' LISTEN connections too) and the
+    database refuses new ones for a moment; what is written once it is back reaches the other
+    replica through its own follower thread, which reconnects by itself."""
+    import time
+
+    import psycopg
+
+    apps = []
+    for name in "ab":
+        settings = Settings(
+            data_dir=tmp_path / name,
+            model=bundle_path,
+            admin_key=ADMIN_KEY,
+            database_url=postgres_url,
+        )
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        client.headers["X-API-Key"] = ADMIN_KEY
+        apps.append(client)
+    database = postgres_url.rsplit("/", 1)[1]
+    rng = np.random.default_rng(21)
+    with apps[0] as a, apps[1] as b, psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        assert a.post("/v1/galleries", json={"name": "g"}).status_code == 201
+        try:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        deadline = time.monotonic() + 30
+        while a.put("/v1/galleries/g/subjects/x").status_code == 503:  # a's pool reconnects
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        vectors = unit(rng, 2)
+        enrolled = a.post(
+            "/v1/galleries/g/subjects/x/samples", json={"embeddings": vectors.tolist()}
+        )
+        assert enrolled.status_code == 201
+        while indexed(b, "g") != (1, 2):  # b's follower thread, not the test, catches up
+            assert time.monotonic() < deadline, indexed(b, "g")
+            time.sleep(0.01)
+        assert identify(b, "g", vectors) == identify(a, "g", vectors)
