@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     migration_pause_ms: float = Field(
         0.0, ge=0.0, description="pause between chunks, to leave CPU to live traffic"
     )
+    change_log_retention_hours: float = Field(
+        24.0,
+        gt=0.0,
+        description="changes older than this are deleted from the change log; a replica "
+        "that was cut off from the database longer reloads everything when it is back",
+    )
     job_lease_seconds: float = Field(
         15.0,
         gt=0.0,

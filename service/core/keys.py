@@ -140,6 +140,11 @@ class Authenticator:
                 del self._cache[digest]
             self._touched.pop(key_id, None)
 
+    def forget_all(self) -> None:
+        """Drop every cached record (revocations may have been missed)."""
+        with self._lock:
+            self._cache.clear()
+
     def _touch(self, key_id: int, now: float) -> None:
         with self._lock:
             last = self._touched.get(key_id)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -47,6 +48,7 @@ from service.storage.protocols.changes import (
 logger = logging.getLogger("opengallery.service")
 
 WAIT_S = 0.5  # longest wait for a wake-up before reading the log anyway (and checking stop)
+PRUNE_EVERY_S = 600.0  # how often a follower deletes changes older than the retention
 RETRY_S = 1.0  # after the database was unreachable
 BATCH = 1000  # changes read at a time
 
@@ -82,6 +84,7 @@ class ChangeFollower:
         after: int,
         load_models: Callable[[], None] | None = None,
         wait_s: float = WAIT_S,
+        retention_s: float | None = None,
     ) -> None:
         """`after`: the last seq this process's state already reflects (read before loading)."""
         self.store = store
@@ -90,6 +93,8 @@ class ChangeFollower:
         self.models = models
         self.load_models = load_models
         self.wait_s = wait_s
+        self.retention_s = retention_s  # None: never prune
+        self._pruned_at = time.monotonic()
         self._cursor = after
         self._lock = threading.Lock()  # one catch-up at a time
         self._stop = threading.Event()
@@ -116,6 +121,7 @@ class ChangeFollower:
             try:
                 if self.store.wait_for_changes(self._cursor, self.wait_s):
                     self.catch_up()
+                self._prune()
                 if failing:
                     logger.info("change log: following again from seq %d", self._cursor)
                     failing = False
@@ -137,11 +143,39 @@ class ChangeFollower:
                 changes = self.store.changes_after(self._cursor, BATCH)
                 if not changes:
                     break
+                if changes[0].seq != self._cursor + 1:
+                    # Changes after the cursor may have been pruned: reload instead.
+                    newest = self.store.last_change()
+                    self.resync()
+                    self._cursor = newest
+                    continue
                 for change in merged(changes):
                     self.apply(change)
                     self._cursor = change.seq
                 applied += len(changes)
         return applied
+
+    def _prune(self) -> None:
+        if self.retention_s is None or time.monotonic() - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = time.monotonic()
+        deleted = self.store.prune_changes(self.retention_s)
+        if deleted:
+            logger.info("change log: %d changes older than the retention deleted", deleted)
+
+    def resync(self) -> None:
+        """Reload every gallery from the database and forget every cached key: what this
+        process needs of the change log may be gone (pruned)."""
+        logger.warning(
+            "change log: changes after seq %d may have been pruned; reloading from the database",
+            self._cursor,
+        )
+        if self.load_models is not None:
+            self.load_models()
+        names = {record.name for record in self.store.list_galleries()} | set(self.live.sizes())
+        for name in sorted(names):
+            self.rebuild(name)
+        self.keys.forget_all()
 
     # -- applying --
     def apply(self, change: ChangeRecord) -> None:

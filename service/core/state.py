@@ -145,6 +145,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
             models,
             after=applied,
             load_models=lambda: load_registered(models, bundle_directory(settings), store),
+            retention_s=settings.change_log_retention_hours * 3600,
         )
         follower.catch_up()  # what other replicas wrote while this one loaded
         live.on_miss = follower.reconcile_gallery

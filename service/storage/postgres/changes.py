@@ -51,6 +51,16 @@ class PostgresChanges(PostgresConnection):
             for row in rows
         ]
 
+    def prune_changes(self, older_than_s: float, limit: int = 10_000) -> int:
+        with self._write() as connection:
+            cursor = connection.execute(
+                "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes"
+                " WHERE created < now() - make_interval(secs => %s)"
+                " AND seq < (SELECT MAX(seq) FROM changes) ORDER BY seq LIMIT %s)",
+                (older_than_s, limit),
+            )
+            return int(cursor.rowcount)
+
     def _listening(self) -> psycopg.Connection[Any]:
         """The connection listening on the changes channel, opened on first use and again
         after it was lost (notifications sent meanwhile are lost: the caller reads the log)."""

@@ -6,6 +6,11 @@ the log if and only if its write committed, and in commit order: a reader that h
 everything up to `seq` never sees a change with a smaller one appear later. Replicas follow
 the log (service/core/replication.py); a replica that was away catches up from it.
 
+Seqs grow with commit order and, on SQLite, follow each other without gaps; on PostgreSQL a
+gap is rare (a transaction that failed at commit; a crashed server skips a few): a follower at
+`seq` that reads a first change other than `seq + 1` may have missed pruned changes, and
+reloads its state from the tables instead.
+
 A change names what changed (ids), not the new data: the follower reads the data as the
 database holds it when it applies the change, so applying a change twice, or a change that a
 later one undid, leaves memory equal to the database.
@@ -55,6 +60,12 @@ class ChangeStore(ABC):
     @abstractmethod
     def changes_after(self, seq: int, limit: int = 1000) -> list[ChangeRecord]:
         """Up to `limit` changes with `seq` greater than `seq`, oldest first."""
+
+    @abstractmethod
+    def prune_changes(self, older_than_s: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` of the oldest changes older than `older_than_s` seconds, never
+        the newest change (a follower behind the pruned part finds the gap after its seq and
+        reloads from the tables); how many were deleted."""
 
     @abstractmethod
     def wait_for_changes(self, seq: int, timeout: float) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -46,6 +47,18 @@ class SQLiteChanges(SQLiteConnection):
             )
             for row in rows
         ]
+
+    def prune_changes(self, older_than_s: float, limit: int = 10_000) -> int:
+        cutoff = (datetime.now(UTC) - timedelta(seconds=older_than_s)).isoformat(
+            timespec="milliseconds"
+        )
+        with self._write() as connection:
+            cursor = connection.execute(
+                "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE created < ?"
+                " AND seq < (SELECT MAX(seq) FROM changes) ORDER BY seq LIMIT ?)",
+                (cutoff, limit),
+            )
+            return int(cursor.rowcount)
 
     def wait_for_changes(self, seq: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -295,3 +295,38 @@ def test_a_follower_that_lost_the_database_catches_up_when_it_is_back(
             assert time.monotonic() < deadline, indexed(b, "g")
             time.sleep(0.01)
         assert identify(b, "g", vectors) == identify(a, "g", vectors)
+
+
+def test_a_follower_behind_a_pruned_log_reloads_from_the_database(
+    replicas: tuple[TestClient, TestClient],
+) -> None:
+    a, b = replicas
+    rng = np.random.default_rng(17)
+    a.post("/v1/galleries", json={"name": "g"})
+    for subject in ("x", "y"):
+        a.put(f"/v1/galleries/g/subjects/{subject}")
+        a.post(
+            f"/v1/galleries/g/subjects/{subject}/samples",
+            json={"embeddings": unit(rng, 2).tolist()},
+        )
+    key = a.post("/v1/keys", json={"scope": "client"}).json()
+    assert b.get("/v1/galleries", headers={"X-API-Key": key["key"]}).status_code == 200
+    caught_up(b)
+    follower = state(b).follower
+    assert follower is not None
+    follower.close()  # b falls behind...
+    a.delete("/v1/galleries/g/subjects/x")
+    a.put("/v1/galleries/g/subjects/z")
+    a.post("/v1/galleries/g/subjects/z/samples", json={"embeddings": unit(rng, 3).tolist()})
+    a.delete(f"/v1/keys/{key['key_id']}")
+    a.post("/v1/galleries", json={"name": "h"})
+    store = state(a).store
+    assert store.prune_changes(-60) > 0  # ...and what it missed is pruned (but the newest)
+    assert store.changes_after(follower.cursor)[0].seq > follower.cursor + 1
+    follower.catch_up()
+    assert follower.cursor == store.last_change()
+    assert indexed(b, "g") == indexed(a, "g") == (2, 5)
+    assert indexed(b, "h") == (0, 0)
+    queries = unit(rng, 4)
+    assert identify(b, "g", queries) == identify(a, "g", queries)
+    assert b.get("/v1/galleries", headers={"X-API-Key": key["key"]}).status_code == 401

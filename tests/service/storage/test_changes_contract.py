@@ -204,3 +204,18 @@ def test_a_follower_wakes_when_another_process_writes(store_url: str) -> None:
     finally:
         follower.close()
         writer.close()
+
+
+def test_pruning_keeps_recent_changes_and_always_the_newest(store: Store) -> None:
+    store.create_gallery("g", OLD, 0.01, "max", True)
+    for subject in "abcde":
+        store.put_subject("g", subject, None)
+    seqs = [change.seq for change in store.changes_after(0)]
+    assert store.prune_changes(3600) == 0  # nothing is an hour old
+    assert store.prune_changes(-60, limit=2) == 2  # the oldest first, at most `limit`
+    assert [change.seq for change in store.changes_after(0)] == seqs[2:]
+    assert store.prune_changes(-60) == len(seqs) - 3  # all but the newest
+    assert [change.seq for change in store.changes_after(0)] == seqs[-1:]
+    assert store.last_change() == seqs[-1]
+    store.put_subject("g", "f", None)
+    assert [change.seq for change in store.changes_after(seqs[-1])] == [seqs[-1] + 1]
