@@ -80,6 +80,7 @@ STATUS_BY_CODE: dict[str, int] = {
     # the service's own dependencies (retry later)
     "database_unavailable": 503,
     "index_unavailable": 503,
+    "server_busy": 503,
 }
 _CODE_BY_STATUS = {
     400: "bad_request",
