@@ -228,6 +228,7 @@ def worker_app() -> object:
     configure_logging(settings.log_level)
     server.GuardedHttpToolsProtocol.header_timeout = settings.header_timeout
     server.GuardedHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
+    server.GuardedHttpToolsProtocol.max_connections = settings.max_connections
     return create_app(settings)
 
 
@@ -265,13 +266,13 @@ def _serve_workers(settings: Settings, sock: socket.socket, model_id: str) -> in
         for name in ("host", "port", "data_dir", "model", "log_level", "allow_empty_database"):
             os.environ[f"OPENGALLERY_{name.upper()}"] = str(getattr(settings, name))
         os.environ["OPENGALLERY_WORKERS"] = "1"  # each worker is one process
-        loop, http = http_stack()
-        options = uvicorn_options(settings, http)
-        if http == "httptools":  # by name: a worker imports it (worker_app sets its limits)
-            options["http"] = "service.api.server:GuardedHttpToolsProtocol"
+        loop = event_loop()
+        options = uvicorn_options(settings)
+        # By name: each worker imports it (worker_app sets its limits from the settings).
+        options["http"] = "service.api.server:GuardedHttpToolsProtocol"
         print(
             f"opengallery: serving {model_id} on http://{settings.host}:{settings.port} with "
-            f"{settings.workers} worker processes (data: {settings.data_dir}; {loop} + {http})",
+            f"{settings.workers} worker processes (data: {settings.data_dir}; {loop} + httptools)",
             file=sys.stderr,
             flush=True,
         )
