@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         5.0,
         ge=0.0,
-        description="how long a key's record is cached: a key deleted from the database by "
-        "another process stops working within this time (revoking through the API: at once)",
+        description="how long a key's record is cached: the longest a key revoked by another "
+        "process keeps working if this one cannot read the change log (revoking through the "
+        "API: at once here, and on other replicas when their followers apply it)",
     )
     # Failed authentications per client address: `auth_failure_burst` at once, then
     # `auth_failures_per_second`; past that 429 with Retry-After. 0 turns the limit off.

@@ -49,6 +49,7 @@ logger = logging.getLogger("opengallery.service")
 
 WAIT_S = 0.5  # longest wait for a wake-up before reading the log anyway (and checking stop)
 PRUNE_EVERY_S = 600.0  # how often a follower deletes changes older than the retention
+MODEL_RELOAD_S = 2.0  # least time between two looks for bundles registered elsewhere
 RETRY_S = 1.0  # after the database was unreachable
 BATCH = 1000  # changes read at a time
 
@@ -95,6 +96,7 @@ class ChangeFollower:
         self.wait_s = wait_s
         self.retention_s = retention_s  # None: never prune
         self._pruned_at = time.monotonic()
+        self._models_loaded_at = -MODEL_RELOAD_S
         self._cursor = after
         self._lock = threading.Lock()  # one catch-up at a time
         self._stop = threading.Event()
@@ -312,6 +314,11 @@ class ChangeFollower:
     def _model(self, model_id: str) -> LoadedModel | None:
         model = self.models.get(model_id)
         if model is None and self.load_models is not None:
-            self.load_models()  # registered by another process since this one started
-            model = self.models.get(model_id)
+            # Registered by another process since this one started. At most every few seconds:
+            # requests for a gallery whose bundle is missing here must not reload all of them.
+            now = time.monotonic()
+            if now - self._models_loaded_at >= MODEL_RELOAD_S:
+                self._models_loaded_at = now
+                self.load_models()
+                model = self.models.get(model_id)
         return model

@@ -31,12 +31,16 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def replica(tmp_path: Path, name: str, bundle_path: Path, database_url: str) -> ServerProcess:
+def replica(
+    tmp_path: Path, name: str, bundle_path: Path, database_url: str, **env: str
+) -> ServerProcess:
+    """A replica's server, not started. Start each before making the next: each takes a free
+    port when it is made, and two made together could be handed the same one."""
     return ServerProcess(
         tmp_path / name,
         bundle_path,
         admin_key=ADMIN_KEY,
-        env={"OPENGALLERY_DATABASE_URL": database_url},
+        env={"OPENGALLERY_DATABASE_URL": database_url, **env},
         log_path=tmp_path / f"{name}.log",
     )
 
@@ -287,10 +291,10 @@ def test_a_migration_runs_on_one_replica_and_moves_to_another_when_it_dies(
 
     new = "random@3"
     lease = {"OPENGALLERY_JOB_LEASE_SECONDS": "1"}
-    a, b = (replica(tmp_path, name, bundle_path, postgres_url) for name in "ab")
-    a.env.update(lease)
-    b.env.update(lease)
-    with a, b, client(a) as on_a, client(b) as on_b:
+    with ExitStack() as stack:
+        a = stack.enter_context(replica(tmp_path, "a", bundle_path, postgres_url, **lease))
+        b = stack.enter_context(replica(tmp_path, "b", bundle_path, postgres_url, **lease))
+        on_a, on_b = stack.enter_context(client(a)), stack.enter_context(client(b))
         assert on_a.post("/v1/models", json={"path": str(wider_bundle)}).status_code == 201
         for gallery in ("g", "h"):
             assert on_a.post("/v1/galleries", json={"name": gallery}).status_code == 201
