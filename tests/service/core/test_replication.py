@@ -330,3 +330,44 @@ def test_a_follower_behind_a_pruned_log_reloads_from_the_database(
     queries = unit(rng, 4)
     assert identify(b, "g", queries) == identify(a, "g", queries)
     assert b.get("/v1/galleries", headers={"X-API-Key": key["key"]}).status_code == 401
+
+
+def test_an_enrolment_embedded_by_the_model_a_gallery_left_elsewhere_is_embedded_again(
+    replicas: tuple[TestClient, TestClient], tmp_path: Path
+) -> None:
+    """b has not met a's model switch yet when it enrols: the database refuses the old
+    model's embedding, b switches at once and embeds the image again with the new model."""
+    import base64
+
+    from models.testing import make_random_bundle
+    from service.testing import png_bytes
+
+    a, b = replicas
+    wider = tmp_path / "bundles" / "random-3"
+    make_random_bundle(wider, seed=9, embedding_dim=24, version="3")
+    assert a.post("/v1/models", json={"path": str(wider)}).status_code == 201
+    a.post("/v1/galleries", json={"name": "g"})
+    a.put("/v1/galleries/g/subjects/x")
+    image = base64.b64encode(png_bytes(1)).decode()
+    first = a.post("/v1/galleries/g/subjects/x/samples", json={"images": [image]}).json()
+    caught_up(b)
+    follower = state(b).follower
+    assert follower is not None
+    follower.close()  # b will not hear of the switch below by itself
+    store = state(a).store  # a migration elsewhere, done to the database directly
+    sample_id = first["samples"][0]["sample_id"]
+    store.put_embeddings(
+        "random@3", [sample_id], unit(np.random.default_rng(1), 1).repeat(2, 1)[:, :24]
+    )
+    store.switch_gallery_model("g", "random@1", "random@3", None)
+    assert state(b).live.get("g").active.model.model_id == "random@1"
+    second = b.post(
+        "/v1/galleries/g/subjects/x/samples",
+        json={"images": [base64.b64encode(png_bytes(2)).decode()]},
+    )
+    assert second.status_code == 201, second.text
+    assert second.json()["model"] == "random@3"
+    assert state(b).live.get("g").active.model.model_id == "random@3"
+    samples = b.get("/v1/galleries/g/subjects/x").json()["samples"]
+    assert [s["model"] for s in samples] == ["random@3", "random@3"]
+    assert indexed(b, "g") == (1, 2)
