@@ -356,9 +356,8 @@ def test_an_enrolment_embedded_by_the_model_a_gallery_left_elsewhere_is_embedded
     follower.close()  # b will not hear of the switch below by itself
     store = state(a).store  # a migration elsewhere, done to the database directly
     sample_id = first["samples"][0]["sample_id"]
-    store.put_embeddings(
-        "random@3", [sample_id], unit(np.random.default_rng(1), 1).repeat(2, 1)[:, :24]
-    )
+    shadow = np.random.default_rng(1).standard_normal((1, 24)).astype(np.float32)
+    store.put_embeddings("random@3", [sample_id], shadow / np.linalg.norm(shadow))
     store.switch_gallery_model("g", "random@1", "random@3", None)
     assert state(b).live.get("g").active.model.model_id == "random@1"
     second = b.post(
