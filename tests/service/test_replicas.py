@@ -321,6 +321,7 @@ def test_a_migration_runs_on_one_replica_and_moves_to_another_when_it_dies(
         while time.monotonic() < watched_until:
             job = on_b.get(f"/v1/jobs/{job_id}").json()
             assert (job["status"], job["attempts"], job["progress"]["done"]) == ("running", 1, 4)
+            time.sleep(0.05)  # an observation window, not a synchronisation
         a.kill()
         job = wait_job(on_b, job_id)
         assert (job["status"], job["attempts"]) == ("succeeded", 2)
