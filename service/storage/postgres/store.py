@@ -8,6 +8,7 @@ import psycopg
 
 from service.storage.errors import StoreUnavailable
 from service.storage.postgres.calibration import PostgresCalibration
+from service.storage.postgres.changes import PostgresChanges
 from service.storage.postgres.connection import _one_line
 from service.storage.postgres.galleries import PostgresGalleries
 from service.storage.postgres.jobs import PostgresJobs
@@ -28,6 +29,7 @@ class PostgresStore(
     PostgresKeys,
     PostgresModels,
     PostgresJobs,
+    PostgresChanges,
     Store,
 ):
     """One PostgreSQL database through a connection pool; safe to call from many threads and
