@@ -17,8 +17,11 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY opengallery ./opengallery
 COPY models ./models
 COPY service ./service
+# Extras to install: `--build-arg EXTRAS=service,scale` adds the PostgreSQL and Milvus clients
+# (docker-compose.cluster.yml).
+ARG EXTRAS=service
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install -c constraints.txt '.[service]' \
+    && /opt/venv/bin/pip install -c constraints.txt ".[${EXTRAS}]" \
     && if /opt/venv/bin/python -c "import torch" 2>/dev/null; then \
          echo "torch must not be in the service image" >&2; exit 1; fi
 

@@ -50,15 +50,12 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
-def http_stack() -> tuple[str, str]:
-    """The event loop and HTTP parser uvicorn's "auto" picks: uvloop and httptools when
-    importable (about 0.15 ms less server CPU per request, bench/http_stack.py), otherwise
-    asyncio and h11, so the service runs without them."""
+def event_loop() -> str:
+    """uvloop when importable (less server CPU per request, bench/http_stack.py; it has no
+    Windows build), else asyncio. The HTTP parser is always httptools (service/api/server.py)."""
     import importlib.util
 
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return loop, http
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
 def _startup_problem(settings: Settings) -> str | None:
@@ -112,6 +109,11 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--model", type=Path, help="default model bundle (default models/default)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes serving the one port, each a replica of the database (default 1)",
+    )
+    parser.add_argument(
         "--allow-empty-database",
         action="store_true",
         default=None,
@@ -127,10 +129,16 @@ def serve_main(argv: Sequence[str]) -> int:
             "model": args.model,
             "log_level": args.log_level,
             "allow_empty_database": args.allow_empty_database,
+            "workers": args.workers,
         },
     )
     if settings is None:
         return 2
+    if settings.workers > 1:
+        why_not = _workers_problem(settings)
+        if why_not is not None:
+            print(f"opengallery serve: {why_not}", file=sys.stderr)
+            return 2
     problem = _startup_problem(settings)
     if problem is not None:
         print(f"opengallery serve: {problem}", file=sys.stderr)
@@ -163,6 +171,8 @@ def serve_main(argv: Sequence[str]) -> int:
         )
         return 1
     configure_logging(settings.log_level)
+    if settings.workers > 1:
+        return _serve_workers(settings, sock, bundle.manifest.model_id)
     try:
         state = open_state(settings)
     except StartupError as error:
@@ -170,11 +180,11 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"opengallery serve: {error}", file=sys.stderr)
         return 2
     shown_host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
-    loop, http = http_stack()
+    loop = event_loop()
     print(
         f"opengallery: serving {bundle.manifest.model_id} on http://{settings.host}:{settings.port}"
         f"  (docs: http://{shown_host}:{settings.port}/docs, data: {settings.data_dir}; "
-        f"{loop} + {http})",
+        f"{loop} + httptools)",
         file=sys.stderr,
         flush=True,
     )
@@ -185,12 +195,100 @@ def serve_main(argv: Sequence[str]) -> int:
         log_level=settings.log_level,
         loop=loop,
         access_log=False,  # our middleware logs each request with its request id
-        **uvicorn_options(settings, http),
+        **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     with sock:
         server.run(sockets=[sock])
     return 0 if server.started else 1  # not started: the app's start-up failed (logged)
+
+
+def _workers_problem(settings: Settings) -> str | None:
+    """Why `settings` cannot be served by several worker processes (None when it can)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    index = urlsplit(settings.index_url or "faiss://")
+    if (
+        index.scheme != "faiss"
+        or parse_qs(index.query).get("storage", ["float32"])[-1] != "float32"
+    ):
+        # sq8 keeps row files and snapshots under the data directory that each process would
+        # clean up as its own; each process would rebuild the same Milvus collections.
+        return "--workers needs the default in-memory index (faiss://, float32)"
+    return None
+
+
+def worker_app() -> object:
+    """The app of one worker process of `serve --workers N` (uvicorn imports this factory in
+    each worker; the settings come from the environment the parent filled in)."""
+    from service.api import server
+    from service.api.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    server.GuardedHttpToolsProtocol.header_timeout = settings.header_timeout
+    server.GuardedHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
+    server.GuardedHttpToolsProtocol.max_connections = settings.max_connections
+    return create_app(settings)
+
+
+def _serve_workers(settings: Settings, sock: socket.socket, model_id: str) -> int:
+    """`serve --workers N`: uvicorn's supervisor runs N processes accepting on one socket
+    (bound here), restarting one that dies; each opens its own state and follows the change
+    log. The admin key is made here, once, before any worker starts."""
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from service.api.app import announce_admin_key
+    from service.api.server import uvicorn_options
+    from service.core.errors import StartupError
+    from service.core.keys import ensure_admin_key
+    from service.core.state import check_not_emptied
+    from service.storage import StoreError, open_store
+
+    with sock:
+        try:
+            check_not_emptied(settings)
+            store = open_store(settings.effective_database_url)
+        except (StartupError, StoreError) as error:
+            print(f"opengallery serve: {error}", file=sys.stderr)
+            return 2
+        try:
+            admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+            generated = ensure_admin_key(store, admin)
+        finally:
+            store.close()
+        if generated:
+            announce_admin_key(generated)
+        # The workers are spawned: they read their settings from this environment.
+        for name in ("host", "port", "data_dir", "model", "log_level", "allow_empty_database"):
+            os.environ[f"OPENGALLERY_{name.upper()}"] = str(getattr(settings, name))
+        os.environ["OPENGALLERY_WORKERS"] = "1"  # each worker is one process
+        loop = event_loop()
+        options = uvicorn_options(settings)
+        # By name: each worker imports it (worker_app sets its limits from the settings).
+        options["http"] = "service.api.server:GuardedHttpToolsProtocol"
+        print(
+            f"opengallery: serving {model_id} on http://{settings.host}:{settings.port} with "
+            f"{settings.workers} worker processes (data: {settings.data_dir}; {loop} + httptools)",
+            file=sys.stderr,
+            flush=True,
+        )
+        config = uvicorn.Config(
+            "service.cli:worker_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            loop=loop,
+            access_log=False,
+            **options,
+        )
+        Multiprocess(config, sockets=[sock]).run()
+    return 0
 
 
 def keys_main(argv: Sequence[str]) -> int:

@@ -40,12 +40,20 @@ class Settings(BaseSettings):
         None, description="first admin key; generated and printed once when unset"
     )
     log_level: str = "info"
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="serving processes on the one port, each a replica following the database's "
+        "change log (faiss:// float32 indexes only)",
+    )
 
     key_cache_seconds: float = Field(
         5.0,
         ge=0.0,
-        description="how long a key's record is cached: a key deleted from the database by "
-        "another process stops working within this time (revoking through the API: at once)",
+        description="how long a key's record is cached: the longest a key revoked by another "
+        "process keeps working if this one cannot read the change log (revoking through the "
+        "API: at once here, and on other replicas when their followers apply it)",
     )
     # Failed authentications per client address: `auth_failure_burst` at once, then
     # `auth_failures_per_second`; past that 429 with Retry-After. 0 turns the limit off.
@@ -132,6 +140,18 @@ class Settings(BaseSettings):
     migration_chunk_size: int = Field(64, gt=0, description="images re-embedded per commit")
     migration_pause_ms: float = Field(
         0.0, ge=0.0, description="pause between chunks, to leave CPU to live traffic"
+    )
+    change_log_retention_hours: float = Field(
+        24.0,
+        gt=0.0,
+        description="changes older than this are deleted from the change log; a replica "
+        "that was cut off from the database longer reloads everything when it is back",
+    )
+    job_lease_seconds: float = Field(
+        15.0,
+        gt=0.0,
+        description="a running job's lease, renewed by the replica running it every third of "
+        "this; a replica that dies leaves the job to another after at most this long",
     )
 
     @field_validator("database_url")

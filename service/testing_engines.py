@@ -8,6 +8,7 @@ Both bind 127.0.0.1 only, wait until they answer, and are stopped (and their fil
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -34,6 +35,16 @@ def _stop(process: subprocess.Popen | None, sig: int, timeout: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout)
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    tree = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            tree += _process_tree(int(child))
+    return tree
 
 
 def postgres_binaries() -> Path:
@@ -65,7 +76,6 @@ class PostgresServer:
         binaries = postgres_binaries()
         self.directory = Path(tempfile.mkdtemp(prefix="opengallery-postgres-"))
         data = self.directory / "data"
-        log = self.directory / "postgres.log"
         user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
         if user is not None:
             shutil.chown(self.directory, user)
@@ -85,6 +95,15 @@ class PostgresServer:
             user=user,
             timeout=timeout,
         )
+        self._launch(timeout)
+        return self
+
+    def _launch(self, timeout: float) -> None:
+        assert self.directory is not None
+        binaries = postgres_binaries()
+        data = self.directory / "data"
+        log = self.directory / "postgres.log"
+        user = UNPRIVILEGED_USER if os.geteuid() == 0 else None
         with open(log, "ab") as log_file:
             self.process = subprocess.Popen(
                 [
@@ -109,7 +128,28 @@ class PostgresServer:
                 user=user,
             )
         self._wait_ready(timeout, log)
-        return self
+
+    def halt(self) -> None:
+        """Shut the server down, keeping its data (an outage); `resume()` brings it back."""
+        _stop(self.process, signal.SIGINT, 30.0)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again: same port, same data."""
+        self._launch(timeout)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and its backends: connections are accepted (by the kernel) and
+        never answered, as with a hung host. `thaw()` lets it go on."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
+        assert self.process is not None
+        for pid in _process_tree(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def _wait_ready(self, timeout: float, log: Path) -> None:
         import psycopg
@@ -179,6 +219,19 @@ class MilvusServer:
 
     def start(self, timeout: float = 60.0) -> MilvusServer:
         self.directory = Path(tempfile.mkdtemp(prefix="opengallery-milvus-"))
+        self._launch(timeout)
+        return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data (an outage); `resume()` brings it back."""
+        _stop(self.process, signal.SIGTERM, 30.0)
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start the halted server again: same port, same data."""
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        assert self.directory is not None
         log = self.directory / "milvus.log"
         with open(log, "ab") as log_file:
             self.process = subprocess.Popen(
@@ -205,7 +258,6 @@ class MilvusServer:
                 self.stop()
                 raise TimeoutError(f"milvus-lite not ready after {timeout}s")
             time.sleep(0.1)
-        return self
 
     def _answers(self) -> bool:
         from pymilvus import MilvusClient

@@ -62,6 +62,11 @@ _ERRORS = {
         (422, "invalid input"),
         (429, "too many failed authentications from this address (see Retry-After)"),
         (431, "request headers too large"),
+        (
+            503,
+            "busy (server_busy) or a dependency down (database_unavailable, "
+            "index_unavailable): retry later",
+        ),
         (507, "the server's storage is full: nothing was written"),
     ]
 }

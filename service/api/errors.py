@@ -80,6 +80,7 @@ STATUS_BY_CODE: dict[str, int] = {
     # the service's own dependencies (retry later)
     "database_unavailable": 503,
     "index_unavailable": 503,
+    "server_busy": 503,
 }
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -161,15 +162,18 @@ async def _http_error(request: Request, error: Exception) -> JSONResponse:
     return response
 
 
-async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+def describe_unavailable(error: Exception, request_id: str) -> tuple[str, str]:
+    """(code, message) for a dependency out of reach; the error, which names the server
+    (without credentials), is logged, not shown to the caller."""
     code = next(c for kind, c in UNAVAILABLE_CODES.items() if isinstance(error, kind))
-    request_id = getattr(request.state, "request_id", "-")
-    # The message names the server (without credentials): logged, not shown to the caller.
     logger.warning("%s (request %s): %s", code, request_id, error)
     what = "database" if code == "database_unavailable" else "vector index"
-    return error_response(
-        503, code, f"the {what} is unavailable; retry later (request id {request_id})"
-    )
+    return code, f"the {what} is unavailable; retry later (request id {request_id})"
+
+
+async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+    code, message = describe_unavailable(error, getattr(request.state, "request_id", "-"))
+    return error_response(status_for(code), code, message)
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -21,8 +21,8 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import error_body, status_for
-from service.core.errors import ServiceError
+from service.api.errors import describe_unavailable, error_body, status_for
+from service.core.errors import UNAVAILABLE_CODES, ServiceError
 from service.core.logsafe import escape_control
 from service.core.metrics import Metrics
 from service.core.ratelimit import FailureLimiter
@@ -238,6 +238,8 @@ class RequestContextMiddleware:
             return None
         except ServiceError as error:
             refusal = error
+        except tuple(UNAVAILABLE_CODES) as error:  # the keys are in the database
+            return (*describe_unavailable(error, scope["state"]["request_id"]), [])
         client = scope.get("client")
         address = str(client[0]) if client else "-"
         wait = self.auth_failures.retry_after(address)

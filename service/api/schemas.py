@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from service.core.ids import Identifier
+from service.core.ids import ID_JSON_SCHEMA, Identifier
 
 Scoring = Literal["max", "mean"]
 Fpir = float
@@ -129,20 +129,38 @@ class SubjectPage(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at end")
 
 
-# -- samples --
-# Documented, not enforced by the model: the domain answers these cases with its own codes
-# (no_input, validation_error "either ... not both").
+# -- inputs the domain checks itself --
+# The document describes a well-formed request; the models stay lenient where the domain answers
+# with a code of its own (no_input, empty_image, invalid_base64, invalid_embedding,
+# validation_error "either ... not both"), so a client sees the most precise reason.
+Base64Image = Annotated[
+    str,
+    WithJsonSchema(
+        {"type": "string", "format": "byte", "minLength": 4, "description": "a base64 image file"}
+    ),
+]
+Embedding = Annotated[
+    list[float], WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": 1})
+]
 _ONE_INPUT = {"oneOf": [{"required": ["images"]}, {"required": ["embeddings"]}]}
+# fpir and threshold exclude each other: either field is absent (`false` admits no value).
+FPIR_OR_THRESHOLD = {
+    "anyOf": [{"properties": {"fpir": False}}, {"properties": {"threshold": False}}]
+}
 _AT_LEAST_ONE = {"minItems": 1}
+_EXACTLY_ONE = {"minItems": 1, "maxItems": 1}
+
+
+# -- samples --
 
 
 class SamplesJson(Strict):
     model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
 
-    images: list[str] | None = Field(
+    images: list[Base64Image] | None = Field(
         None, description="base64-encoded image files", json_schema_extra=_AT_LEAST_ONE
     )
-    embeddings: list[list[float]] | None = Field(
+    embeddings: list[Embedding] | None = Field(
         None, description="embeddings of the model", json_schema_extra=_AT_LEAST_ONE
     )
 
@@ -163,15 +181,22 @@ class SamplesOut(BaseModel):
 
 
 class BulkItemIn(Strict):
-    subject_id: str = Field(description="the subject (checked per item: a bad id rejects its item)")
-    embedding: list[float] | None = Field(None, description="an embedding of the model")
-    image: str | None = Field(None, description="a base64-encoded image file")
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["embedding"]}, {"required": ["image"]}]}
+    )
+
+    subject_id: Annotated[str, WithJsonSchema(ID_JSON_SCHEMA)] = Field(
+        description="the subject (checked per item: a bad id rejects its item)"
+    )
+    embedding: Embedding | None = Field(None, description="an embedding of the model")
+    image: Base64Image | None = Field(None, description="a base64-encoded image file")
 
 
 class BulkSamplesJson(Strict):
     items: list[BulkItemIn] = Field(
+        json_schema_extra=_AT_LEAST_ONE,
         description="samples of any subjects, one of `embedding` or `image` each; at most "
-        "OPENGALLERY_MAX_BULK_ITEMS (default 5000) per request"
+        "OPENGALLERY_MAX_BULK_ITEMS (default 5000) per request",
     )
     create_subjects: bool = Field(
         False, description="create unknown subjects; else their items are `subject_not_found`"
@@ -253,12 +278,12 @@ class CalibrationSamplesOut(CalibrationOut):
 
 # -- recognition --
 class IdentifyJson(Strict):
-    model_config = ConfigDict(json_schema_extra=_ONE_INPUT)
+    model_config = ConfigDict(json_schema_extra={**_ONE_INPUT, **FPIR_OR_THRESHOLD})
 
-    images: list[str] | None = Field(
+    images: list[Base64Image] | None = Field(
         None, description="base64-encoded probe images", json_schema_extra=_AT_LEAST_ONE
     )
-    embeddings: list[list[float]] | None = Field(
+    embeddings: list[Embedding] | None = Field(
         None, description="probe embeddings", json_schema_extra=_AT_LEAST_ONE
     )
     top_k: int = Field(
@@ -296,14 +321,27 @@ class IdentifyOut(BaseModel):
 
 
 class VerifyJson(Strict):
-    subject_id: Identifier
-    image: str | None = Field(None, description="base64-encoded probe image")
-    embedding: list[float] | None = Field(None, description="probe embedding")
-    images: list[str] | None = Field(
-        None, description="as in identify, with exactly one item (instead of image)"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name]} for name in ("image", "embedding", "images", "embeddings")
+            ],
+            **FPIR_OR_THRESHOLD,
+        }
     )
-    embeddings: list[list[float]] | None = Field(
-        None, description="as in identify, with exactly one item (instead of embedding)"
+
+    subject_id: Identifier
+    image: Base64Image | None = Field(None, description="base64-encoded probe image")
+    embedding: Embedding | None = Field(None, description="probe embedding")
+    images: list[Base64Image] | None = Field(
+        None,
+        description="as in identify, with exactly one item (instead of image)",
+        json_schema_extra=_EXACTLY_ONE,
+    )
+    embeddings: list[Embedding] | None = Field(
+        None,
+        description="as in identify, with exactly one item (instead of embedding)",
+        json_schema_extra=_EXACTLY_ONE,
     )
     fpir: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     threshold: float | None = Field(None, allow_inf_nan=False)
@@ -338,7 +376,11 @@ class ModelList(BaseModel):
 
 
 class ModelRegister(Strict):
-    path: str = Field(min_length=1, description="bundle directory on the server's disk")
+    path: str = Field(
+        min_length=1,
+        description="bundle directory on the server's disk (absolute)",
+        json_schema_extra={"pattern": "^/"},
+    )
 
 
 class ModelRegistered(BaseModel):
@@ -383,6 +425,12 @@ class Readiness(BaseModel):
         False, description="writes fail for lack of space (answered 507); not ready meanwhile"
     )
     models: list[str]
+    unavailable: list[Literal["database", "index"]] = Field(
+        default_factory=list,
+        description="dependencies that do not answer now (their requests answer 503 "
+        "database_unavailable / index_unavailable); not ready meanwhile, ready again by "
+        "itself when they are back",
+    )
 
 
 class JobProgress(BaseModel):

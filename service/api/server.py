@@ -4,7 +4,8 @@ uvicorn closes a connection idle *between* requests (`timeout_keep_alive`) but n
 never finishes its request headers, and httptools has no limit on the headers' size. Here a
 connection must complete each request's headers within `header_timeout` seconds and in at most
 `max_header_bytes`, or it is answered (408 / 431, the JSON error shape) and closed. Malformed
-HTTP is answered 400 in the JSON error shape too.
+HTTP is answered 400 in the JSON error shape too, and so is a request over the connection
+limit (503 `server_busy`, where uvicorn's own limit answers in plain text).
 """
 
 from __future__ import annotations
@@ -34,9 +35,25 @@ def _raw_error(code: str, message: str) -> bytes:
     return head + body
 
 
+async def _server_busy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI app that answers a request over the connection limit."""
+    body = json.dumps(
+        error_body("server_busy", "the server has too many connections open; retry later")
+    ).encode("utf-8")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"retry-after", b"1"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
+    max_connections: int | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -90,7 +107,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done()
-        super().on_headers_complete()
+        limit = self.max_connections
+        if limit is not None and (len(self.connections) > limit or len(self.tasks) >= limit):
+            # The request is routed to _server_busy instead of the application.
+            application, self.app = self.app, _server_busy
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = application
+        else:
+            super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -108,27 +134,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def uvicorn_options(settings: Settings, http: str) -> dict[str, Any]:
-    """The uvicorn.Config arguments for the connection limits of `settings`.
-
-    With httptools the guarded protocol above; with h11 (when httptools is not installed)
-    h11's own limit on an incomplete request's size, and no header timeout.
-    """
-    options: dict[str, Any] = {
-        "timeout_keep_alive": settings.keep_alive_timeout,
-        "limit_concurrency": settings.max_connections,
-    }
-    if http == "httptools":
-        protocol = type(
-            "ConfiguredHttpToolsProtocol",
-            (GuardedHttpToolsProtocol,),
-            {
-                "header_timeout": settings.header_timeout,
-                "max_header_bytes": settings.max_header_bytes,
-            },
-        )
-        options["http"] = protocol
-    else:
-        options["http"] = http
-        options["h11_max_incomplete_event_size"] = settings.max_header_bytes
-    return options
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn.Config arguments for the connection limits of `settings`: the guarded
+    httptools protocol above (httptools is a dependency: h11 has no header timeout)."""
+    protocol = type(
+        "ConfiguredHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {
+            "header_timeout": settings.header_timeout,
+            "max_header_bytes": settings.max_header_bytes,
+            "max_connections": settings.max_connections,
+        },
+    )
+    return {"timeout_keep_alive": settings.keep_alive_timeout, "http": protocol}

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from service.api.errors import describe_validation
+from service.api.schemas import FPIR_OR_THRESHOLD
 from service.core.errors import ServiceError, invalid
 from service.core.ingest import Upload
 from service.settings import Settings
@@ -35,7 +36,24 @@ def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
             return [inline(item) for item in node]
         return node
 
-    return inline(schema)
+    return omit_null_alternatives(inline(schema))
+
+
+def omit_null_alternatives(schema: dict[str, Any]) -> dict[str, Any]:
+    """A request omits an optional field rather than sending null: document `X`, not `X | null`.
+
+    The field's own keywords (description, minItems) move onto `X`, where they apply.
+    """
+    properties = {}
+    for name, field in schema.get("properties", {}).items():
+        choices = field.get("anyOf", [])
+        kept = [choice for choice in choices if choice != {"type": "null"}]
+        if len(choices) == 2 and len(kept) == 1:
+            field = {**kept[0], **{k: v for k, v in field.items() if k not in {"anyOf", "default"}}}
+        if field.get("type") == "array" and isinstance(field.get("items"), dict):
+            field = {**field, "items": omit_null_alternatives(field["items"])}
+        properties[name] = field
+    return {**schema, "properties": properties} if properties else schema
 
 
 def json_body(json_model: type[BaseModel]) -> dict[str, Any]:
@@ -48,16 +66,21 @@ def request_body(
     json_model: type[BaseModel], file_field: str, form_fields: dict[str, Any], *, many: bool
 ) -> dict[str, Any]:
     """OpenAPI `requestBody` with a JSON and a multipart alternative."""
-    file_schema = {"type": "string", "format": "binary"}
+    file_schema = {"type": "string", "format": "binary", "minLength": 1}
     multipart = {
         "type": "object",
         "properties": {
-            file_field: {"type": "array", "items": file_schema} if many else file_schema,
+            file_field: {"type": "array", "items": file_schema, "minItems": 1}
+            if many
+            else file_schema,
             **form_fields,
         },
         "required": [file_field, *[name for name in form_fields if name == "subject_id"]],
         "additionalProperties": False,
     }
+    if {"fpir", "threshold"} <= form_fields.keys():
+        multipart.update(FPIR_OR_THRESHOLD)
+
     return {
         "requestBody": {
             "required": True,

@@ -109,5 +109,8 @@ def register_bundle(
         raise ServiceError(
             "invalid_bundle", f"{path}: the model cannot be loaded: {error}"
         ) from None
+    # Recorded in the database too: other replicas load it from there (through the change
+    # log) when the copy's path is theirs as well (one machine, or a shared volume).
+    store.register_model(model.model_id, str(bundle.path))
     logger.info("registered model %s from %s", model.model_id, source)
     return model

@@ -26,7 +26,7 @@ from service.core.errors import ServiceError, store_errors
 from service.core.ingest import Ingest, Upload
 from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.settings import Settings
-from service.storage import CalibrationSampleRecord, NewSample, Store
+from service.storage import CalibrationSampleRecord, NewSample, Store, StoreConflict
 
 _UPLOAD_ATTEMPTS = 3
 
@@ -101,14 +101,26 @@ class CalibrationSets:
             with gallery.lock:
                 if gallery.active is not active:
                     continue
-                with store_errors():
-                    added, size = (
-                        self.store.add_calibration_samples(gallery.name, active.model.model_id, new)
-                        if new
-                        else ([], self.store.count_calibration_samples(gallery.name)[0])
-                    )
-                fresh = [new[i].embedding for i, item in enumerate(added) if item.created]
-                self._follow(gallery, active, fresh, size)
+                try:
+                    with store_errors():
+                        added, size = (
+                            self.store.add_calibration_samples(
+                                gallery.name, active.model.model_id, new
+                            )
+                            if new
+                            else ([], self.store.count_calibration_samples(gallery.name)[0])
+                        )
+                except StoreConflict:
+                    stale = True  # another replica switched the gallery's model
+                else:
+                    stale = False
+                    fresh = [new[i].embedding for i, item in enumerate(added) if item.created]
+                    self._follow(gallery, active, fresh, size)
+                    if fresh:
+                        gallery.note_local(("calibration",))
+            if stale:
+                self.live.refresh(gallery.name)
+                continue
             break
         else:
             raise ServiceError("model_changed", "the gallery changed model; retry")
@@ -200,7 +212,9 @@ class CalibrationSets:
                     f"({active.calibration.size}) cannot be deleted",
                 )
             with store_errors():
-                self.store.clear_calibration(gallery_name)
+                cleared = self.store.clear_calibration(gallery_name)
             if active.calibration.source == "gallery":
                 active.calibration.replace_probes(active.model.calibration, "bundle")
+            if cleared:
+                gallery.note_local(("calibration",))
         return self.describe(gallery_name)

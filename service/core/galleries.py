@@ -28,10 +28,12 @@ from service.settings import Settings
 from service.storage import (
     AddedSample,
     BulkAdded,
+    BulkEnrolled,
     GalleryRecord,
     NewSample,
     SampleRecord,
     Store,
+    StoreConflict,
     SubjectRecord,
 )
 
@@ -175,6 +177,7 @@ class Galleries:
         with gallery.lock, store_errors():
             record, created, _ = self.store.put_subject(gallery_name, subject_id, metadata)
             gallery.active.index.set_subject(record.pk, subject_id)
+            gallery.note_local(("put", record.pk))
         return SubjectWrite(record, created)
 
     def get_subject(self, gallery_name: str, subject_id: str) -> SubjectDetail:
@@ -207,6 +210,7 @@ class Galleries:
             active = gallery.active
             active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
             active.calibration.subject_removed(subject_id)
+            gallery.note_local(("delete", pk))
 
     # -- samples --
     def enrol(self, gallery_name: str, subject_id: str, uploads: list[Upload]) -> Enrolment:
@@ -271,21 +275,28 @@ class Galleries:
         with gallery.lock:
             if gallery.active is not active:
                 return None
-            with store_errors():
-                record, added, _ = self.store.add_samples(
-                    gallery.name, subject_id, active.model.model_id, new_samples
-                )
-            fresh = [i for i, item in enumerate(added) if item.created]
-            if fresh:
-                vectors = np.stack([new_samples[i].embedding for i in fresh])
-                active.index.add_samples(
-                    record.pk,
-                    subject_id,
-                    np.array([added[i].sample_id for i in fresh], dtype=np.int64),
-                    vectors,
-                )
-                active.calibration.samples_added(subject_id, vectors)
-            return added
+            try:
+                with store_errors():
+                    record, added, _ = self.store.add_samples(
+                        gallery.name, subject_id, active.model.model_id, new_samples
+                    )
+            except StoreConflict:
+                pass  # another replica switched the gallery's model: caught up below
+            else:
+                fresh = [i for i, item in enumerate(added) if item.created]
+                if fresh:
+                    vectors = np.stack([new_samples[i].embedding for i in fresh])
+                    active.index.add_samples(
+                        record.pk,
+                        subject_id,
+                        np.array([added[i].sample_id for i in fresh], dtype=np.int64),
+                        vectors,
+                    )
+                    active.calibration.samples_added(subject_id, vectors)
+                    gallery.note_local(*(("add", added[i].sample_id) for i in fresh))
+                return added
+        self.live.refresh(gallery.name)
+        return None
 
     def enrol_many(
         self, gallery_name: str, items: list[BulkItem], create_subjects: bool = False
@@ -380,22 +391,39 @@ class Galleries:
                 )
                 for position, item in usable
             ]
-            with store_errors():
-                result = self.store.bulk_enrol(
-                    gallery.name, active.model.model_id, pairs, create_subjects=create_subjects
-                )
-            fresh = [i for i, added in enumerate(result.items) if added.created]
-            if fresh:
-                names = [pairs[i][0] for i in fresh]
-                vectors = np.stack([pairs[i][1].embedding for i in fresh])
-                active.index.add_many(
-                    np.array([result.items[i].subject_pk for i in fresh], dtype=np.int64),
-                    names,
-                    np.array([result.items[i].sample_id for i in fresh], dtype=np.int64),
-                    vectors,
-                )
-                active.calibration.samples_added_many(names, vectors)
-            return result.items
+            try:
+                with store_errors():
+                    result = self.store.bulk_enrol(
+                        gallery.name, active.model.model_id, pairs, create_subjects=create_subjects
+                    )
+            except StoreConflict:
+                result = None  # another replica switched the gallery's model: caught up below
+            if result is not None:
+                return self._index_many(gallery, active, pairs, result)
+        self.live.refresh(gallery.name)
+        return None
+
+    def _index_many(
+        self,
+        gallery: LiveGallery,
+        active: ActiveModel,
+        pairs: list[tuple[str, NewSample]],
+        result: BulkEnrolled,
+    ) -> list[BulkAdded]:
+        """Index what a bulk enrolment committed. The caller holds the gallery's lock."""
+        fresh = [i for i, added in enumerate(result.items) if added.created]
+        if fresh:
+            names = [pairs[i][0] for i in fresh]
+            vectors = np.stack([pairs[i][1].embedding for i in fresh])
+            active.index.add_many(
+                np.array([result.items[i].subject_pk for i in fresh], dtype=np.int64),
+                names,
+                np.array([result.items[i].sample_id for i in fresh], dtype=np.int64),
+                vectors,
+            )
+            active.calibration.samples_added_many(names, vectors)
+            gallery.note_local(*(("add", result.items[i].sample_id) for i in fresh))
+        return result.items
 
     def sample_image(self, gallery_name: str, subject_id: str, sample_id: int) -> SampleImage:
         """A sample's kept image with its media type; not_found when none was kept."""
@@ -416,3 +444,4 @@ class Galleries:
             active = gallery.active
             active.index.remove_samples(np.array([sample_id], dtype=np.int64))
             active.calibration.samples_removed(subject_id)
+            gallery.note_local(("remove", sample_id))

@@ -77,8 +77,9 @@ class Authenticator:
     """API key -> its record, checked against a scope.
 
     Records are cached by key hash for `cache_seconds`: a key revoked through this object
-    stops working at once, one deleted from the database by another process (e.g.
-    `opengallery keys revoke`) within `cache_seconds`. `last_used` is written at most once per
+    stops working at once; one revoked by another process (another replica, or `opengallery
+    keys revoke`) as soon as the change log's follower meets the revocation (`forget`), and
+    within `cache_seconds` at worst. `last_used` is written at most once per
     `touch_seconds` per key, in a background thread, so that no request waits on a write.
     """
 
@@ -128,11 +129,21 @@ class Authenticator:
     def revoke(self, key_id: int) -> ApiKeyRecord:
         """Revoke a key (see `revoke_key`); it stops working at once in this process."""
         record = revoke_key(self.store, key_id)
+        self.forget(key_id)
+        return record
+
+    def forget(self, key_id: int) -> None:
+        """Drop what is cached of key `key_id` (revoked elsewhere: another replica, or
+        `opengallery keys revoke`); its next use reads the database."""
         with self._lock:
             for digest in [d for d, (r, _) in self._cache.items() if r.key_id == key_id]:
                 del self._cache[digest]
             self._touched.pop(key_id, None)
-        return record
+
+    def forget_all(self) -> None:
+        """Drop every cached record (revocations may have been missed)."""
+        with self._lock:
+            self._cache.clear()
 
     def _touch(self, key_id: int, now: float) -> None:
         with self._lock:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,15 +38,41 @@ class ActiveModel:
     calibration: GalleryCalibration
 
 
+# Bound on the changes a gallery remembers having applied itself: past it they are forgotten,
+# and the follower applies them again, which is harmless (applying is idempotent).
+_LOCAL_LIMIT = 100_000
+
+
 @dataclass
 class LiveGallery:
     record: GalleryRecord  # its settings (fpir, scoring, keep_images) and model
     active: ActiveModel
     lock: threading.Lock = field(default_factory=threading.Lock)  # serialises mutations
+    # Changes this process committed and applied itself, until the change log's follower
+    # meets them (then it skips them: no second read or calibration update). Held under
+    # `lock`; keys such as ("add", sample id).
+    local: Counter[tuple] = field(default_factory=Counter)
 
     @property
     def name(self) -> str:
         return self.record.name
+
+    def note_local(self, *changes: tuple) -> None:
+        """The caller holds `lock` and has applied these committed changes itself."""
+        if len(self.local) > _LOCAL_LIMIT:
+            self.local.clear()
+        self.local.update(changes)
+
+    def take_local(self, change: tuple) -> bool:
+        """Whether this process applied `change` itself (forgetting it). Caller holds `lock`."""
+        count = self.local.get(change, 0)
+        if not count:
+            return False
+        if count == 1:
+            del self.local[change]
+        else:
+            self.local[change] = count - 1
+        return True
 
 
 class LiveGalleries:
@@ -56,6 +84,17 @@ class LiveGalleries:
         self.backend = backend
         self._galleries: dict[str, LiveGallery] = {}
         self._lock = threading.Lock()
+        # Called with the name of a gallery the database has and memory has not (created by
+        # another replica a moment ago): the change log's follower builds it at once.
+        self.on_miss: Callable[[str], None] | None = None
+        # Called with the name of a gallery whose model the database changed under a write
+        # (a migration run by another replica): the follower switches it at once.
+        self.on_stale: Callable[[str], None] | None = None
+
+    def refresh(self, name: str) -> None:
+        """Catch up with a model switch committed elsewhere (see `on_stale`)."""
+        if self.on_stale is not None:
+            self.on_stale(name)
 
     def load_all(self) -> None:
         """Build every gallery's index from the database."""
@@ -107,9 +146,11 @@ class LiveGalleries:
                 logger.warning("gallery %r: index snapshot not saved: %s", record.name, error)
         return index
 
-    def save_snapshots(self) -> None:
+    def save_snapshots(self, is_current: Callable[[], bool] | None = None) -> None:
         """Save every gallery's index where the backend can (at shutdown): each under its
-        gallery's lock, at the version the database has then, which is what it reflects."""
+        gallery's lock, at the version the database has then, which is what it reflects, as
+        long as `is_current()` (every change committed by other processes is applied) holds
+        once the version is read; otherwise it is not saved (the next start builds it)."""
         save = getattr(self.backend, "save_snapshot", None)
         if save is None:
             return
@@ -121,6 +162,9 @@ class LiveGalleries:
                     record = self.store.get_gallery(gallery.name)
                     active = gallery.active
                     if record is None or record.model_id != active.model.model_id:
+                        continue
+                    if is_current is not None and not is_current():
+                        logger.info("gallery %r: not current, no snapshot saved", gallery.name)
                         continue
                     save(active.index, record.name, active.model.model_id, record.version)
                 except Exception:  # shutting down: a missing snapshot only slows the next start
@@ -163,6 +207,10 @@ class LiveGalleries:
     def get(self, name: str) -> LiveGallery:
         with self._lock:
             gallery = self._galleries.get(name)
+        if gallery is None and self.on_miss is not None and self.store.get_gallery(name):
+            self.on_miss(name)
+            with self._lock:
+                gallery = self._galleries.get(name)
         if gallery is None:
             if self.store.get_gallery(name) is not None:
                 raise ServiceError(
@@ -179,7 +227,12 @@ class LiveGalleries:
         self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch | None = None
     ) -> LiveGallery:
         """A gallery the caller created in the store: empty, or served by `index` (built by
-        `build_index` from what the store holds)."""
+        `build_index` from what the store holds). If the change log's follower has already
+        built this same gallery (same creation time), that one is kept."""
+        with self._lock:
+            held = self._galleries.get(record.name)
+        if held is not None and held.record.created == record.created:
+            return held
         if index is None:
             index = self.backend.build(
                 model.dim,
@@ -192,12 +245,17 @@ class LiveGalleries:
             record, ActiveModel(model, index, self.build_calibration(record, model, index))
         )
         with self._lock:
+            held = self._galleries.get(record.name)
+            if held is not None and held.record.created == record.created:
+                return held  # built meanwhile, perhaps already written to: kept
             self._galleries[record.name] = gallery
         return gallery
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, gallery: LiveGallery | None = None) -> None:
+        """Forget gallery `name` (only if it is still `gallery`, when given)."""
         with self._lock:
-            self._galleries.pop(name, None)
+            if gallery is None or self._galleries.get(name) is gallery:
+                self._galleries.pop(name, None)
 
     def swap(self, gallery: LiveGallery, record: GalleryRecord, active: ActiveModel) -> None:
         """Point `gallery` at another (model, index) pair: one reference assignment, so a

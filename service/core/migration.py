@@ -23,12 +23,22 @@ Failure: any error marks the job failed with its reason; the gallery stays on it
 (the switch transaction is all or nothing). Restart: a job left `running` (the process died or
 stopped) is resumed at start; shadow embeddings already committed are kept, so it continues
 where it stopped (`attempts` counts the runs).
+
+Replicas: a job runs on exactly one process, the holder of its lease in the database (taken
+with the job, renewed every third of `job_lease_seconds` by a watcher thread). The watcher also
+claims running jobs whose lease expired (their process died) and resumes them. The switch
+commits only while this process holds the lease, so a process that lost it (paused past its
+lease) cannot switch a second time; enrolments made on other replicas between the delta and
+the switch make the switch refuse, and the delta is embedded again. The other replicas switch
+when the switch's change reaches them through the change log (core/replication.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -40,15 +50,21 @@ from service.core.images import ImageRejected, decode_image
 from service.core.live import LiveGalleries, LiveGallery
 from service.core.models import LoadedModel, LoadedModels
 from service.settings import Settings
-from service.storage import JobRecord, NotFoundError, Store, StoreConflict
+from service.storage import JobRecord, LeaseNotHeld, NotFoundError, Store, StoreConflict
 
 logger = logging.getLogger("opengallery.service")
 
 MIGRATE = "migrate"
+SWITCH_ATTEMPTS = 5  # delta + switch, when other replicas keep enrolling in between
 
 
 class JobStopped(Exception):
     """The service is shutting down: the job stays `running` and resumes at the next start."""
+
+
+class LeaseLost(JobStopped):
+    """Another process holds the job's lease now (this one was paused past it): it runs the
+    job; this one stops without recording anything."""
 
 
 class MigrationManager:
@@ -65,7 +81,11 @@ class MigrationManager:
         self.live = live
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
+        self._lost: set[str] = set()  # jobs whose lease another process took
         self._lock = threading.Lock()
+        # Who holds a lease: unique per process, readable in the database by an operator.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._watcher: threading.Thread | None = None
 
     # -- API --
     def start(self, gallery: str, model_id: str) -> JobRecord:
@@ -121,7 +141,15 @@ class MigrationManager:
             )
         job_id = uuid.uuid4().hex
         try:
-            job = self.store.create_job(job_id, MIGRATE, gallery, source.model_id, model_id)
+            job = self.store.create_job(
+                job_id,
+                MIGRATE,
+                gallery,
+                source.model_id,
+                model_id,
+                owner=self.owner,
+                lease_seconds=self.settings.job_lease_seconds,
+            )
         except StoreConflict as error:
             raise ServiceError("migration_running", str(error)) from None
         # Shadow rows left by an earlier failed job of the same target are recomputed: a fresh
@@ -140,9 +168,22 @@ class MigrationManager:
         return job
 
     def resume_pending(self) -> list[str]:
-        """At start: resume every job left `running` by a previous process."""
+        """Resume every job left `running` whose lease is free or expired (its process
+        stopped or died); then keep watching for such jobs and renewing this process's leases."""
+        resumed = self._adopt()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="job-leases", daemon=True)
+            self._watcher.start()
+        return resumed
+
+    def _adopt(self) -> list[str]:
         resumed = []
         for job in self.store.list_jobs(status="running"):
+            with self._lock:
+                if job.job_id in self._threads:
+                    continue
+            if not self._claim(job.job_id):
+                continue  # another replica runs it
             self.store.update_job(job.job_id, attempt=True)
             logger.warning(
                 "job %s: resuming the migration of gallery %r to %s (left running)",
@@ -154,9 +195,40 @@ class MigrationManager:
             resumed.append(job.job_id)
         return resumed
 
+    def _claim(self, job_id: str) -> bool:
+        """Take the job's lease: free, expired, or held by a process of this machine that is
+        gone (killed: its lease would otherwise hold it back until it expires)."""
+        lease = self.settings.job_lease_seconds
+        if self.store.claim_job(job_id, self.owner, lease):
+            return True
+        holder = self.store.lease_holder(job_id)
+        if holder is None or not _dead_here(holder):
+            return False
+        self.store.release_job(job_id, holder)
+        return self.store.claim_job(job_id, self.owner, lease)
+
+    def _watch(self) -> None:
+        """Renew the leases of the jobs this process runs; adopt jobs whose lease expired."""
+        period = self.settings.job_lease_seconds / 3
+        while not self._stop.wait(period):
+            try:
+                with self._lock:
+                    running = list(self._threads)
+                for job_id in running:
+                    lease = self.settings.job_lease_seconds
+                    if not self.store.claim_job(job_id, self.owner, lease):
+                        with self._lock:
+                            self._lost.add(job_id)
+                self._adopt()
+            except Exception as error:  # the database away for a while: try again
+                logger.warning("job leases: %s", error)
+
     def close(self, timeout: float = 30.0) -> None:
-        """Stop between chunks; running jobs stay `running` and resume at the next start."""
+        """Stop between chunks; running jobs stay `running` and resume at the next start (or
+        on another replica: their leases are given up)."""
         self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
         with self._lock:
             threads = list(self._threads.values())
         deadline = time.monotonic() + timeout
@@ -178,6 +250,8 @@ class MigrationManager:
             return
         try:
             self._migrate(job)
+        except LeaseLost:
+            logger.warning("job %s: another process runs it now; stopped here", job_id)
         except JobStopped:
             logger.info("job %s: stopped by shutdown; it resumes at the next start", job_id)
         except Exception as error:
@@ -196,6 +270,11 @@ class MigrationManager:
         finally:
             with self._lock:
                 self._threads.pop(job_id, None)
+                self._lost.discard(job_id)
+            try:
+                self.store.release_job(job_id, self.owner)
+            except Exception:  # the store is closing: the lease expires by itself
+                logger.debug("job %s: lease not released", job_id)
 
     def _migrate(self, job: JobRecord) -> None:
         target = self.models.get(job.target_model)
@@ -221,8 +300,7 @@ class MigrationManager:
         # 1. Shadow embeddings, chunk by chunk, without blocking the gallery.
         after_id = 0
         while True:
-            if self._stop.is_set():
-                raise JobStopped
+            self._check_running(job)
             embedded, after_id = self._embed_chunk(job, target, after_id)
             if not embedded:
                 break
@@ -233,25 +311,34 @@ class MigrationManager:
                 self._stop.wait(self.settings.migration_pause_ms / 1000.0)
         after_id = 0
         while True:  # the gallery's own calibration set, likewise (not counted in progress)
-            if self._stop.is_set():
-                raise JobStopped
+            self._check_running(job)
             embedded, after_id = self._embed_chunk(job, target, after_id, calibration=True)
             if not embedded:
                 break
-        # 2. The delta and the switch, with gallery mutations held off.
-        with live.lock:
-            after_id = 0
-            while True:
-                embedded, after_id = self._embed_chunk(job, target, after_id)
-                if not embedded:
+        # 2. The delta and the switch, with this process's gallery mutations held off (other
+        # replicas' enrolments in between make the switch refuse: the delta is taken again).
+        for attempt in range(SWITCH_ATTEMPTS):
+            self._check_running(job)
+            with live.lock:
+                after_id = 0
+                while True:
+                    embedded, after_id = self._embed_chunk(job, target, after_id)
+                    if not embedded:
+                        break
+                    done += embedded
+                after_id = 0
+                while True:
+                    embedded, after_id = self._embed_chunk(job, target, after_id, calibration=True)
+                    if not embedded:
+                        break
+                try:
+                    self._switch(job, live, target)
                     break
-                done += embedded
-            after_id = 0
-            while True:
-                embedded, after_id = self._embed_chunk(job, target, after_id, calibration=True)
-                if not embedded:
-                    break
-            self._switch(job, live, target)
+                except LeaseNotHeld:
+                    raise LeaseLost from None
+                except StoreConflict:
+                    if attempt == SWITCH_ATTEMPTS - 1:
+                        raise
         # Recorded only once the new model answers: a client that sees "succeeded" gets
         # answers from it. (A crash just before this is settled at the next start, above.)
         total = max(total, done)
@@ -295,6 +382,14 @@ class MigrationManager:
         put(target.model_id, [item.sample_id for item in chunk], vectors)
         return len(chunk), chunk[-1].sample_id
 
+    def _check_running(self, job: JobRecord) -> None:
+        """JobStopped at shutdown; LeaseLost once another process took the job."""
+        if self._stop.is_set():
+            raise JobStopped
+        with self._lock:
+            if job.job_id in self._lost:
+                raise LeaseLost
+
     def _sample_count(self, gallery: str) -> int:
         record = self.store.get_gallery(gallery)
         if record is None:
@@ -312,7 +407,7 @@ class MigrationManager:
         # threshold) before the pair serves: no request pays for them.
         active = self.live.build_active(record, target)
         version = self.store.switch_gallery_model(
-            job.gallery, job.source_model, target.model_id, None
+            job.gallery, job.source_model, target.model_id, None, lease=(job.job_id, self.owner)
         )
         # Committed: from here on nothing may fail before memory follows the store.
         self.live.swap(live, dataclasses.replace(record, version=version), active)
@@ -323,6 +418,21 @@ class MigrationManager:
             target.model_id,
             active.index.sample_count,
         )
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether lease `owner` (host:pid:nonce) names a process of this host that has exited."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _reason(error: Exception) -> str:

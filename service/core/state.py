@@ -18,13 +18,18 @@ from service.core.metrics import Metrics
 from service.core.migration import MigrationManager
 from service.core.models import LoadedModels
 from service.core.recognition import Recognition
+from service.core.replication import ChangeFollower
 from service.core.transfer import GalleryTransfer
-from service.index import open_index
+from service.index import IndexUnavailable, open_index
 from service.settings import Settings
-from service.storage import Store, StoreOpenError, open_store
+from service.storage import Store, StoreOpenError, StoreUnavailable, open_store
 from service.storage.factory import sqlite_path
 
 logger = logging.getLogger("opengallery.service")
+
+# How long /readyz waits for each dependency: a load balancer's probe gives up after a few
+# seconds, and a dependency slower than this is not one to send traffic through.
+DEPENDENCY_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -43,14 +48,44 @@ class ServiceState:
     transfer: GalleryTransfer
     generated_admin_key: str | None = None
     indexes_built: bool = False
+    follower: ChangeFollower | None = None  # applies what other replicas write
 
     @property
     def ready(self) -> bool:
         return self.indexes_built and self.models.default_model_id is not None
 
+    def unavailable(self, timeout: float = DEPENDENCY_TIMEOUT_S) -> list[str]:
+        """The dependencies that do not answer now: "database", "index" (a vector index
+        server; one in this process has nothing to lose). Each is asked anew, so a dependency
+        that is back is reported back at once."""
+        down = []
+        checks = [
+            ("database", self.store.ping),
+            ("index", getattr(self.live.backend, "ping", None)),
+        ]
+        for name, ping in checks:
+            if ping is None:
+                continue
+            try:
+                ping(timeout)
+            except (StoreUnavailable, IndexUnavailable) as error:
+                logger.warning("not ready: %s", error)  # names the server, never a password
+                down.append(name)
+        return down
+
     def close(self) -> None:
+        follower = self.follower
+        if follower is not None:
+            follower.close()
         self.migrations.close()  # running jobs stop between chunks and resume at next start
-        self.live.save_snapshots()
+        if follower is None:
+            self.live.save_snapshots()
+        else:
+            try:
+                follower.catch_up()  # a snapshot must hold what other processes wrote
+                self.live.save_snapshots(lambda: follower.cursor >= self.store.last_change())
+            except Exception:  # shutting down: a missing snapshot only slows the next start
+                logger.exception("index snapshots not saved")
         self.models.close()
         self.keys.close()  # its last_used writes end before the store closes
         self.store.close()
@@ -113,6 +148,8 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         load_registered(models, bundles, store)
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
         generated = ensure_admin_key(store, admin)
+        # Read before loading: what commits while the galleries load is applied after.
+        applied = store.last_change()
         live = LiveGalleries(store, models, backend)
         live.load_all()
         release_free_memory()
@@ -123,7 +160,21 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         recognition = Recognition(settings, store, live, ingest, metrics)
         calibration_sets = CalibrationSets(settings, store, live, ingest)
         migrations = MigrationManager(settings, store, models, live)
+        keys = Authenticator(store, cache_seconds=settings.key_cache_seconds)
+        follower = ChangeFollower(
+            store,
+            live,
+            keys,
+            models,
+            after=applied,
+            load_models=lambda: load_registered(models, bundle_directory(settings), store),
+            retention_s=settings.change_log_retention_hours * 3600,
+        )
+        follower.catch_up()  # what other replicas wrote while this one loaded
+        live.on_miss = follower.reconcile_gallery
+        live.on_stale = follower.reconcile_model
         migrations.resume_pending()
+        follower.start()
     except BaseException:
         models.close()
         store.close()
@@ -138,7 +189,8 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         recognition=recognition,
         calibration_sets=calibration_sets,
         migrations=migrations,
-        keys=Authenticator(store, cache_seconds=settings.key_cache_seconds),
+        keys=keys,
+        follower=follower,
         metrics=metrics,
         transfer=GalleryTransfer(store, models, live),
         generated_admin_key=generated,

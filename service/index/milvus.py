@@ -107,6 +107,11 @@ class MilvusConfig:
         return f"{self.prefix}_{digest}"
 
 
+# Milvus's code for a collection it holds but has not loaded into memory: what a restarted
+# server answers (milvus-lite does not reload its collections by itself).
+COLLECTION_NOT_LOADED = 101
+
+
 class MilvusConnection:
     """One client for the process; each call's Milvus error becomes IndexUnavailable."""
 
@@ -119,19 +124,33 @@ class MilvusConnection:
                 db_name=config.db_name,
                 timeout=config.timeout,
             )
-            self.client.list_collections()
+            self.client.list_collections(timeout=config.timeout)
         except Exception as error:  # pymilvus raises its own and gRPC's errors
             raise IndexUnavailable(
                 f"cannot reach Milvus at {config.shown_url}: {' '.join(str(error).split())}"
             ) from None
 
     def call(self, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        # Every call gets the URL's timeout: without one, pymilvus retries a server that does
+        # not answer for a minute, and a request waits that long.
+        kwargs.setdefault("timeout", self.config.timeout)
         try:
             return action(*args, **kwargs)
         except Exception as error:
             raise IndexUnavailable(
                 f"Milvus at {self.config.shown_url} failed: {' '.join(str(error).split())}"
             ) from error
+
+    def read(self, collection: str, action: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A search or get of `collection`; one the server holds without having it loaded (it
+        restarted) is loaded and the call made again, so that service resumes by itself."""
+        try:
+            return self.call(action, *args, **kwargs)
+        except IndexUnavailable as error:
+            if getattr(error.__cause__, "code", None) != COLLECTION_NOT_LOADED:
+                raise
+        self.call(self.client.load_collection, collection)
+        return self.call(action, *args, **kwargs)
 
 
 class MilvusSubjectIndex:
@@ -204,8 +223,12 @@ class MilvusSubjectIndex:
         """The stored vectors of `ids`, in that order."""
         found: dict[int, list[float]] = {}
         for chunk in _chunks(ids, MAX_LIMIT):
-            rows = self._milvus.call(
-                self._client.get, self.collection, ids=chunk, output_fields=["vector"]
+            rows = self._milvus.read(
+                self.collection,
+                self._client.get,
+                self.collection,
+                ids=chunk,
+                output_fields=["vector"],
             )
             found.update({int(row["id"]): row["vector"] for row in rows})
         if not ids:
@@ -217,7 +240,8 @@ class MilvusSubjectIndex:
     ) -> list[list[tuple[int, int, float]]]:
         """Per query, (id, subject pk, score) best first."""
         extra: dict[str, Any] = {"group_by_field": "subject_pk"} if group else {}
-        results = self._milvus.call(
+        results = self._milvus.read(
+            self.collection,
             self._client.search,
             self.collection,
             data=np.ascontiguousarray(queries, dtype=np.float32).tolist(),
@@ -444,6 +468,10 @@ class MilvusBackend:
         index._create()
         index._load(contents)
         return index
+
+    def ping(self, timeout: float) -> None:
+        """IndexUnavailable if the server does not answer within `timeout` seconds."""
+        self.connection.call(self.connection.client.list_collections, timeout=timeout)
 
     def close(self) -> None:
         self.connection.client.close()

@@ -1,13 +1,15 @@
 """Durable state of the service behind small interfaces, one backend per database.
 
 `open_store(url)` opens a store; `Store` is its whole interface, made of `GalleryStore`,
-`KeyStore`, `CalibrationStore`, `ModelStore` and `JobStore`. Records are frozen dataclasses;
-errors derive from `StoreError` and carry no HTTP status.
+`KeyStore`, `CalibrationStore`, `ModelStore`, `JobStore`, `TransferStore` and `ChangeStore` (the
+change log that replicas follow). Records are frozen dataclasses; errors derive from
+`StoreError` and carry no HTTP status.
 """
 
 from service.storage.errors import (
     AlreadyExistsError,
     LastAdminKeyError,
+    LeaseNotHeld,
     NotFoundError,
     SchemaVersionError,
     StoreConfigError,
@@ -20,6 +22,7 @@ from service.storage.errors import (
 from service.storage.factory import check_database_url, open_store, redact_url
 from service.storage.protocols import (
     CalibrationStore,
+    ChangeStore,
     GalleryStore,
     JobStore,
     KeyStore,
@@ -34,6 +37,7 @@ from service.storage.records import (
     BulkEnrolled,
     CalibrationEmbeddings,
     CalibrationSampleRecord,
+    ChangeRecord,
     ExportedProbe,
     ExportedSample,
     GalleryEmbeddings,
@@ -54,6 +58,8 @@ __all__ = [
     "CalibrationEmbeddings",
     "CalibrationSampleRecord",
     "CalibrationStore",
+    "ChangeRecord",
+    "ChangeStore",
     "ExportedProbe",
     "ExportedSample",
     "GalleryEmbeddings",
@@ -63,6 +69,7 @@ __all__ = [
     "JobStore",
     "KeyStore",
     "LastAdminKeyError",
+    "LeaseNotHeld",
     "ModelStore",
     "NewSample",
     "NotFoundError",

@@ -36,6 +36,10 @@ class StoreConflict(StoreError):
     """The state changed under an operation that expected it not to (e.g. a model switch)."""
 
 
+class LeaseNotHeld(StoreConflict):
+    """A job's lease is held by another process: what depended on holding it was not done."""
+
+
 class LastAdminKeyError(StoreError):
     """Revoking this key would leave no admin key: nobody could manage the service."""
 

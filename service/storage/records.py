@@ -162,3 +162,19 @@ class ExportedProbe:
     content_sha256: str
     embedding: np.ndarray  # float32 [D]
     image: bytes | None
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One entry of the change log: a committed write that changes what a replica holds in
+    memory, in commit order (`seq` grows with commit order; it may skip numbers)."""
+
+    seq: int
+    kind: str  # one of service.storage.protocols.changes.CHANGE_KINDS
+    gallery: str | None = None
+    subject_pk: int | None = None
+    subject_id: str | None = None
+    sample_ids: tuple[int, ...] = ()
+    model_id: str | None = None
+    key_id: int | None = None
+    created: str = ""

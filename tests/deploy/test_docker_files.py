@@ -52,7 +52,8 @@ def test_compose_file_is_valid() -> None:
 def test_service_image_has_no_torch_and_runs_unprivileged() -> None:
     service = _stage("service")
     build = _stage("service-build")
-    assert "'.[service]'" in build
+    assert "ARG EXTRAS=service\n" in build and "'.[${EXTRAS}]'" not in build
+    assert '".[${EXTRAS}]"' in build  # the service extra unless a build asks for more
     assert "torch==" not in build and "[train" not in build
     assert "COPY training" not in build, "the service image must not carry the training code"
     assert re.search(r"^USER \d+", service, re.M), "the service must run as a non-root user"

@@ -97,6 +97,10 @@ async def add_calibration_samples(
     )
 
 
+# Sample ids are 64-bit integers: 18 digits always fit.
+_CURSOR_DIGITS = 18
+
+
 @router.get(
     "/samples",
     response_model=CalibrationSamplePage,
@@ -107,11 +111,19 @@ async def list_calibration_samples(
     calibration_sets: CalibrationSetsDep,
     _: AdminKey,
     limit: Annotated[int, Query(ge=1, description="page size")] = 100,
-    cursor: Annotated[str | None, Query(max_length=32)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=_CURSOR_DIGITS,
+            description="`next_cursor` of the previous page, as given (decimal digits)",
+            json_schema_extra={"pattern": f"^[0-9]{{1,{_CURSOR_DIGITS}}}$"},
+        ),
+    ] = None,
 ) -> CalibrationSamplePage:
     after = 0
     if cursor is not None:
-        if not cursor.isdigit():
+        # isdigit() alone admits '²' and other digits int() refuses.
+        if not (cursor.isascii() and cursor.isdigit()):
             raise ServiceError("invalid_cursor", "cursor is not one this service issued")
         after = int(cursor)
     page = await run_in_threadpool(calibration_sets.list_samples, gallery, limit, after)

@@ -21,17 +21,19 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="Model loaded and indexes built (503 otherwise)",
+    summary="Model loaded, indexes built, database and index server answering (503 otherwise)",
     responses={503: {"model": Readiness}},
 )
 async def readyz(state: State) -> Response:
     storage_full = await run_in_threadpool(state.store.space_exhausted)
+    unavailable = await run_in_threadpool(state.unavailable)
     readiness = Readiness(
-        ready=state.ready and not storage_full,
+        ready=state.ready and not storage_full and not unavailable,
         model_loaded=state.models.default_model_id is not None,
         indexes_built=state.indexes_built,
         models=[model.model_id for model in state.models.all()],
         storage_full=storage_full,
+        unavailable=unavailable,  # type: ignore[arg-type]
     )
     return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
 

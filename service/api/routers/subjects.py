@@ -93,6 +93,7 @@ async def list_subjects(
         str | None,
         Query(
             max_length=2048,
+            json_schema_extra={"pattern": "^[A-Za-z0-9_-]*$"},
             description="`next_cursor` of the previous page, as given (opaque, base64url); "
             "a cursor this service did not issue is 422 invalid_cursor",
         ),

@@ -66,6 +66,7 @@ async def export_gallery(gallery: GalleryName, state: State, _: AdminKey) -> Str
                         "type": "object",
                         "properties": {"archive": {"type": "string", "format": "binary"}},
                         "required": ["archive"],
+                        "additionalProperties": False,
                     }
                 }
             },

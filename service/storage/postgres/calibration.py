@@ -9,6 +9,7 @@ import numpy as np
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.samples import vector_bytes
 from service.storage.postgres.schema import iso
+from service.storage.protocols.changes import CALIBRATION_CHANGED
 from service.storage.records import (
     AddedSample,
     CalibrationEmbeddings,
@@ -24,6 +25,7 @@ class PostgresCalibration(PostgresConnection):
     ) -> tuple[list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery, lock=True)[0]
+            self._check_model(connection, gallery_pk, gallery, model_id)
             added: list[AddedSample] = []
             for sample in samples:
                 existing = connection.execute(
@@ -47,11 +49,12 @@ class PostgresCalibration(PostgresConnection):
                     (int(row[0]), model_id, int(vector.shape[0]), vector_bytes(vector)),
                 )
                 added.append(AddedSample(int(row[0]), created=True))
-            if any(item.created for item in added):
-                self._bump(connection, gallery_pk)
             size = connection.execute(
                 "SELECT COUNT(*) FROM calibration_samples WHERE gallery_id = %s", (gallery_pk,)
             ).fetchone()
+            if any(item.created for item in added):
+                self._bump(connection, gallery_pk)
+                self._log_change(connection, CALIBRATION_CHANGED, gallery)
             return added, int(size[0]) if size else 0
 
     def count_calibration_samples(self, gallery: str) -> tuple[int, int]:
@@ -114,6 +117,7 @@ class PostgresCalibration(PostgresConnection):
             )
             if cursor.rowcount:
                 self._bump(connection, gallery_pk)
+                self._log_change(connection, CALIBRATION_CHANGED, gallery)
             return int(cursor.rowcount)
 
     def calibration_images_missing_embedding(

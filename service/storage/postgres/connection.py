@@ -9,7 +9,8 @@ in a REPEATABLE READ, READ ONLY transaction: one snapshot, as SQLite's read tran
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +18,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from service.storage.errors import NotFoundError, StoreConfigError, StoreUnavailable
+from service.storage.errors import (
+    NotFoundError,
+    StoreConfigError,
+    StoreConflict,
+    StoreUnavailable,
+)
 from service.storage.postgres.schema import apply_schema, iso
 from service.storage.records import SubjectRecord
 from service.storage.urls import redact_url
@@ -25,6 +31,10 @@ from service.storage.urls import redact_url
 CONNECT_TIMEOUT_S = 10  # libpq's connect_timeout, unless the URL sets its own
 POOL_SIZE = 16  # at most this many concurrent store calls per process; the rest wait
 POOL_TIMEOUT_S = 10.0  # waiting longer for a connection is "unavailable"
+# The advisory lock that orders the change log ("opengallery changes" as an int64), and the
+# channel notified when a change commits.
+CHANGES_LOCK = 0x6F67_5F63_6867_6573
+CHANGES_CHANNEL = "opengallery_changes"
 
 
 def libpq_url(url: str) -> str:
@@ -51,6 +61,8 @@ class PostgresConnection:
         self, url: str, *, pool_size: int | None = None, pool_timeout: float | None = None
     ) -> None:
         shown_url = self.shown_url = redact_url(url)  # for messages: no credentials
+        self._url = url  # to connect (the change log's listener); never shown
+        self._wait_lock = threading.Lock()
         conninfo = libpq_url(url)
         try:
             options = conninfo_to_dict(conninfo)
@@ -134,6 +146,47 @@ class PostgresConnection:
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+    @staticmethod
+    def _check_model(
+        connection: psycopg.Connection[Any], gallery_pk: int, gallery: str, model_id: str
+    ) -> None:
+        """StoreConflict unless the gallery is on `model_id` (another replica may have switched
+        it since the caller embedded with `model_id`). The caller holds the gallery's row."""
+        row = connection.execute(
+            "SELECT model_id FROM galleries WHERE id = %s", (gallery_pk,)
+        ).fetchone()
+        if row is None or row[0] != model_id:
+            current = None if row is None else row[0]
+            raise StoreConflict(f"gallery {gallery!r} is on {current}, not {model_id}")
+
+    @staticmethod
+    def _log_change(
+        connection: psycopg.Connection[Any],
+        kind: str,
+        gallery: str | None = None,
+        *,
+        subject_pk: int | None = None,
+        subject_id: str | None = None,
+        sample_ids: Sequence[int] = (),
+        model_id: str | None = None,
+        key_id: int | None = None,
+    ) -> None:
+        """Append a change to the log, as the last statement of the caller's write transaction.
+
+        The advisory lock is held until the transaction ends, so seq numbers are handed out in
+        commit order (an identity alone hands them out in insert order: a transaction could
+        commit seq 5 after a reader has seen seq 6). Writes of different galleries serialise
+        only for this last step and their commit. The notification is sent at commit.
+        """
+        connection.execute(
+            "SELECT pg_advisory_xact_lock(%s), pg_notify(%s, '')", (CHANGES_LOCK, CHANGES_CHANNEL)
+        )
+        connection.execute(
+            "INSERT INTO changes (kind, gallery, subject_pk, subject_id, sample_ids, model_id,"
+            " key_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (kind, gallery, subject_pk, subject_id, [int(i) for i in sample_ids], model_id, key_id),
+        )
 
     @staticmethod
     def _subject_pk(connection: psycopg.Connection[Any], gallery_pk: int, subject_id: str) -> int:

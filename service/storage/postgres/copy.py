@@ -66,8 +66,10 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
     ),
 ]
 IDENTITY_TABLES = ("galleries", "subjects", "samples", "calibration_samples", "api_keys")
-# SQLite's scratch table for its free-space check: holds nothing to copy.
-SCRATCH_TABLES = {"space_probe"}
+# SQLite's scratch table for its free-space check, the change log (what running replicas
+# follow; a replica started on the copy reads the tables themselves) and job leases (held by
+# processes of the source, which are stopped): nothing to copy.
+SCRATCH_TABLES = {"space_probe", "changes", "job_leases"}
 BATCH = 2000  # rows read from SQLite at a time
 
 

@@ -10,6 +10,12 @@ from psycopg.types.json import Json
 from service.storage.errors import AlreadyExistsError, NotFoundError
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.schema import iso
+from service.storage.protocols.changes import (
+    GALLERY_CREATED,
+    GALLERY_DELETED,
+    SUBJECT_DELETED,
+    SUBJECT_PUT,
+)
 from service.storage.records import GalleryRecord, SubjectRecord
 
 
@@ -44,6 +50,7 @@ class PostgresGalleries(PostgresConnection):
                     " VALUES (%s, %s, %s, %s, %s)",
                     (name, model_id, fpir, scoring, keep_images),
                 )
+                self._log_change(connection, GALLERY_CREATED, name)
         except psycopg.errors.UniqueViolation as error:
             raise AlreadyExistsError(f"gallery {name!r} already exists") from error
         record = self.get_gallery(name)
@@ -63,6 +70,8 @@ class PostgresGalleries(PostgresConnection):
     def delete_gallery(self, name: str) -> bool:
         with self._write() as connection:
             cursor = connection.execute("DELETE FROM galleries WHERE name = %s", (name,))
+            if cursor.rowcount:
+                self._log_change(connection, GALLERY_DELETED, name)
             return cursor.rowcount > 0
 
     def put_subject(
@@ -90,7 +99,9 @@ class PostgresGalleries(PostgresConnection):
                         (Json(metadata), pk),
                     )
             version = self._bump(connection, gallery_pk)
-            return self._subject_record(connection, pk), created, version
+            record = self._subject_record(connection, pk)
+            self._log_change(connection, SUBJECT_PUT, gallery, subject_pk=pk, subject_id=subject_id)
+            return record, created, version
 
     def get_subject(self, gallery: str, subject_id: str) -> SubjectRecord | None:
         with self._read() as connection:
@@ -129,4 +140,13 @@ class PostgresGalleries(PostgresConnection):
                 ).fetchall()
             ]
             connection.execute("DELETE FROM subjects WHERE id = %s", (pk,))
-            return pk, sample_ids, self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(
+                connection,
+                SUBJECT_DELETED,
+                gallery,
+                subject_pk=pk,
+                subject_id=subject_id,
+                sample_ids=sample_ids,
+            )
+            return pk, sample_ids, version

@@ -26,7 +26,15 @@ class PostgresJobs(PostgresConnection):
         )
 
     def create_job(
-        self, job_id: str, kind: str, gallery: str, source_model: str, target_model: str
+        self,
+        job_id: str,
+        kind: str,
+        gallery: str,
+        source_model: str,
+        target_model: str,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> JobRecord:
         try:
             with self._write() as connection:
@@ -43,6 +51,12 @@ class PostgresJobs(PostgresConnection):
                     f" VALUES (%s, %s, %s, %s, %s, 'running') RETURNING {self._JOB_COLUMNS}",
                     (job_id, kind, gallery, source_model, target_model),
                 ).fetchone()
+                if owner is not None:
+                    connection.execute(
+                        "INSERT INTO job_leases (job_id, owner, expires)"
+                        " VALUES (%s, %s, now() + make_interval(secs => %s))",
+                        (job_id, owner, lease_seconds),
+                    )
         except psycopg.errors.UniqueViolation as error:
             raise AlreadyExistsError(f"job {job_id!r} already exists") from error
         assert row is not None
@@ -78,4 +92,29 @@ class PostgresJobs(PostgresConnection):
                 " status = COALESCE(%s, status), error = COALESCE(%s, error),"
                 " attempts = attempts + %s, updated = now() WHERE id = %s",
                 (done, total, status, error, int(attempt), job_id),
+            )
+
+    def claim_job(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        # The database's clock decides expiry: replicas on several machines agree on it.
+        with self._write() as connection:
+            row = connection.execute(
+                "INSERT INTO job_leases (job_id, owner, expires)"
+                " SELECT id, %s, now() + make_interval(secs => %s) FROM jobs"
+                " WHERE id = %s AND status = 'running'"
+                " ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner,"
+                " expires = excluded.expires"
+                " WHERE job_leases.owner = excluded.owner OR job_leases.expires < now()"
+                " RETURNING owner",
+                (owner, lease_seconds, job_id),
+            ).fetchone()
+        return row is not None
+
+    def lease_holder(self, job_id: str) -> str | None:
+        row = self._fetchone("SELECT owner FROM job_leases WHERE job_id = %s", (job_id,))
+        return None if row is None else str(row[0])
+
+    def release_job(self, job_id: str, owner: str) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "DELETE FROM job_leases WHERE job_id = %s AND owner = %s", (job_id, owner)
             )

@@ -7,6 +7,7 @@ import psycopg
 from service.storage.errors import AlreadyExistsError, LastAdminKeyError, NotFoundError
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.schema import iso
+from service.storage.protocols.changes import KEY_CREATED, KEY_REVOKED
 from service.storage.records import ApiKeyRecord
 
 _COLUMNS = "id, scope, name, created, last_used"
@@ -25,6 +26,8 @@ class PostgresKeys(PostgresConnection):
                     " RETURNING id, scope, name, created, last_used",
                     (key_hash, scope, name),
                 ).fetchone()
+                assert row is not None
+                self._log_change(connection, KEY_CREATED, key_id=int(row[0]))
         except psycopg.errors.UniqueViolation as error:
             raise AlreadyExistsError("an API key with this hash already exists") from error
         assert row is not None
@@ -54,6 +57,7 @@ class PostgresKeys(PostgresConnection):
                 if admins is not None and int(admins[0]) <= 1:
                     raise LastAdminKeyError(f"API key {key_id} is the only admin key")
             connection.execute("DELETE FROM api_keys WHERE id = %s", (key_id,))
+            self._log_change(connection, KEY_REVOKED, key_id=key_id)
         return record
 
     def touch_api_key(self, key_id: int, when: str) -> None:

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.storage.errors import StoreConflict
+from service.storage.errors import LeaseNotHeld, StoreConflict
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.samples import vector_bytes
+from service.storage.protocols.changes import MODEL_SWITCHED
 from service.storage.records import StoredImage
 
 
@@ -85,10 +86,22 @@ class PostgresMigrations(PostgresConnection):
             )
 
     def switch_gallery_model(
-        self, gallery: str, source_model: str, target_model: str, job_id: str | None
+        self,
+        gallery: str,
+        source_model: str,
+        target_model: str,
+        job_id: str | None,
+        *,
+        lease: tuple[str, str] | None = None,
     ) -> int:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery, lock=True)[0]
+            if lease is not None:
+                held = connection.execute(
+                    "SELECT owner FROM job_leases WHERE job_id = %s FOR UPDATE", (lease[0],)
+                ).fetchone()
+                if held is None or held[0] != lease[1]:
+                    raise LeaseNotHeld(f"job {lease[0]} is no longer run by this process")
             row = connection.execute(
                 "SELECT model_id FROM galleries WHERE id = %s", (gallery_pk,)
             ).fetchone()
@@ -137,4 +150,6 @@ class PostgresMigrations(PostgresConnection):
                     " WHERE id = %s",
                     (job_id,),
                 )
-            return self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(connection, MODEL_SWITCHED, gallery, model_id=target_model)
+            return version

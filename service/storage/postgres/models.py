@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.storage.postgres.connection import PostgresConnection
+from service.storage.protocols.changes import MODEL_REGISTERED
 
 
 class PostgresModels(PostgresConnection):
@@ -13,6 +14,7 @@ class PostgresModels(PostgresConnection):
                 " ON CONFLICT (model_id) DO UPDATE SET path = excluded.path",
                 (model_id, path),
             )
+            self._log_change(connection, MODEL_REGISTERED, model_id=model_id)
 
     def registered_models(self) -> dict[str, str]:
         rows = self._fetchall("SELECT model_id, path FROM models")

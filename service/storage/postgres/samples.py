@@ -9,6 +9,7 @@ import numpy as np
 from service.storage.errors import NotFoundError
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.schema import iso
+from service.storage.protocols.changes import SAMPLES_ADDED, SAMPLES_REMOVED
 from service.storage.records import (
     AddedSample,
     BulkAdded,
@@ -32,6 +33,7 @@ class PostgresSamples(PostgresConnection):
     ) -> tuple[SubjectRecord, list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk, version = self._gallery_row(connection, gallery, lock=True)
+            self._check_model(connection, gallery_pk, gallery, model_id)
             pk = self._subject_pk(connection, gallery_pk, subject_id)
             added: list[AddedSample] = []
             for sample in samples:
@@ -55,9 +57,12 @@ class PostgresSamples(PostgresConnection):
                     (int(row[0]), model_id, int(vector.shape[0]), vector_bytes(vector)),
                 )
                 added.append(AddedSample(int(row[0]), created=True))
-            if any(item.created for item in added):
+            record = self._subject_record(connection, pk)
+            fresh = [item.sample_id for item in added if item.created]
+            if fresh:
                 version = self._bump(connection, gallery_pk)
-            return self._subject_record(connection, pk), added, version
+                self._log_change(connection, SAMPLES_ADDED, gallery, sample_ids=fresh)
+            return record, added, version
 
     def bulk_enrol(
         self,
@@ -69,6 +74,7 @@ class PostgresSamples(PostgresConnection):
     ) -> BulkEnrolled:
         with self._write() as connection:
             gallery_pk, version = self._gallery_row(connection, gallery, lock=True)
+            self._check_model(connection, gallery_pk, gallery, model_id)
             subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
             if create_subjects:
                 connection.execute(
@@ -149,8 +155,10 @@ class PostgresSamples(PostgresConnection):
                 created = key in new_keys
                 new_keys.discard(key)  # a repeat of the key later in the call: not created
                 added.append(BulkAdded(pk, ids[key], created=created))
-            if any(item.created for item in added):
+            fresh = [int(item.sample_id) for item in added if item.created and item.sample_id]
+            if fresh:
                 version = self._bump(connection, gallery_pk)
+                self._log_change(connection, SAMPLES_ADDED, gallery, sample_ids=fresh)
             return BulkEnrolled(added, int(version))
 
     def get_sample_image(self, gallery: str, subject_id: str, sample_id: int) -> bytes | None:
@@ -195,7 +203,16 @@ class PostgresSamples(PostgresConnection):
             )
             if cursor.rowcount == 0:
                 raise NotFoundError("sample", sample_id)
-            return pk, self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(
+                connection,
+                SAMPLES_REMOVED,
+                gallery,
+                subject_pk=pk,
+                subject_id=subject_id,
+                sample_ids=[sample_id],
+            )
+            return pk, version
 
     def load_embeddings(self, gallery: str, model_id: str) -> GalleryEmbeddings:
         with self._read() as connection:

@@ -12,6 +12,7 @@ from psycopg.types.json import Json
 from service.storage.errors import AlreadyExistsError, NotFoundError
 from service.storage.postgres.connection import PostgresConnection
 from service.storage.postgres.samples import vector_bytes
+from service.storage.protocols.changes import GALLERY_CREATED
 from service.storage.records import ExportedProbe, ExportedSample, GalleryRecord, NewSample
 
 
@@ -155,6 +156,7 @@ class PostgresTransfer(PostgresConnection):
                     (int(inserted[0]), model_id, int(vector.shape[0]), vector_bytes(vector)),
                 )
             self._bump(connection, gallery_pk)
+            self._log_change(connection, GALLERY_CREATED, name)
         record = self.get_gallery(name)
         assert record is not None
         return record

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 from service.storage.protocols.calibration import CalibrationStore
+from service.storage.protocols.changes import ChangeStore
 from service.storage.protocols.galleries import GalleryStore
 from service.storage.protocols.jobs import JobStore
 from service.storage.protocols.keys import KeyStore
@@ -17,7 +18,9 @@ from service.storage.protocols.models import ModelStore
 from service.storage.protocols.transfer import TransferStore
 
 
-class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, TransferStore):
+class Store(
+    GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, TransferStore, ChangeStore
+):
     """Durable state of the service. Implementations must be safe to call from many threads."""
 
     @abstractmethod
@@ -31,9 +34,16 @@ class Store(GalleryStore, CalibrationStore, KeyStore, ModelStore, JobStore, Tran
         back (at most once a second); any successful write ends the state.
         """
 
+    def ping(self, timeout: float) -> None:
+        """Raise StoreUnavailable if the database does not answer within `timeout` seconds.
+
+        A database in a file of this machine has no server to lose: the default does nothing.
+        """
+
 
 __all__ = [
     "CalibrationStore",
+    "ChangeStore",
     "GalleryStore",
     "JobStore",
     "KeyStore",

@@ -133,9 +133,16 @@ class GalleryStore(ABC):
 
     @abstractmethod
     def switch_gallery_model(
-        self, gallery: str, source_model: str, target_model: str, job_id: str | None
+        self,
+        gallery: str,
+        source_model: str,
+        target_model: str,
+        job_id: str | None,
+        *,
+        lease: tuple[str, str] | None = None,
     ) -> int:
         """In ONE transaction: check every sample and calibration probe has a `target_model`
         embedding, drop the others, point the gallery at `target_model`, mark the job
         succeeded; returns the new gallery version. StoreConflict (nothing changed) if the
-        gallery is not on `source_model` or a sample or probe lacks a `target_model` embedding."""
+        gallery is not on `source_model`, a sample or probe lacks a `target_model` embedding,
+        or `lease` (job id, owner) names a job whose lease that owner does not hold."""

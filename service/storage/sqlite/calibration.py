@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from service.storage.protocols.changes import CALIBRATION_CHANGED
 from service.storage.records import (
     AddedSample,
     CalibrationEmbeddings,
@@ -23,6 +24,7 @@ class SQLiteCalibration(SQLiteConnection):
     ) -> tuple[list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
+            self._check_model(connection, gallery_pk, gallery, model_id)
             added: list[AddedSample] = []
             now = _now()
             for sample in samples:
@@ -49,6 +51,7 @@ class SQLiteCalibration(SQLiteConnection):
                 added.append(AddedSample(sample_id, created=True))
             if any(item.created for item in added):
                 self._bump(connection, gallery_pk)
+                self._log_change(connection, CALIBRATION_CHANGED, gallery)
             size = connection.execute(
                 "SELECT COUNT(*) FROM calibration_samples WHERE gallery_id = ?", (gallery_pk,)
             ).fetchone()[0]
@@ -106,6 +109,7 @@ class SQLiteCalibration(SQLiteConnection):
             )
             if cursor.rowcount:
                 self._bump(connection, gallery_pk)
+                self._log_change(connection, CALIBRATION_CHANGED, gallery)
             return int(cursor.rowcount)
 
     def calibration_images_missing_embedding(

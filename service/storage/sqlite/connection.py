@@ -12,13 +12,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from service.storage.errors import NotFoundError, StoreFullError, StoreOpenError
+from service.storage.errors import NotFoundError, StoreConflict, StoreFullError, StoreOpenError
 from service.storage.records import SubjectRecord
-from service.storage.sqlite.schema import ADDED_COLUMNS, SCHEMA
+from service.storage.sqlite.schema import ADDED_COLUMNS, SCHEMA, now
 
 
 class SQLiteConnection:
@@ -139,6 +139,47 @@ class SQLiteConnection:
             connection.execute(
                 "SELECT version FROM galleries WHERE id = ?", (gallery_pk,)
             ).fetchone()[0]
+        )
+
+    @staticmethod
+    def _check_model(
+        connection: sqlite3.Connection, gallery_pk: int, gallery: str, model_id: str
+    ) -> None:
+        """StoreConflict unless the gallery is on `model_id` (another process may have switched
+        it since the caller embedded with `model_id`)."""
+        current = connection.execute(
+            "SELECT model_id FROM galleries WHERE id = ?", (gallery_pk,)
+        ).fetchone()[0]
+        if current != model_id:
+            raise StoreConflict(f"gallery {gallery!r} is on {current}, not {model_id}")
+
+    @staticmethod
+    def _log_change(
+        connection: sqlite3.Connection,
+        kind: str,
+        gallery: str | None = None,
+        *,
+        subject_pk: int | None = None,
+        subject_id: str | None = None,
+        sample_ids: Sequence[int] = (),
+        model_id: str | None = None,
+        key_id: int | None = None,
+    ) -> None:
+        """Append a change to the log, in the caller's write transaction: SQLite has one
+        writer at a time, so the log's order is the commit order."""
+        connection.execute(
+            "INSERT INTO changes (kind, gallery, subject_pk, subject_id, sample_ids, model_id,"
+            " key_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kind,
+                gallery,
+                subject_pk,
+                subject_id,
+                json.dumps([int(i) for i in sample_ids]),
+                model_id,
+                key_id,
+                now(),
+            ),
         )
 
     @staticmethod

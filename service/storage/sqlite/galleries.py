@@ -7,6 +7,12 @@ import sqlite3
 from typing import Any
 
 from service.storage.errors import AlreadyExistsError, NotFoundError
+from service.storage.protocols.changes import (
+    GALLERY_CREATED,
+    GALLERY_DELETED,
+    SUBJECT_DELETED,
+    SUBJECT_PUT,
+)
 from service.storage.records import GalleryRecord, SubjectRecord
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -45,6 +51,7 @@ class SQLiteGalleries(SQLiteConnection):
                 )
             except sqlite3.IntegrityError as error:
                 raise AlreadyExistsError(f"gallery {name!r} already exists") from error
+            self._log_change(connection, GALLERY_CREATED, name)
         record = self.get_gallery(name)
         assert record is not None
         return record
@@ -68,6 +75,8 @@ class SQLiteGalleries(SQLiteConnection):
     def delete_gallery(self, name: str) -> bool:
         with self._write() as connection:
             cursor = connection.execute("DELETE FROM galleries WHERE name = ?", (name,))
+            if cursor.rowcount:
+                self._log_change(connection, GALLERY_DELETED, name)
             return cursor.rowcount > 0
 
     def put_subject(
@@ -95,6 +104,7 @@ class SQLiteGalleries(SQLiteConnection):
                         (json.dumps(metadata), now, pk),
                     )
             version = self._bump(connection, gallery_pk)
+            self._log_change(connection, SUBJECT_PUT, gallery, subject_pk=pk, subject_id=subject_id)
             return self._subject_record(connection, pk), created, version
 
     def get_subject(self, gallery: str, subject_id: str) -> SubjectRecord | None:
@@ -146,4 +156,13 @@ class SQLiteGalleries(SQLiteConnection):
                 ).fetchall()
             ]
             connection.execute("DELETE FROM subjects WHERE id = ?", (pk,))
-            return pk, sample_ids, self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(
+                connection,
+                SUBJECT_DELETED,
+                gallery,
+                subject_pk=pk,
+                subject_id=subject_id,
+                sample_ids=sample_ids,
+            )
+            return pk, sample_ids, version

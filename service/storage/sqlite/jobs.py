@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from service.storage.errors import AlreadyExistsError, StoreConflict
 from service.storage.records import JobRecord
@@ -17,7 +18,15 @@ class SQLiteJobs(SQLiteConnection):
     )
 
     def create_job(
-        self, job_id: str, kind: str, gallery: str, source_model: str, target_model: str
+        self,
+        job_id: str,
+        kind: str,
+        gallery: str,
+        source_model: str,
+        target_model: str,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> JobRecord:
         with self._write() as connection:
             running = connection.execute(
@@ -34,6 +43,11 @@ class SQLiteJobs(SQLiteConnection):
                 )
             except sqlite3.IntegrityError as error:
                 raise AlreadyExistsError(f"job {job_id!r} already exists") from error
+            if owner is not None:
+                connection.execute(
+                    "INSERT OR REPLACE INTO job_leases (job_id, owner, expires) VALUES (?, ?, ?)",
+                    (job_id, owner, time.time() + lease_seconds),
+                )
         job = self.get_job(job_id)
         assert job is not None
         return job
@@ -71,4 +85,37 @@ class SQLiteJobs(SQLiteConnection):
                 " status = COALESCE(?, status), error = COALESCE(?, error),"
                 " attempts = attempts + ?, updated = ? WHERE id = ?",
                 (done, total, status, error, int(attempt), _now(), job_id),
+            )
+
+    def claim_job(self, job_id: str, owner: str, lease_seconds: float) -> bool:
+        with self._write() as connection:
+            running = connection.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND status = 'running'", (job_id,)
+            ).fetchone()
+            if running is None:
+                return False
+            now = time.time()
+            held = connection.execute(
+                "SELECT owner, expires FROM job_leases WHERE job_id = ?", (job_id,)
+            ).fetchone()
+            if held is not None and held[0] != owner and held[1] >= now:
+                return False
+            connection.execute(
+                "INSERT OR REPLACE INTO job_leases (job_id, owner, expires) VALUES (?, ?, ?)",
+                (job_id, owner, now + lease_seconds),
+            )
+            return True
+
+    def lease_holder(self, job_id: str) -> str | None:
+        row = (
+            self._connection()
+            .execute("SELECT owner FROM job_leases WHERE job_id = ?", (job_id,))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def release_job(self, job_id: str, owner: str) -> None:
+        with self._write() as connection:
+            connection.execute(
+                "DELETE FROM job_leases WHERE job_id = ? AND owner = ?", (job_id, owner)
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from service.storage.errors import AlreadyExistsError, LastAdminKeyError, NotFoundError
+from service.storage.protocols.changes import KEY_CREATED, KEY_REVOKED
 from service.storage.records import ApiKeyRecord
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -21,6 +22,7 @@ class SQLiteKeys(SQLiteConnection):
                     (key_hash, scope, name, _now()),
                 )
                 key_id = int(cursor.lastrowid or 0)
+                self._log_change(connection, KEY_CREATED, key_id=key_id)
         except sqlite3.IntegrityError as error:
             raise AlreadyExistsError("an API key with this hash already exists") from error
         record = self.find_api_key(key_hash)
@@ -54,6 +56,7 @@ class SQLiteKeys(SQLiteConnection):
                 if admins <= 1:
                     raise LastAdminKeyError(f"API key {key_id} is the only admin key")
             connection.execute("DELETE FROM api_keys WHERE id = ?", (key_id,))
+            self._log_change(connection, KEY_REVOKED, key_id=key_id)
         return record
 
     def touch_api_key(self, key_id: int, when: str) -> None:

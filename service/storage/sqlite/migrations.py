@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.storage.errors import StoreConflict
+from service.storage.errors import LeaseNotHeld, StoreConflict
+from service.storage.protocols.changes import MODEL_SWITCHED
 from service.storage.records import StoredImage
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -72,10 +73,22 @@ class SQLiteMigrations(SQLiteConnection):
             )
 
     def switch_gallery_model(
-        self, gallery: str, source_model: str, target_model: str, job_id: str | None
+        self,
+        gallery: str,
+        source_model: str,
+        target_model: str,
+        job_id: str | None,
+        *,
+        lease: tuple[str, str] | None = None,
     ) -> int:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
+            if lease is not None:
+                held = connection.execute(
+                    "SELECT owner FROM job_leases WHERE job_id = ?", (lease[0],)
+                ).fetchone()
+                if held is None or held[0] != lease[1]:
+                    raise LeaseNotHeld(f"job {lease[0]} is no longer run by this process")
             current = connection.execute(
                 "SELECT model_id FROM galleries WHERE id = ?", (gallery_pk,)
             ).fetchone()[0]
@@ -119,4 +132,6 @@ class SQLiteMigrations(SQLiteConnection):
                     "UPDATE jobs SET status = 'succeeded', done = total, updated = ? WHERE id = ?",
                     (_now(), job_id),
                 )
-            return self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(connection, MODEL_SWITCHED, gallery, model_id=target_model)
+            return version

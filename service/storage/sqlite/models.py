@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.storage.protocols.changes import MODEL_REGISTERED
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
 
@@ -14,6 +15,7 @@ class SQLiteModels(SQLiteConnection):
                 " ON CONFLICT (model_id) DO UPDATE SET path = excluded.path",
                 (model_id, path, _now()),
             )
+            self._log_change(connection, MODEL_REGISTERED, model_id=model_id)
 
     def registered_models(self) -> dict[str, str]:
         rows = self._connection().execute("SELECT model_id, path FROM models").fetchall()

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.storage.errors import NotFoundError
+from service.storage.protocols.changes import SAMPLES_ADDED, SAMPLES_REMOVED
 from service.storage.records import (
     AddedSample,
     BulkAdded,
@@ -28,6 +29,7 @@ class SQLiteSamples(SQLiteConnection):
     ) -> tuple[SubjectRecord, list[AddedSample], int]:
         with self._write() as connection:
             gallery_pk = self._gallery_row(connection, gallery)[0]
+            self._check_model(connection, gallery_pk, gallery, model_id)
             pk = self._subject_pk(connection, gallery_pk, subject_id)
             added: list[AddedSample] = []
             now = _now()
@@ -59,11 +61,12 @@ class SQLiteSamples(SQLiteConnection):
                     (sample_id, model_id, int(vector.shape[0]), vector.tobytes()),
                 )
                 added.append(AddedSample(sample_id, created=True))
-            version = (
-                self._bump(connection, gallery_pk)
-                if any(item.created for item in added)
-                else int(self._gallery_row(connection, gallery)[1])
-            )
+            fresh = [item.sample_id for item in added if item.created]
+            if fresh:
+                version = self._bump(connection, gallery_pk)
+                self._log_change(connection, SAMPLES_ADDED, gallery, sample_ids=fresh)
+            else:
+                version = int(self._gallery_row(connection, gallery)[1])
             return self._subject_record(connection, pk), added, version
 
     def bulk_enrol(
@@ -76,6 +79,7 @@ class SQLiteSamples(SQLiteConnection):
     ) -> BulkEnrolled:
         with self._write() as connection:
             gallery_pk, version = self._gallery_row(connection, gallery)
+            self._check_model(connection, gallery_pk, gallery, model_id)
             now = _now()
             subject_ids = list(dict.fromkeys(subject_id for subject_id, _ in items))
             if create_subjects:
@@ -131,8 +135,10 @@ class SQLiteSamples(SQLiteConnection):
                 "INSERT INTO embeddings (sample_id, model_id, dim, vector) VALUES (?, ?, ?, ?)",
                 embeddings,
             )
-            if any(item.created for item in added):
+            fresh = [int(item.sample_id) for item in added if item.created and item.sample_id]
+            if fresh:
                 version = self._bump(connection, gallery_pk)
+                self._log_change(connection, SAMPLES_ADDED, gallery, sample_ids=fresh)
             return BulkEnrolled(added, int(version))
 
     def list_samples(self, gallery: str, subject_id: str) -> list[SampleRecord]:
@@ -177,7 +183,16 @@ class SQLiteSamples(SQLiteConnection):
             )
             if cursor.rowcount == 0:
                 raise NotFoundError("sample", sample_id)
-            return pk, self._bump(connection, gallery_pk)
+            version = self._bump(connection, gallery_pk)
+            self._log_change(
+                connection,
+                SAMPLES_REMOVED,
+                gallery,
+                subject_pk=pk,
+                subject_id=subject_id,
+                sample_ids=[sample_id],
+            )
+            return pk, version
 
     def load_embeddings(self, gallery: str, model_id: str) -> GalleryEmbeddings:
         with self._read() as connection:

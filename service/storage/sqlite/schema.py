@@ -1,4 +1,5 @@
-"""The SQLite schema. `CREATE ... IF NOT EXISTS` only: opening an existing database keeps it.
+"""The SQLite schema. `CREATE ... IF NOT EXISTS` only: opening an existing database keeps it,
+and a database made by an earlier release gains the tables added since (`changes`).
 
 Embeddings live in their own table keyed by (sample, model): a gallery's samples can hold
 embeddings of two models while it migrates, and the index of a gallery is built from exactly
@@ -91,6 +92,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 1,
     created TEXT NOT NULL,
     updated TEXT NOT NULL
+);
+-- Which process runs a running job, until when (epoch seconds; the processes of one SQLite
+-- database share one machine's clock): service/storage/protocols/jobs.py.
+CREATE TABLE IF NOT EXISTS job_leases (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+-- The change log replicas follow (service/storage/protocols/changes.py), appended in the
+-- transaction of each write it records; AUTOINCREMENT: a seq is never handed out twice.
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    gallery TEXT,
+    subject_pk INTEGER,
+    subject_id TEXT,
+    sample_ids TEXT NOT NULL DEFAULT '[]',
+    model_id TEXT,
+    key_id INTEGER,
+    created TEXT NOT NULL
 );
 """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from service.storage.protocols import Store
 from service.storage.sqlite.calibration import SQLiteCalibration
+from service.storage.sqlite.changes import SQLiteChanges
 from service.storage.sqlite.galleries import SQLiteGalleries
 from service.storage.sqlite.jobs import SQLiteJobs
 from service.storage.sqlite.keys import SQLiteKeys
@@ -22,6 +23,7 @@ class SQLiteStore(
     SQLiteModels,
     SQLiteJobs,
     SQLiteTransfer,
+    SQLiteChanges,
     Store,
 ):
     """One SQLite database file in WAL mode; safe to call from many threads, and from several

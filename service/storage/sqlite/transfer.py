@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from service.storage.errors import AlreadyExistsError, NotFoundError
+from service.storage.protocols.changes import GALLERY_CREATED
 from service.storage.records import ExportedProbe, ExportedSample, GalleryRecord, NewSample
 from service.storage.sqlite.connection import SQLiteConnection
 from service.storage.sqlite.schema import now as _now
@@ -139,6 +140,7 @@ class SQLiteTransfer(SQLiteConnection):
                     (cursor.lastrowid, model_id, int(vector.shape[0]), vector.tobytes()),
                 )
             self._bump(connection, gallery_pk)
+            self._log_change(connection, GALLERY_CREATED, name)
         record = self.get_gallery(name)
         assert record is not None
         return record

@@ -208,7 +208,12 @@ def test_bad_items_are_rejected_one_by_one(client: TestClient) -> None:
     ).json()
     assert len(rest["samples"]) == 1 and rest["next_cursor"] is None
     assert rest["samples"][0]["content_sha256"] == encoded.json()["samples"][0]["content_sha256"]
-    for params, code in [({"cursor": "x"}, "invalid_cursor"), ({"limit": 100000}, "invalid_limit")]:
+    # "²" is a digit to str.isdigit() but not to int().
+    for params, code in [
+        ({"cursor": "x"}, "invalid_cursor"),
+        ({"cursor": "²"}, "invalid_cursor"),
+        ({"limit": 100000}, "invalid_limit"),
+    ]:
         bad = client.get("/v1/galleries/g/calibration/samples", params=params)
         assert bad.status_code == 422 and bad.json()["error"]["code"] == code
     # Everything rejected: a 422 listing why; nothing stored.

@@ -111,7 +111,13 @@ def test_over_the_connection_limit_new_requests_get_503(tmp_path: Path, bundle_p
         try:
             with _connect(server.port) as sock:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                assert _read_until_closed(sock).startswith(b"HTTP/1.1 503")
+                head, _, body = _read_until_closed(sock).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 503")
+                assert b"content-type: application/json" in head.lower()
+                assert json.loads(body)["error"]["code"] == "server_busy"
+            # Three connections are within the limit: the third one is served.
+            idle[-1].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_until_closed(idle[-1]).startswith(b"HTTP/1.1 200")
         finally:
             for sock in idle:
                 sock.close()

@@ -135,9 +135,9 @@ def test_every_error_code_has_one_http_status() -> None:
     codes = _raised_codes()
     assert {"not_found", "unsupported_fpir", "invalid_image", "already_on_model"} <= codes
     assert codes - set(STATUS_BY_CODE) == set()
-    # The caller's errors are 4xx; a full disk is the server's (507) and a dependency out of
-    # reach (retry later) a 503.
-    unavailable = set(UNAVAILABLE_CODES.values())
+    # The caller's errors are 4xx; a full disk is the server's (507), a dependency out of
+    # reach and the HTTP server over its connection limit (retry later) a 503.
+    unavailable = set(UNAVAILABLE_CODES.values()) | {"server_busy"}
     assert STATUS_BY_CODE["insufficient_storage"] == 507
     assert {STATUS_BY_CODE[code] for code in unavailable} == {503}
     client_codes = set(STATUS_BY_CODE) - {"insufficient_storage"} - unavailable

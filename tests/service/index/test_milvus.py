@@ -5,6 +5,9 @@ test_subject_search.py on both backends)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +78,34 @@ def test_an_unreachable_server_is_one_line_without_the_password(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot reach Milvus at milvus://127.0.0.1:{port}" in err
     assert SECRET not in err
+
+
+def test_a_server_that_never_answers_is_refused_at_start_after_the_urls_timeout() -> None:
+    """A frozen server (connections accepted, never answered): one line after ?timeout=,
+    not after pymilvus's minute of retries."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def start() -> None:
+        try:
+            open_index(url)
+            outcome["error"] = None
+        except IndexUnavailable as error:
+            outcome["error"] = error
+
+    with MilvusServer() as server:
+        assert server.process is not None
+        url = server.url.replace("milvus://", f"milvus://root:{SECRET}@") + "?timeout=2"
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            opening = threading.Thread(target=start, daemon=True)
+            opening.start()
+            opening.join(timeout=30)  # far above 2 s, far below a minute
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+    assert not opening.is_alive(), "still waiting for a server that does not answer"
+    message = str(outcome["error"])
+    assert message.startswith(f"cannot reach Milvus at milvus://127.0.0.1:{server.port}:")
+    assert "\n" not in message and SECRET not in message
 
 
 @pytest.mark.parametrize(
@@ -190,9 +221,14 @@ def enrol(client: TestClient, gallery: str, subject: str, vectors: np.ndarray) -
     assert response.status_code == 201, response.text
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_the_same_gallery_on_faiss_and_on_milvus_answers_alike(
-    settings: Settings, milvus_url: str
+    settings: Settings, milvus_url: str, database: str, request: pytest.FixtureRequest
 ) -> None:
+    if database == "postgresql":  # one database, as replicas share it
+        settings = settings.model_copy(
+            update={"database_url": request.getfixturevalue("postgres_url")}
+        )
     rng = np.random.default_rng(11)
     dim = 16  # the test bundle's (tests/service/conftest.py)
     probes = {scoring: unit(rng, 12, dim) for scoring in ("max", "mean")}
