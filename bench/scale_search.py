@@ -129,9 +129,11 @@ def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
     return result
 
 
-def search_costs(url: str, vectors: np.ndarray, repeats: int = 24) -> dict:
-    """In-process search cost per query (median ms): one query per call against eight per call
-    (what a batching window would merge), with one and two FAISS threads."""
+def search_costs(
+    url: str, vectors: np.ndarray, repeats: int = 24, batches: tuple[int, ...] = (1, 8)
+) -> dict:
+    """In-process search cost per query (median ms): `batches` queries per call (what merged
+    searches share), with one and two FAISS threads."""
     from service.index.faiss import set_search_threads
 
     rng = np.random.default_rng(2)
@@ -139,12 +141,12 @@ def search_costs(url: str, vectors: np.ndarray, repeats: int = 24) -> dict:
     ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
     contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
     index = open_index(url).build(dim, "max", contents)
-    queries = rng.standard_normal((8 * repeats, dim)).astype(np.float32)
+    queries = rng.standard_normal((max(batches) * repeats, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     result = {}
     for threads in (1, 2):
         set_search_threads(threads)
-        for batch in (1, 8):
+        for batch in batches:
             index.search(queries[:batch], TOP_K)
             times = []
             for r in range(repeats):
@@ -165,6 +167,7 @@ def run_size(
     clients: list[int],
     baseline: dict[str, int],
     search_only: bool = False,
+    batches: tuple[int, ...] = (1, 8),
 ) -> dict:
     dim = bundle.manifest.embedding_dim
     vectors = gallery_vectors(size, dim)
@@ -225,7 +228,7 @@ def run_size(
             entry["recall_at_1"] = recall_at_1(url, vectors)
         if search_only:
             print(f"  {url}: in-process search cost ...", file=sys.stderr, flush=True)
-            entry["search_ms_per_query"] = search_costs(url, vectors)
+            entry["search_ms_per_query"] = search_costs(url, vectors, batches=batches)
         results["indexes"][url] = entry
     return results
 
@@ -326,6 +329,9 @@ def main() -> int:
         action="store_true",
         help="also time in-process search: 1 vs 8 queries per call, 1 vs 2 FAISS threads",
     )
+    parser.add_argument(
+        "--batches", default="1,8", help="queries per call for --search-costs (comma-separated)"
+    )
     args = parser.parse_args()
     urls = args.index or ["faiss://", "faiss://?storage=sq8"]
     clients = [int(c) for c in args.clients.split(",")]
@@ -347,7 +353,15 @@ def main() -> int:
         report["empty_server_rss_mb"] = {url: rss / 2**20 for url, rss in baseline.items()}
         for size in [int(s) for s in args.sizes.split(",")]:
             report["sizes"][size] = run_size(
-                bundle, workdir, size, urls, args.requests, clients, baseline, args.search_costs
+                bundle,
+                workdir,
+                size,
+                urls,
+                args.requests,
+                clients,
+                baseline,
+                args.search_costs,
+                tuple(int(b) for b in args.batches.split(",")),
             )
             if args.out:
                 args.out.write_text(json.dumps(report, indent=2))
