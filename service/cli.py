@@ -245,6 +245,7 @@ def _serve_workers(settings: Settings, sock: socket.socket, model_id: str) -> in
     from service.api.server import uvicorn_options
     from service.core.errors import StartupError
     from service.core.keys import ensure_admin_key
+    from service.core.metrics import MULTIPROC_ENV, fresh_metrics_dir
     from service.core.state import check_not_emptied
     from service.storage import StoreError, open_store
 
@@ -266,6 +267,9 @@ def _serve_workers(settings: Settings, sock: socket.socket, model_id: str) -> in
         for name in ("host", "port", "data_dir", "model", "log_level", "allow_empty_database"):
             os.environ[f"OPENGALLERY_{name.upper()}"] = str(getattr(settings, name))
         os.environ["OPENGALLERY_WORKERS"] = "1"  # each worker is one process
+        if not os.environ.get(MULTIPROC_ENV):
+            # /metrics, whichever worker answers, must count every worker's requests.
+            os.environ[MULTIPROC_ENV] = str(fresh_metrics_dir(settings.data_dir))
         loop = event_loop()
         options = uvicorn_options(settings)
         # By name: each worker imports it (worker_app sets its limits from the settings).

@@ -20,7 +20,9 @@ totals over all galleries.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -41,6 +43,16 @@ prometheus_client.disable_created_metrics()
 def multiprocess_dir() -> str | None:
     """The shared metrics directory of the processes on this machine, if there is one."""
     return os.environ.get(MULTIPROC_ENV) or None
+
+
+def fresh_metrics_dir(data_dir: Path) -> Path:
+    """`<data_dir>/metrics`, emptied: where the workers of one `serve --workers N` add up (the
+    files of an earlier run would count its requests again)."""
+    directory = data_dir / "metrics"
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    return directory
 
 
 class _ScrapeTimeGauges(Collector):

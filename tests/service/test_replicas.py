@@ -222,7 +222,8 @@ def test_workers_on_sqlite_serve_one_port_and_follow_each_other(
     tmp_path: Path, bundle_path: Path
 ) -> None:
     """`serve --workers 2` on the default SQLite: two processes on one port; each request on
-    its own connection lands on either, and each finds what the other enrolled within 1 s."""
+    its own connection lands on either, and each finds what the other enrolled within 1 s;
+    /metrics, from either, counts the requests of both."""
     server = ServerProcess(
         tmp_path / "data",
         bundle_path,
@@ -236,7 +237,11 @@ def test_workers_on_sqlite_serve_one_port_and_follow_each_other(
         assert server.process is not None
         assert len(worker_pids(server.process.pid)) == 2
 
+        identified = 0
+
         def fresh(method: str, path: str, body: object) -> httpx.Response:
+            nonlocal identified
+            identified += path.endswith("/identify")
             return httpx.request(method, server.url + path, json=body, headers=headers)
 
         assert fresh("POST", "/v1/galleries", {"name": "g"}).status_code == 201
@@ -255,6 +260,15 @@ def test_workers_on_sqlite_serve_one_port_and_follow_each_other(
 
             delays.append(seconds_until(everywhere))
         assert max(delays) <= VISIBLE_WITHIN_S, delays
+        for _ in range(4):  # fresh connections: either worker answers
+            text = httpx.get(server.url + "/metrics").text
+            counted = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("opengallery_http_requests_total{")
+                and 'route="/v1/galleries/{gallery}/identify"' in line
+            )
+            assert counted == identified
 
 
 def test_workers_refuse_an_index_kept_on_disk_in_one_line(
