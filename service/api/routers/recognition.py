@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import ClientKey, RecognitionDep
+from service.api.deps import ClientKey, get_recognition
 from service.api.routers.galleries import GalleryName
 from service.api.schemas import IdentifyJson, IdentifyOut, VerifyJson, VerifyOut
 from service.api.uploads import media_type, parse_json, read_form, request_body, uploads_from_json
@@ -61,9 +61,11 @@ class _VerifyForm(BaseModel):
 async def identify(
     request: Request,
     gallery: GalleryName,
-    recognition: RecognitionDep,
     _: ClientKey,
 ) -> JSONResponse:
+    # Looked up here, not as a dependency: every dependency costs FastAPI more per request than
+    # this lookup (identify and verify are the hot paths; bench/request_path.py).
+    recognition = await get_recognition(request)
     if media_type(request) == "application/json":
         body = await parse_json(request, IdentifyJson)
         uploads = uploads_from_json(body.images, body.embeddings)
@@ -141,9 +143,9 @@ def verify_probe(body: VerifyJson) -> list[Upload]:
 async def verify(
     request: Request,
     gallery: GalleryName,
-    recognition: RecognitionDep,
     _: ClientKey,
 ) -> VerifyOut:
+    recognition = await get_recognition(request)  # not a dependency: see identify
     if media_type(request) == "application/json":
         body = await parse_json(request, VerifyJson)
         uploads = verify_probe(body)
