@@ -81,19 +81,31 @@ def main() -> int:
     print(f"{args.rounds} alternating rounds of `bench/service.py {' '.join(extra)}`; medians.\n")
     print(
         "| gallery | scenario | before /s | after /s | after/before "
-        "| before p99 ms | after p99 ms |"
+        "| before p99 ms | after p99 ms | server CPU ms/probe, before -> after |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key in before[0]:
         b_rate = statistics.median(run[key]["per_s"] for run in before)
         a_rate = statistics.median(run[key]["per_s"] for run in after)
         b_p99 = statistics.median(run[key]["p99_ms"] for run in before)
         a_p99 = statistics.median(run[key]["p99_ms"] for run in after)
+        # Server CPU per probe (sequential scenarios only): steadier than rates on a shared host.
+        cpu = "-"
+        if all("cpu_ms_per_probe" in run[key] for run in before + after):
+            b_cpu = statistics.median(run[key]["cpu_ms_per_probe"] for run in before)
+            a_cpu = statistics.median(run[key]["cpu_ms_per_probe"] for run in after)
+            cpu = f"{b_cpu:.3f} -> {a_cpu:.3f}"
         size, name = key
         print(
             f"| {int(size):,} | {name} | {b_rate:.0f} | {a_rate:.0f} | {a_rate / b_rate:.2f} "
-            f"| {b_p99:.2f} | {a_p99:.2f} |"
+            f"| {b_p99:.2f} | {a_p99:.2f} | {cpu} |"
         )
+    loads = [
+        run["sizes"][size]["load_average_1min"]
+        for run in runs["before"] + runs["after"]
+        for size in run["sizes"]
+    ]
+    print(f"\nOne-minute load average at each server start: {min(loads):.1f}-{max(loads):.1f}.")
     return 0
 
 

@@ -120,13 +120,15 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     )
     install_error_handlers(app)
     install_docs(app)
+    # Routes are matched in this order: identify and verify, the hot paths, come first (their
+    # paths match no other route's, so the order changes no answer, only the matching work).
     for router in (
+        recognition.router,
         transfer.router,
         galleries.router,
         subjects.router,
         samples.router,
         samples.gallery_router,
-        recognition.router,
         models.router,
         migrations.router,
         jobs.router,

@@ -30,6 +30,8 @@ from service.core.ratelimit import FailureLimiter
 logger = logging.getLogger("opengallery.access")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The request state's entry for (key, its record) as the gate authenticated them.
+AUTHENTICATED_KEY = "authenticated_key"
 
 
 class RequestIdFilter(logging.Filter):
@@ -197,7 +199,10 @@ class RequestContextMiddleware:
                 message = await receive()
             else:
                 try:
-                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                    # A deadline on this task: cheaper than wait_for, which wraps every
+                    # message's receive() in a task of its own.
+                    async with asyncio.timeout(self.body_timeout):
+                        message = await receive()
                 except TimeoutError:
                     return await refuse(BodyTooSlow(self.body_timeout))
             if message["type"] == "http.request":
@@ -234,7 +239,10 @@ class RequestContextMiddleware:
             return None
         key = headers.get(b"x-api-key", b"").decode("latin-1")
         try:
-            state.keys.authenticate(key, "client")
+            record = state.keys.authenticate(key, "client")
+            # Kept for the route's scope check (service/api/deps.py), which then needs no second
+            # hash and cache lookup for the same key.
+            scope["state"][AUTHENTICATED_KEY] = (key, record)
             return None
         except ServiceError as error:
             refusal = error

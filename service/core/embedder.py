@@ -71,6 +71,16 @@ class CheckedEmbeddings:
 def check_embeddings(vectors: Sequence[Sequence[float]], dim: int) -> CheckedEmbeddings:
     """Many embeddings at once (one array operation, not one per vector), each usable or
     rejected with its reason: wrong dimension, not numbers, not finite, zero norm."""
+    try:
+        rows = np.asarray(vectors, dtype=np.float64)  # one conversion for flat lists of numbers
+    except (TypeError, ValueError):
+        rows = np.zeros(0)
+    if rows.ndim == 2 and rows.shape == (len(vectors), dim):
+        squares = np.einsum("ij,ij->i", rows, rows)
+        if (np.isfinite(squares) & (squares > 0)).all():  # every one usable: the common case
+            unit = l2_normalise(rows, "embeddings")
+            return CheckedEmbeddings(unit, rows.astype(np.float32), [None] * len(vectors))
+    # Some are unusable: one by one, for each one's reason.
     rejections: list[str | None] = [None] * len(vectors)
     rows = np.zeros((len(vectors), dim), dtype=np.float64)
     for number, vector in enumerate(vectors):

@@ -168,6 +168,14 @@ class Ingest:
 
     def probe_vectors(self, model: LoadedModel, uploads: list[Upload]) -> np.ndarray:
         """Every probe embedded, float32 [P, D]; the first unusable one is a ServiceError."""
+        if uploads and all(upload.embedding is not None for upload in uploads):
+            # Embeddings only: checked together, without the per-item records and content
+            # hashes that enrolment keeps and a probe does not need.
+            checked = check_embeddings([upload.embedding for upload in uploads], model.dim)
+            for number, reason in enumerate(checked.rejections):
+                if reason is not None:
+                    raise ServiceError("invalid_embedding", f"probe {number}: {reason}")
+            return checked.unit
         prepared = self.prepare(model, uploads)
         for number, item in enumerate(prepared):
             if item.rejection is not None:

@@ -121,9 +121,16 @@ class Authenticator:
             record = found
             with self._lock:
                 self._cache[digest] = (record, now + self.cache_seconds)
+        self.authorize(record, scope)
+        self._touch(record.key_id, now)
+        return record
+
+    @staticmethod
+    def authorize(record: ApiKeyRecord, scope: str) -> ApiKeyRecord:
+        """A record already authenticated, checked against `scope` (admin keys may do
+        everything); ServiceError forbidden otherwise."""
         if scope == "admin" and record.scope != "admin":
             raise ServiceError("forbidden", "this operation needs an admin key")
-        self._touch(record.key_id, now)
         return record
 
     def revoke(self, key_id: int) -> ApiKeyRecord:

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import ClientKey, RecognitionDep, State
+from service.api.deps import ClientKey, get_recognition
 from service.api.routers.galleries import GalleryName
 from service.api.schemas import IdentifyJson, IdentifyOut, VerifyJson, VerifyOut
 from service.api.uploads import media_type, parse_json, read_form, request_body, uploads_from_json
@@ -61,16 +61,17 @@ class _VerifyForm(BaseModel):
 async def identify(
     request: Request,
     gallery: GalleryName,
-    recognition: RecognitionDep,
-    state: State,
     _: ClientKey,
 ) -> JSONResponse:
+    # Looked up here, not as a dependency: every dependency costs FastAPI more per request than
+    # this lookup (identify and verify are the hot paths; bench/request_path.py).
+    recognition = await get_recognition(request)
     if media_type(request) == "application/json":
         body = await parse_json(request, IdentifyJson)
         uploads = uploads_from_json(body.images, body.embeddings)
         top_k, fpir, threshold = body.top_k, body.fpir, body.threshold
     else:
-        form, uploads = await read_form(request, state.settings, "images", _IdentifyForm)
+        form, uploads = await read_form(request, recognition.settings, "images", _IdentifyForm)
         top_k, fpir, threshold = form.top_k, form.fpir, form.threshold
     identification = await run_in_threadpool(
         recognition.identify, gallery, uploads, top_k, fpir, threshold
@@ -142,16 +143,15 @@ def verify_probe(body: VerifyJson) -> list[Upload]:
 async def verify(
     request: Request,
     gallery: GalleryName,
-    recognition: RecognitionDep,
-    state: State,
     _: ClientKey,
 ) -> VerifyOut:
+    recognition = await get_recognition(request)  # not a dependency: see identify
     if media_type(request) == "application/json":
         body = await parse_json(request, VerifyJson)
         uploads = verify_probe(body)
         subject_id, fpir, threshold = body.subject_id, body.fpir, body.threshold
     else:
-        form, uploads = await read_form(request, state.settings, "image", _VerifyForm)
+        form, uploads = await read_form(request, recognition.settings, "image", _VerifyForm)
         if len(uploads) != 1:
             raise invalid(f"send exactly one image, got {len(uploads)}")
         subject_id, fpir, threshold = form.subject_id, form.fpir, form.threshold

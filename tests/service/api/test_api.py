@@ -305,3 +305,21 @@ def test_auth_scopes(client: TestClient) -> None:
     # No key needed for liveness, readiness, metrics and the API documentation.
     for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
         assert client.get(path, headers={"X-API-Key": ""}).status_code == 200
+
+
+def test_a_route_checks_the_key_it_reads_when_the_gate_read_another(client: TestClient) -> None:
+    """Two X-API-Key headers: the middleware's gate reads the last, the routes the first. The
+    route reuses the gate's record only for the same key, so the first key's scope decides."""
+    client_key = client.post("/v1/keys", json={"scope": "client"}).json()["key"]
+    admin_key = client.headers.pop("X-API-Key")
+    client_then_admin = [("X-API-Key", client_key), ("X-API-Key", admin_key)]
+    refused = client.post("/v1/galleries", json={"name": "h"}, headers=client_then_admin)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "forbidden"
+    admin_then_client = [("X-API-Key", admin_key), ("X-API-Key", client_key)]
+    assert (
+        client.post("/v1/galleries", json={"name": "h"}, headers=admin_then_client).status_code
+        == 201
+    )
+    wrong_then_admin = [("X-API-Key", "og_wrong"), ("X-API-Key", admin_key)]
+    assert client.get("/v1/galleries", headers=wrong_then_admin).status_code == 401
