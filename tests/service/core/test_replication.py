@@ -65,8 +65,9 @@ def caught_up(*clients: TestClient) -> None:
         assert follower.cursor == state(client).store.last_change()
 
 
-def indexed(client: TestClient, gallery: str) -> tuple[int, int]:
-    return state(client).live.sizes()[gallery]
+def indexed(client: TestClient, gallery: str) -> tuple[int, int] | None:
+    """(subjects, samples) the replica holds; None before it has built the gallery."""
+    return state(client).live.sizes().get(gallery)
 
 
 def identify(client: TestClient, gallery: str, probes: np.ndarray) -> dict:
