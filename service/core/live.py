@@ -84,6 +84,7 @@ class LiveGalleries:
         self.backend = backend
         self._galleries: dict[str, LiveGallery] = {}
         self._lock = threading.Lock()
+        self._build_locks: dict[str, threading.RLock] = {}
         # Called with the name of a gallery the database has and memory has not (created by
         # another replica a moment ago): the change log's follower builds it at once.
         self.on_miss: Callable[[str], None] | None = None
@@ -223,33 +224,46 @@ class LiveGalleries:
         with self._lock:
             return self._galleries.get(name)
 
+    def building(self, name: str) -> threading.RLock:
+        """Held while gallery `name` is built: the request that created it, the follower that
+        read its creation and a request that missed it must not each build an index (on
+        Milvus they would drop and make one collection under each other)."""
+        with self._lock:
+            return self._build_locks.setdefault(name, threading.RLock())
+
     def add(
         self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch | None = None
     ) -> LiveGallery:
         """A gallery the caller created in the store: empty, or served by `index` (built by
         `build_index` from what the store holds). If the change log's follower has already
         built this same gallery (same creation time), that one is kept."""
-        with self._lock:
-            held = self._galleries.get(record.name)
-        if held is not None and held.record.created == record.created:
-            return held
-        if index is None:
-            index = self.backend.build(
-                model.dim,
-                record.scoring,
-                IndexContents.empty(model.dim),
-                gallery=record.name,
-                model_id=model.model_id,
-            )
-        gallery = LiveGallery(
-            record, ActiveModel(model, index, self.build_calibration(record, model, index))
-        )
-        with self._lock:
-            held = self._galleries.get(record.name)
+        with self.building(record.name):
+            held = self.find(record.name)
             if held is not None and held.record.created == record.created:
-                return held  # built meanwhile, perhaps already written to: kept
-            self._galleries[record.name] = gallery
-        return gallery
+                return held
+            if index is None:
+                index = self.backend.build(
+                    model.dim,
+                    record.scoring,
+                    IndexContents.empty(model.dim),
+                    gallery=record.name,
+                    model_id=model.model_id,
+                )
+            gallery = LiveGallery(
+                record, ActiveModel(model, index, self.build_calibration(record, model, index))
+            )
+            with self._lock:
+                self._galleries[record.name] = gallery
+            return gallery
+
+    def add_from_store(self, record: GalleryRecord, model: LoadedModel) -> LiveGallery:
+        """A gallery the store holds (imported, or created by another replica), built from
+        what it holds, once."""
+        with self.building(record.name):
+            held = self.find(record.name)
+            if held is not None and held.record.created == record.created:
+                return held
+            return self.add(record, model, self.build_index(record, model))
 
     def remove(self, name: str, gallery: LiveGallery | None = None) -> None:
         """Forget gallery `name` (only if it is still `gallery`, when given)."""

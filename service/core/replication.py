@@ -255,27 +255,28 @@ class ChangeFollower:
     def reconcile_gallery(self, name: str) -> None:
         """Make gallery `name` in memory what the database holds: gone, or built from it
         (a gallery of the same name created anew is told apart by its creation time)."""
-        record = self.store.get_gallery(name)
-        held = self.live.find(name)
-        if record is None:
-            if held is not None:
-                with held.lock:
+        with self.live.building(name):
+            record = self.store.get_gallery(name)
+            held = self.live.find(name)
+            if record is None:
+                if held is not None:
+                    with held.lock:
+                        self.live.remove(name, held)
+                return
+            if held is not None and held.record.created == record.created:
+                return
+            model = self._model(record.model_id)
+            if model is None:
+                logger.error(
+                    "gallery %r uses model %s, which is not loaded here: it is unavailable on "
+                    "this replica until that bundle is registered",
+                    name,
+                    record.model_id,
+                )
+                if held is not None:
                     self.live.remove(name, held)
-            return
-        if held is not None and held.record.created == record.created:
-            return
-        model = self._model(record.model_id)
-        if model is None:
-            logger.error(
-                "gallery %r uses model %s, which is not loaded here: it is unavailable on this "
-                "replica until that bundle is registered",
-                name,
-                record.model_id,
-            )
-            if held is not None:
-                self.live.remove(name, held)
-            return
-        self.live.add(record, model, self.live.build_index(record, model))
+                return
+            self.live.add_from_store(record, model)
 
     def reconcile_model(self, name: str) -> None:
         """Serve gallery `name` with the model the database names (after a migration that

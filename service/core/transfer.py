@@ -295,7 +295,7 @@ class GalleryTransfer:
                 target, model.model_id, fpir, scoring, keep_images, subjects, samples, probes
             )
         try:
-            self.live.add(record, model, self.live.build_index(record, model))
+            self.live.add_from_store(record, model)
         except BaseException:
             # The gallery is committed but could not be served: take it away again rather
             # than leave a gallery that answers model_unavailable.

@@ -371,3 +371,55 @@ def test_an_enrolment_embedded_by_the_model_a_gallery_left_elsewhere_is_embedded
     samples = b.get("/v1/galleries/g/subjects/x").json()["samples"]
     assert [s["model"] for s in samples] == ["random@3", "random@3"]
     assert indexed(b, "g") == (1, 2)
+
+
+class GatedBuilds:
+    """An index backend that counts builds and holds the first one until released."""
+
+    def __init__(self, backend: object) -> None:
+        import threading
+
+        self.backend = backend
+        self.calls = 0
+        self.first_entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.backend, name)
+
+    def build(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        if self.calls == 1:
+            self.first_entered.set()
+            assert self.release.wait(timeout=30)
+        return self.backend.build(*args, **kwargs)  # type: ignore[attr-defined]
+
+
+def test_a_gallery_is_built_once_when_its_creator_and_the_follower_race(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    """The request that created a gallery and the follower that read its creation must not
+    both build its index: on Milvus both builds are one collection, dropped and made again
+    under the other."""
+    import threading
+
+    settings = Settings(data_dir=tmp_path / "a", model=bundle_path, admin_key=ADMIN_KEY)
+    with TestClient(create_app(settings)) as client:
+        live, follower = state(client).live, state(client).follower
+        assert follower is not None
+        model = state(client).models.get(state(client).models.default_model_id)
+        record = state(client).store.create_gallery("g", model.model_id, 0.1, "max", False)
+        gated = GatedBuilds(live.backend)
+        live.backend = gated  # type: ignore[assignment]
+        creator = threading.Thread(target=live.add, args=(record, model))
+        creator.start()
+        assert gated.first_entered.wait(timeout=30)
+        # The creator is building: the gallery's build lock is taken.
+        assert not live.building("g").acquire(blocking=False)
+        reader = threading.Thread(target=follower.reconcile_gallery, args=("g",))
+        reader.start()
+        gated.release.set()
+        creator.join(timeout=30)
+        reader.join(timeout=30)
+        assert gated.calls == 1
+        assert live.find("g") is not None and live.find("g").record.created == record.created
