@@ -268,13 +268,15 @@ class MigrationManager:
             except Exception:  # the store is closing: the job resumes at the next start
                 logger.exception("job %s: could not record the failure", job_id)
         finally:
-            with self._lock:
-                self._threads.pop(job_id, None)
-                self._lost.discard(job_id)
             try:
                 self.store.release_job(job_id, self.owner)
             except Exception:  # the store is closing: the lease expires by itself
                 logger.debug("job %s: lease not released", job_id)
+            # Last: close() joins the threads listed here, and must not close the store
+            # while this one still uses it.
+            with self._lock:
+                self._threads.pop(job_id, None)
+                self._lost.discard(job_id)
 
     def _migrate(self, job: JobRecord) -> None:
         target = self.models.get(job.target_model)
