@@ -25,6 +25,7 @@ searching every probe again.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -153,15 +154,11 @@ class GalleryCalibration:
         """The kept scores as arrays to save with the index they were kept against, named by
         a fingerprint of the probes (and their source) they belong to."""
         kept = self._kept
-        found = np.flatnonzero(kept.subjects != None)  # noqa: E711
-        names, codes = np.unique(kept.subjects[found].astype(str), return_inverse=True)
-        subject_codes = np.full(kept.size, -1, dtype=np.int64)  # -1: no subject
-        subject_codes[found] = codes
+        subjects = json.dumps(kept.subjects.tolist()).encode()  # any subject id, and None
         return {
             "calibration_probes": np.array(_fingerprint(kept.probes, kept.source)),
             "calibration_scores": kept.scores,
-            "calibration_subject_names": names,
-            "calibration_subject_codes": subject_codes,
+            "calibration_subjects": np.frombuffer(subjects, dtype=np.uint8),
         }
 
     def _point(self, kept: KeptScores, fpir: float) -> Calibration:
@@ -365,17 +362,15 @@ def _restore(saved: Mapping[str, np.ndarray], probes: np.ndarray, source: str) -
     try:
         fingerprint = str(saved["calibration_probes"])
         scores = np.asarray(saved["calibration_scores"], dtype=np.float32)
-        names = saved["calibration_subject_names"]
-        codes = saved["calibration_subject_codes"]
-    except KeyError:
+        names = json.loads(saved["calibration_subjects"].tobytes())
+    except (KeyError, ValueError):
         return None
     if fingerprint != _fingerprint(probes, source) or not (
-        scores.shape == codes.shape == (len(probes),)
+        scores.shape == (len(names),) == (len(probes),)
     ):
         return None
-    subjects = np.full(len(probes), None, dtype=object)
-    found = codes >= 0
-    subjects[found] = names[codes[found]].astype(object)
+    subjects = np.empty(len(names), dtype=object)
+    subjects[:] = names
     return KeptScores(source, probes, scores, subjects)
 
 

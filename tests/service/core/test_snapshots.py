@@ -268,7 +268,7 @@ def test_saved_scores_are_used_only_for_the_probes_they_were_saved_for(
     index = FaissSubjectIndex(DIM, "max")
     vectors = unit_rows(4, 12)
     pks = np.arange(12) % 5 + 1
-    index.add_many(pks, [f"s{pk}" for pk in pks], np.arange(1, 13), vectors)
+    index.add_many(pks, [f"sübject {pk} " for pk in pks], np.arange(1, 13), vectors)
     probes, others = unit_rows(5, 300), unit_rows(6, 300)
     saved = GalleryCalibration(index, probes, "bundle").saved()
     for set_probes, source, searched in [
