@@ -16,10 +16,17 @@ best score and the subject that gives it, and updates them with each write:
 Thresholds per FPIR then follow from the kept scores by `models.calibration.threshold_for_fpir`,
 each with `fpir_upper` (`models.calibration.fpir_upper_bound`). Updates run under the gallery's
 mutation lock right after the index changed; readers take one immutable snapshot and never wait.
+
+The kept scores travel with the index snapshot (`GalleryCalibration.saved`): a restart that
+loads the index at the database's version, for the same calibration set, takes them instead of
+searching every probe again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,10 +123,15 @@ class GalleryCalibration:
         probes: np.ndarray,
         source: str,
         warm_fpir: float | None = None,
+        saved: Mapping[str, np.ndarray] | None = None,
     ) -> None:
+        """`saved`: what `saved()` returned for this very index (saved with its snapshot),
+        used when it was saved for the same probes; otherwise every probe is searched."""
         self.index = index
         self.warm_fpir = warm_fpir  # computed after every change, so no request computes it
-        self._kept = self._search_all(np.ascontiguousarray(probes, dtype=np.float32), source)
+        probes = np.ascontiguousarray(probes, dtype=np.float32)
+        restored = _restore(saved, probes, source) if saved else None
+        self._kept = restored or self._search_all(probes, source)
         self._warm()
 
     # -- reading --
@@ -137,6 +149,17 @@ class GalleryCalibration:
 
     def for_fpir(self, fpir: float) -> Calibration:
         return self._point(self._kept, fpir)
+
+    def saved(self) -> dict[str, np.ndarray]:
+        """The kept scores as arrays to save with the index they were kept against, named by
+        a fingerprint of the probes (and their source) they belong to."""
+        kept = self._kept
+        subjects = json.dumps(kept.subjects.tolist()).encode()  # any subject id, and None
+        return {
+            "calibration_probes": np.array(_fingerprint(kept.probes, kept.source)),
+            "calibration_scores": kept.scores,
+            "calibration_subjects": np.frombuffer(subjects, dtype=np.uint8),
+        }
 
     def _point(self, kept: KeptScores, fpir: float) -> Calibration:
         check_fpir_supported(fpir, kept.size, _describe(kept))
@@ -326,6 +349,29 @@ def exact_scores(probes: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """
     products = np.asarray(probes, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
     return products.max(axis=1).astype(np.float32)
+
+
+def _fingerprint(probes: np.ndarray, source: str) -> str:
+    digest = hashlib.sha256(f"{source}\0{probes.shape}\0{probes.dtype}\0".encode())
+    digest.update(np.ascontiguousarray(probes).data)
+    return digest.hexdigest()
+
+
+def _restore(saved: Mapping[str, np.ndarray], probes: np.ndarray, source: str) -> KeptScores | None:
+    """The kept scores in `saved` if they were saved for these probes; None otherwise."""
+    try:
+        fingerprint = str(saved["calibration_probes"])
+        scores = np.asarray(saved["calibration_scores"], dtype=np.float32)
+        names = json.loads(saved["calibration_subjects"].tobytes())
+    except (KeyError, ValueError):
+        return None
+    if fingerprint != _fingerprint(probes, source) or not (
+        scores.shape == (len(names),) == (len(probes),)
+    ):
+        return None
+    subjects = np.empty(len(names), dtype=object)
+    subjects[:] = names
+    return KeptScores(source, probes, scores, subjects)
 
 
 def _upper(kept: KeptScores, threshold: float) -> float:

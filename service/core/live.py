@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,10 +109,7 @@ class LiveGalleries:
                     record.model_id,
                 )
                 continue
-            index = self._load_or_build(record, model)
-            gallery = LiveGallery(
-                record, ActiveModel(model, index, self.build_calibration(record, model, index))
-            )
+            gallery = LiveGallery(record, self._load_or_build(record, model))
             with self._lock:
                 self._galleries[record.name] = gallery
             logger.info(
@@ -127,25 +124,35 @@ class LiveGalleries:
             with self._lock:
                 retain({(g.name, g.active.model.model_id) for g in self._galleries.values()})
 
-    def _load_or_build(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
-        """At start: the backend's snapshot if it was saved at the gallery's current version,
+    def _load_or_build(self, record: GalleryRecord, model: LoadedModel) -> ActiveModel:
+        """At start: the backend's snapshot if it was saved at the gallery's current version
+        (with the calibration's kept scores, used if saved for the calibration set in effect),
         else a build from the database (then saved, for the next start)."""
         load = getattr(self.backend, "load_snapshot", None)
         if load is not None:
-            index = load(record.name, model.model_id, record.version, model.dim, record.scoring)
-            if index is not None:
+            snapshot = load(record.name, model.model_id, record.version, model.dim, record.scoring)
+            if snapshot is not None:
                 logger.info(
                     "gallery %r: index snapshot at version %d loaded", record.name, record.version
                 )
-                return index
-        index = self.build_index(record, model)
+                calibration = self.build_calibration(
+                    record, model, snapshot.index, snapshot.attached
+                )
+                return ActiveModel(model, snapshot.index, calibration)
+        active = self.build_active(record, model)
         save = getattr(self.backend, "save_snapshot", None)
         if save is not None:
             try:
-                save(index, record.name, model.model_id, record.version)
+                save(
+                    active.index,
+                    record.name,
+                    model.model_id,
+                    record.version,
+                    active.calibration.saved(),
+                )
             except OSError as error:  # a start without a snapshot is only slower
                 logger.warning("gallery %r: index snapshot not saved: %s", record.name, error)
-        return index
+        return active
 
     def save_snapshots(self, is_current: Callable[[], bool] | None = None) -> None:
         """Save every gallery's index where the backend can (at shutdown): each under its
@@ -167,7 +174,13 @@ class LiveGalleries:
                     if is_current is not None and not is_current():
                         logger.info("gallery %r: not current, no snapshot saved", gallery.name)
                         continue
-                    save(active.index, record.name, active.model.model_id, record.version)
+                    save(
+                        active.index,
+                        record.name,
+                        active.model.model_id,
+                        record.version,
+                        active.calibration.saved(),
+                    )
                 except Exception:  # shutting down: a missing snapshot only slows the next start
                     logger.exception("gallery %r: index snapshot not saved", gallery.name)
 
@@ -178,10 +191,16 @@ class LiveGalleries:
         return ActiveModel(model, index, self.build_calibration(record, model, index))
 
     def build_calibration(
-        self, record: GalleryRecord, model: LoadedModel, index: SubjectSearch
+        self,
+        record: GalleryRecord,
+        model: LoadedModel,
+        index: SubjectSearch,
+        saved: Mapping[str, np.ndarray] | None = None,
     ) -> GalleryCalibration:
+        """The calibration against `index`; `saved` is what the calibration saved with
+        `index`'s snapshot, used if it belongs to the calibration set in effect now."""
         probes, source = self.calibration_set(record, model)
-        return GalleryCalibration(index, probes, source, warm_fpir=record.fpir)
+        return GalleryCalibration(index, probes, source, warm_fpir=record.fpir, saved=saved)
 
     def calibration_set(self, record: GalleryRecord, model: LoadedModel) -> tuple[np.ndarray, str]:
         """The gallery's own calibration set embedded by `model` once it is large enough for

@@ -27,6 +27,7 @@ from service.index.base import (
     IndexConfigError,
     IndexContents,
     IndexUnavailable,
+    Snapshot,
     SnapshotBackend,
     SubjectSearch,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "IndexConfigError",
     "IndexContents",
     "IndexUnavailable",
+    "Snapshot",
     "SnapshotBackend",
     "SubjectSearch",
     "open_index",

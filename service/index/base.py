@@ -9,7 +9,7 @@ searches run concurrently, mutations are serialised by the caller per gallery.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -119,6 +119,15 @@ class IndexBackend(Protocol):
         indexes outside the process (a Milvus collection per gallery and model)."""
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A saved index as loaded, with the arrays its saver attached to it (saved at the same
+    version: the calibration's kept scores against this index)."""
+
+    index: SubjectSearch
+    attached: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class SnapshotBackend(Protocol):
     """What a backend offers if it can save its indexes and load them at the next start
     (optional: the service looks for these methods). A snapshot is keyed by the gallery, the
@@ -127,11 +136,17 @@ class SnapshotBackend(Protocol):
 
     def load_snapshot(
         self, gallery: str, model_id: str, version: int, dim: int, scoring: str
-    ) -> SubjectSearch | None: ...
+    ) -> Snapshot | None: ...
 
     def save_snapshot(
-        self, index: SubjectSearch, gallery: str, model_id: str, version: int
-    ) -> None: ...
+        self,
+        index: SubjectSearch,
+        gallery: str,
+        model_id: str,
+        version: int,
+        attached: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Save `index` with `attached` (arrays that describe the same version of it)."""
 
     def retain_snapshots(self, kept: set[tuple[str, str]]) -> None:
         """Remove the snapshots of every other (gallery, model) pair."""

@@ -50,7 +50,7 @@ import threading
 import uuid
 import weakref
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -59,7 +59,7 @@ import faiss
 import numpy as np
 
 from models.scoring import check_scoring, l2_normalise
-from service.index.base import Candidate, IndexContents
+from service.index.base import Candidate, IndexContents, Snapshot
 from service.index.faiss import _apply_search_threads
 from service.index.int8_scan import Int8Codes
 from service.index.locks import RWLock
@@ -77,6 +77,7 @@ _FIRST_K = 256
 # from about 64 queries on that cost is spread thin (its int32 scores: 256 MB at 1M rows).
 _SCAN_QUERIES = 64
 SNAPSHOT_FORMAT = 2
+_ATTACHED = "attached_"  # the prefix of the caller's arrays in a snapshot's .npz
 
 
 def _close_and_remove(file: IO[bytes], path: Path | None, keep: dict[str, bool]) -> None:
@@ -845,9 +846,12 @@ class QuantizedSubjectIndex:
             "nprobe": self.nprobe,
         }
 
-    def save_snapshot(self, meta_path: Path, key: dict) -> None:
+    def save_snapshot(
+        self, meta_path: Path, key: dict, attached: Mapping[str, np.ndarray] | None = None
+    ) -> None:
         """Write what a restart needs to skip the database (the codes, the row tables, the
-        names; the float32 rows stay in their files) and `meta_path`, last, naming `key`."""
+        names; the float32 rows stay in their files) with the caller's `attached` arrays, and
+        `meta_path`, last, naming `key`."""
         with self._lock.read():
             if self._rows.path is None:
                 raise ValueError("an index without a directory has no files to snapshot")
@@ -866,6 +870,7 @@ class QuantizedSubjectIndex:
                 "name_offsets": names._offsets,
                 "name_blob": np.frombuffer(names._blob, dtype=np.uint8),
             }
+            arrays |= {_ATTACHED + name: value for name, value in (attached or {}).items()}
             files = [self._rows] + ([self._samples] if self._samples is not None else [])
             for file in files:
                 file.sync()
@@ -923,9 +928,10 @@ class QuantizedSubjectIndex:
         directory: Path,
         ivf_lists: int = 0,
         nprobe: int = 16,
-    ) -> QuantizedSubjectIndex | None:
-        """The index saved at `meta_path` if it was saved for `key` with these settings and
-        its files are whole; None otherwise (the caller rebuilds from the database)."""
+    ) -> Snapshot | None:
+        """The index saved at `meta_path` (with its attached arrays) if it was saved for `key`
+        with these settings and its files are whole; None otherwise (the caller rebuilds from
+        the database)."""
         index = cls(dim, scoring, directory=None, ivf_lists=ivf_lists, nprobe=nprobe)
         try:
             meta = json.loads(meta_path.read_text())
@@ -992,7 +998,12 @@ class QuantizedSubjectIndex:
         index._live_samples = int(meta["live_samples"])
         index._max_sample_id = int(meta["max_sample_id"])
         index._snapshot = meta_path
-        return index
+        attached = {
+            name.removeprefix(_ATTACHED): value
+            for name, value in loaded.items()
+            if name.startswith(_ATTACHED)
+        }
+        return Snapshot(index, attached)
 
     # -- building --
     @classmethod
@@ -1114,9 +1125,9 @@ class QuantizedBackend:
 
     def load_snapshot(
         self, gallery: str, model_id: str, version: int, dim: int, scoring: str
-    ) -> QuantizedSubjectIndex | None:
-        """The saved index of (gallery, model) if it was saved at the database's `version`;
-        None otherwise. A stale snapshot is removed with its files."""
+    ) -> Snapshot | None:
+        """The saved index of (gallery, model) and its attached arrays if it was saved at the
+        database's `version`; None otherwise. A stale snapshot is removed with its files."""
         if self.directory is None:
             return None
         meta_path = self._meta_path(gallery, model_id)
@@ -1124,7 +1135,7 @@ class QuantizedBackend:
             return None
         key = {"gallery": gallery, "model_id": model_id, "version": version}
         try:
-            index = QuantizedSubjectIndex.load_snapshot(
+            snapshot = QuantizedSubjectIndex.load_snapshot(
                 meta_path,
                 key,
                 dim,
@@ -1135,12 +1146,13 @@ class QuantizedBackend:
             )
         except Exception:  # any damage: the database still has everything
             logger.exception("index snapshot %s unreadable: rebuilding", meta_path.name)
-            index = None
-        if index is None:
+            snapshot = None
+        if snapshot is None:
             self._remove_snapshot(meta_path)
         else:
-            self._configure(index)
-        return index
+            assert isinstance(snapshot.index, QuantizedSubjectIndex)
+            self._configure(snapshot.index)
+        return snapshot
 
     def _remove_snapshot(self, meta_path: Path) -> None:
         assert self.directory is not None
@@ -1167,11 +1179,17 @@ class QuantizedBackend:
                 self._remove_snapshot(meta_path)
 
     def save_snapshot(
-        self, index: QuantizedSubjectIndex, gallery: str, model_id: str, version: int
+        self,
+        index: QuantizedSubjectIndex,
+        gallery: str,
+        model_id: str,
+        version: int,
+        attached: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Save `index` as (gallery, model) at database `version`; the caller holds the
-        gallery's mutation lock, so that `version` is the version the index reflects."""
+        """Save `index` as (gallery, model) at database `version`, with `attached`; the caller
+        holds the gallery's mutation lock, so that `version` is the version the index (and
+        what is attached) reflects."""
         if self.directory is None:
             return
         key = {"gallery": gallery, "model_id": model_id, "version": version}
-        index.save_snapshot(self._meta_path(gallery, model_id), key)
+        index.save_snapshot(self._meta_path(gallery, model_id), key, attached)

@@ -295,21 +295,27 @@ def test_snapshot_round_trip_and_refusals(scoring: str, ivf_lists: int, tmp_path
     )
     index = backend.build(DIM, scoring, contents)
     index.set_subject(500, "no samples yet")
-    backend.save_snapshot(index, "g", "m@1", 7)
+    attached = {"scores": np.array([0.5, -np.inf], dtype=np.float32), "names": np.array(["a"])}
+    backend.save_snapshot(index, "g", "m@1", 7, attached)
     probes = unit(np.vstack([centres, rng.standard_normal((4, DIM))]))
     expected = index.search(probes, 5)
     assert backend.load_snapshot("g", "m@2", 7, DIM, scoring) is None  # another model
-    loaded = backend.load_snapshot("g", "m@1", 7, DIM, scoring)
-    assert loaded is not None
+    snapshot = backend.load_snapshot("g", "m@1", 7, DIM, scoring)
+    assert snapshot is not None
+    assert snapshot.attached.keys() == attached.keys()
+    for key, value in attached.items():
+        np.testing.assert_array_equal(snapshot.attached[key], value)
+    loaded = snapshot.index
     assert loaded.search(probes, 5) == expected
     assert (loaded.subject_count, loaded.sample_count) == (index.subject_count, index.sample_count)
     assert loaded.subject_scores(probes, "no samples yet") is None
     loaded.add_samples(500, "no samples yet", np.array([10_000]), probes[:1])
     assert loaded.search(probes[:1], 1)[0][0].subject_id == "no samples yet"
     backend.save_snapshot(loaded, "g", "m@1", 8)
-    del index, loaded  # the process ends: the files a snapshot refers to stay
+    del index, loaded, snapshot  # the process ends: the files a snapshot refers to stay
     again = backend.load_snapshot("g", "m@1", 8, DIM, scoring)
-    assert again is not None and again.search(probes[:1], 1)[0][0].subject_id == "no samples yet"
+    assert again is not None and again.attached == {}  # nothing attached this time
+    assert again.index.search(probes[:1], 1)[0][0].subject_id == "no samples yet"
     del again
     assert backend.load_snapshot("g", "m@1", 9, DIM, scoring) is None  # stale: removed
     assert list(tmp_path.iterdir()) == []
