@@ -227,12 +227,15 @@ class LiveGalleries:
     def get(self, name: str) -> LiveGallery:
         with self._lock:
             gallery = self._galleries.get(name)
-        if gallery is None and self.on_miss is not None and self.store.get_gallery(name):
+        if gallery is not None:
+            return gallery
+        stored = self.store.get_gallery(name) is not None
+        if stored and self.on_miss is not None:
             self.on_miss(name)
             with self._lock:
                 gallery = self._galleries.get(name)
         if gallery is None:
-            if self.store.get_gallery(name) is not None:
+            if stored:
                 raise ServiceError(
                     "model_unavailable", f"gallery {name!r} exists but its model is not loaded"
                 )
