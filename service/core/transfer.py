@@ -34,7 +34,7 @@ import logging
 import re
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -159,66 +159,66 @@ class GalleryTransfer:
                     after = page[-1].subject_id
             add_file(SUBJECTS, subjects_path)
 
-            samples_path, embeddings_path = work / "samples", work / "embeddings"
-            sample_count = 0
-            with (
-                store_errors(),
-                samples_path.open("w", encoding="utf-8") as samples_file,
-                embeddings_path.open("wb") as embeddings_file,
-            ):
-                after_id = 0
-                while page := self.store.export_samples(
-                    record.name, record.model_id, after_id, _EXPORT_PAGE
+            def add_rows(
+                read_page: Callable[[int], Sequence[Any]],
+                lines_path: Path,
+                vectors_path: Path,
+                image_prefix: str,
+                describe: Callable[[Any], dict[str, Any]],
+            ) -> int:
+                """Rows page by page: each one's line (naming its image, added to the tar at
+                once) and its float32 embedding; how many rows."""
+                nonlocal dim
+                count = after_id = 0
+                with (
+                    store_errors(),
+                    lines_path.open("w", encoding="utf-8") as lines,
+                    vectors_path.open("wb") as vectors,
                 ):
-                    for sample in page:
-                        image_member = None
-                        if sample.image is not None:
-                            image_member = f"images/{sample_count}"
-                            add_bytes(image_member, sample.image)
-                        line = {
-                            "subject_id": sample.subject_id,
-                            "source": sample.source,
-                            "content_sha256": sample.content_sha256,
-                            "image": image_member,
-                        }
-                        samples_file.write(json.dumps(line, ensure_ascii=False) + "\n")
-                        vector = np.ascontiguousarray(sample.embedding, dtype="<f4")
-                        dim = int(vector.shape[0])
-                        embeddings_file.write(vector.tobytes())
-                        sample_count += 1
-                    after_id = page[-1].sample_id
+                    while page := read_page(after_id):
+                        for row in page:
+                            image_member = None
+                            if row.image is not None:
+                                image_member = f"{image_prefix}/{count}"
+                                add_bytes(image_member, row.image)
+                            line = {**describe(row), "image": image_member}
+                            lines.write(json.dumps(line, ensure_ascii=False) + "\n")
+                            vector = np.ascontiguousarray(row.embedding, dtype="<f4")
+                            dim = int(vector.shape[0])
+                            vectors.write(vector.tobytes())
+                            count += 1
+                        after_id = page[-1].sample_id
+                return count
+
+            samples_path, embeddings_path = work / "samples", work / "embeddings"
+            sample_count = add_rows(
+                lambda after: self.store.export_samples(
+                    record.name, record.model_id, after, _EXPORT_PAGE
+                ),
+                samples_path,
+                embeddings_path,
+                "images",
+                lambda sample: {
+                    "subject_id": sample.subject_id,
+                    "source": sample.source,
+                    "content_sha256": sample.content_sha256,
+                },
+            )
             add_file(SAMPLES, samples_path)
             add_file(EMBEDDINGS, embeddings_path)
 
             # The gallery's own calibration set, whether or not it is large enough yet to be
             # in effect: the copy holds what the original's database holds.
             probes_path, probe_vectors_path = work / "calibration", work / "calibration.f32"
-            probe_count = 0
-            with (
-                store_errors(),
-                probes_path.open("w", encoding="utf-8") as probes_file,
-                probe_vectors_path.open("wb") as probe_vectors_file,
-            ):
-                after_id = 0
-                while page := self.store.export_calibration_samples(
-                    record.name, record.model_id, after_id, _EXPORT_PAGE
-                ):
-                    for probe in page:
-                        image_member = None
-                        if probe.image is not None:
-                            image_member = f"calibration_images/{probe_count}"
-                            add_bytes(image_member, probe.image)
-                        line = {
-                            "source": probe.source,
-                            "content_sha256": probe.content_sha256,
-                            "image": image_member,
-                        }
-                        probes_file.write(json.dumps(line) + "\n")
-                        vector = np.ascontiguousarray(probe.embedding, dtype="<f4")
-                        dim = int(vector.shape[0])
-                        probe_vectors_file.write(vector.tobytes())
-                        probe_count += 1
-                    after_id = page[-1].sample_id
+            probe_count = add_rows(
+                lambda after: self.store.export_calibration_samples(
+                    record.name, record.model_id, after, _EXPORT_PAGE
+                ),
+                probes_path,
+                probe_vectors_path,
+                "calibration_images",
+                lambda probe: {"source": probe.source, "content_sha256": probe.content_sha256},
+            )
             if probe_count:
                 add_file(CALIBRATION_PROBES, probes_path)
                 add_file(CALIBRATION, probe_vectors_path)
