@@ -4,6 +4,7 @@ ceiling (onnxruntime + FAISS called directly, same process, same data), and enro
     .venv/bin/python bench/service.py                       # gallery sizes 1k and 100k
     .venv/bin/python bench/service.py --sizes 1000,100000,1000000 --requests 1000
     .venv/bin/python bench/service.py --mixed --sizes 10000,100000   # identify + 10% enrolments
+    .venv/bin/python bench/service.py --enrol-only --sizes 1000      # the enrolment table alone
 
 The server runs as a separate process (`opengallery serve`) on a free loopback port; the
 galleries are filled directly through the store (bulk import), then indexed by the server at
@@ -575,6 +576,11 @@ def main() -> int:
         help="only the mixed load: identify alone and with 10%% enrolments, 1 and 4 clients",
     )
     parser.add_argument(
+        "--enrol-only",
+        action="store_true",
+        help="only the enrolment table (one gallery size, no identify scenarios or ceiling)",
+    )
+    parser.add_argument(
         "--batching",
         action="store_true",
         help="also compare dynamic batching off/on at 1, 8 and 32 clients (bench/batching.py; "
@@ -623,6 +629,13 @@ def main() -> int:
                         "calibration_update": calibration_update_cost(bundle, vectors),
                     }
                     continue
+                if args.enrol_only:
+                    report["sizes"][size] = {
+                        "load_average_1min": load,
+                        "load_average_1min_after": os.getloadavg()[0],
+                        "enrolment": enrolment(server.url, rng, dim, args.concurrency),
+                    }
+                    break
                 http = http_scenarios(server.url, pid, probes, args.requests, args.concurrency)
                 enrol = enrolment(server.url, rng, dim, args.concurrency) if size == 1000 else {}
             finally:
@@ -644,7 +657,13 @@ def main() -> int:
             report["batching"] = batching.compare(
                 [bundle], clients=[1, 8, 32], requests=400, rounds=3, env=overrides
             )
-    print(mixed_markdown(report) if args.mixed else markdown(report))
+    print(
+        mixed_markdown(report)
+        if args.mixed
+        else enrolment_markdown(report)
+        if args.enrol_only
+        else markdown(report)
+    )
     if "batching" in report:
         print("\nDynamic batching:\n\n" + batching.markdown(report["batching"]))
     if args.out:
@@ -717,14 +736,22 @@ def markdown(report: dict) -> str:
             f"| {int(size):,} | {result['fill_s']:.1f} | {result['startup_s']:.1f} "
             f"| {result['load_average_1min']:.1f} |"
         )
-    lines += [
-        "",
+    return "\n".join(lines) + "\n\n" + enrolment_markdown(report)
+
+
+def enrolment_markdown(report: dict) -> str:
+    lines = [
         f"| enrolment over HTTP ({report.get('concurrency', 4)} clients) | samples | samples/s |",
         "| --- | ---: | ---: |",
     ]
     for result in report["sizes"].values():
         for name, enrol in result["enrolment"].items():
             lines.append(f"| {name} | {enrol['samples']} | {enrol['per_s']:.0f} |")
+        if "load_average_1min_after" in result:
+            lines.append(
+                f"\nLoad average (1 min) {result['load_average_1min']:.2f} before, "
+                f"{result['load_average_1min_after']:.2f} after."
+            )
     return "\n".join(lines)
 
 

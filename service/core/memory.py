@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 
@@ -27,3 +30,23 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)  # type: ignore[operator]
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for the block, on again at its end if it was on.
+
+    A bulk request allocates tens of thousands of small containers that live until it ends
+    (parsed items, lists of floats, per-item records): each collection in between scans them
+    and frees nothing, and promoting them wakes full collections of the whole heap. Reference
+    counting still frees everything else at once. Concurrent blocks need no count: the one
+    that found the collector on turns it back on at its end, so a pause lasts at most one
+    block, and the collector is on once every block has ended.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

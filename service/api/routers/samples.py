@@ -28,8 +28,9 @@ from service.api.uploads import (
     uploads_from_json,
 )
 from service.core.errors import ServiceError, invalid
-from service.core.galleries import BulkItem
+from service.core.galleries import BulkItem, Galleries
 from service.core.ingest import Upload
+from service.core.memory import paused_gc
 
 router = APIRouter(prefix="/v1/galleries/{gallery}/subjects/{subject_id}/samples", tags=["samples"])
 
@@ -148,6 +149,14 @@ async def add_samples_in_bulk(
 ) -> JSONResponse:
     if media_type(request) != "application/json":
         raise ServiceError("unsupported_media_type", "bulk enrolment takes application/json")
+    # The request's items live until its answer is encoded; collections in between would
+    # only scan them (service/core/memory.py). The helper's frame, and with it the items,
+    # is gone before the collector is back on.
+    with paused_gc():
+        return await _enrol_in_bulk(request, gallery, galleries)
+
+
+async def _enrol_in_bulk(request: Request, gallery: str, galleries: Galleries) -> JSONResponse:
     body = await parse_json(request, BulkSamplesJson)
     items = []
     for number, item in enumerate(body.items):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,25 @@ def test_a_client_key_may_enrol_in_bulk(gallery: TestClient, client_key: str) ->
     body = {"items": [{"subject_id": "a", "embedding": unit(0)}], "create_subjects": True}
     response = gallery.post(URL, json=body, headers={"X-API-Key": client_key})
     assert response.status_code == 201
+
+
+def test_the_garbage_collector_is_paused_for_the_request_and_on_after(
+    gallery: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    galleries = gallery.app.state.opengallery.galleries  # type: ignore[attr-defined]
+    enrol_many = galleries.enrol_many
+    seen: list[bool] = []
+
+    def watching(*args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        return enrol_many(*args, **kwargs)
+
+    monkeypatch.setattr(galleries, "enrol_many", watching)
+    gc.enable()
+    body = {"items": [{"subject_id": "a", "embedding": unit(0)}], "create_subjects": True}
+    assert gallery.post(URL, json=body).status_code == 201
+    assert seen == [False] and gc.isenabled()
+    refused = {"items": [{"subject_id": "a", "embedding": [0.0] * DIM}]}  # every item rejected
+    assert gallery.post(URL, json=refused).status_code == 422
+    assert gallery.post(URL, json={"items": "nope"}).status_code == 422
+    assert seen == [False, False] and gc.isenabled()
