@@ -227,16 +227,25 @@ class GalleryCalibration:
             scores, subjects = kept.scores.copy(), kept.subjects.copy()
             others = np.flatnonzero(~was_best)
             if len(others):
-                best, new = best_matches(kept.probes[others], np.vstack(templates))
+                products = (
+                    np.asarray(kept.probes[others], dtype=np.float64)
+                    @ np.vstack([np.asarray(t, dtype=np.float64) for t in templates]).T
+                )
                 owners = np.concatenate(
                     [np.full(len(t), number) for number, t in enumerate(templates)]
                 )
+                best = products.argmax(axis=1)
+                new = products[np.arange(len(others)), best].astype(np.float32)
                 better = new > scores[others]
                 scores[others[better]] = new[better]
                 subjects[others[better]] = np.array(touched, dtype=object)[owners[best[better]]]
             self._search_into(kept, scores, subjects, np.flatnonzero(was_best))
             return
-        best, new = best_matches(kept.probes, vectors)
+        products = (
+            np.asarray(kept.probes, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
+        )
+        best = products.argmax(axis=1)
+        new = products[np.arange(len(best)), best].astype(np.float32)
         better = new > kept.scores
         if better.any():
             names = np.array(subject_ids, dtype=object)
@@ -340,29 +349,6 @@ def exact_scores(probes: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """
     products = np.asarray(probes, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
     return products.max(axis=1).astype(np.float32)
-
-
-# Vectors per product in best_matches: the products of a block stay in the CPU's cache (one
-# product of 1,000 probes with 5,000 vectors is 40 MB of float64 to write and read back).
-_BLOCK = 512
-
-
-def best_matches(probes: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each probe's best vector (the first of equal ones) and its inner product, as
-    `exact_scores` sums it (float64, rounded to float32), a block of vectors at a time."""
-    probes = np.asarray(probes, dtype=np.float64)
-    rows = np.arange(len(probes))
-    best = np.zeros(len(probes), dtype=np.int64)
-    scores = np.full(len(probes), -np.inf)
-    for start in range(0, len(vectors), _BLOCK):
-        block = np.asarray(vectors[start : start + _BLOCK], dtype=np.float64)
-        products = probes @ block.T
-        columns = products.argmax(axis=1)
-        found = products[rows, columns]
-        better = found > scores  # strictly: an earlier block keeps a tie
-        best[better] = columns[better] + start
-        scores[better] = found[better]
-    return best, scores.astype(np.float32)
 
 
 def _fingerprint(probes: np.ndarray, source: str) -> str:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from models.calibration import fpir_upper_bound, realised_fpir, threshold_for_fpir
 from models.scoring import SubjectScorer
-from service.core.calibration import GalleryCalibration, best_matches
+from service.core.calibration import GalleryCalibration
 from service.core.ingest import Upload
 from service.index.faiss import FaissSubjectIndex
 
@@ -229,20 +229,3 @@ def test_concurrent_writes_leave_the_calibration_equal_to_a_rebuild(
     assert active.calibration.for_fpir(0.1).threshold == pytest.approx(
         threshold_for_fpir(scores, 0.1), abs=1e-6
     )
-
-
-@pytest.mark.parametrize("count", [1, 511, 512, 513, 1500])
-def test_best_matches_equal_one_product_of_all_vectors(count: int) -> None:
-    rng = np.random.default_rng(count)
-    probes = unit(rng, 40)
-    vectors = unit(rng, count)
-    if count > 600:  # equal vectors in different blocks: the first one is the best
-        vectors[600] = vectors[3]
-        probes[0] = vectors[3]
-    products = probes.astype(np.float64) @ vectors.astype(np.float64).T
-    best, scores = best_matches(probes, vectors)
-    assert best.tolist() == products.argmax(axis=1).tolist()
-    assert scores.dtype == np.float32
-    assert scores.tolist() == products.max(axis=1).astype(np.float32).tolist()
-    if count > 600:
-        assert best[0] == 3
