@@ -451,7 +451,9 @@ def in_process_ceiling(bundle: Bundle, vectors: np.ndarray, probes: dict, n: int
     return results
 
 
-def enrolment(url: str, rng: np.random.Generator, dim: int, concurrency: int) -> dict:
+def enrolment(
+    url: str, rng: np.random.Generator, dim: int, concurrency: int, bulk_requests: int = 8
+) -> dict:
     headers = {"X-API-Key": ADMIN_KEY}
     results = {}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
@@ -525,7 +527,7 @@ def enrolment(url: str, rng: np.random.Generator, dim: int, concurrency: int) ->
                     for vector in unit_vectors(rng, 5000, dim).tolist()
                 ]
             )
-            for _ in range(8)
+            for _ in range(bulk_requests)
         ],
         5000,
     )
@@ -541,7 +543,7 @@ def enrolment(url: str, rng: np.random.Generator, dim: int, concurrency: int) ->
                     for _ in range(500)
                 ]
             )
-            for _ in range(6)
+            for _ in range(max(1, bulk_requests * 3 // 4))
         ],
         500,
     )
@@ -579,6 +581,12 @@ def main() -> int:
         "--enrol-only",
         action="store_true",
         help="only the enrolment table (one gallery size, no identify scenarios or ceiling)",
+    )
+    parser.add_argument(
+        "--bulk-requests",
+        type=int,
+        default=8,
+        help="bulk embedding requests of 5000 in the enrolment table (3/4 as many of 500 images)",
     )
     parser.add_argument(
         "--batching",
@@ -633,11 +641,17 @@ def main() -> int:
                     report["sizes"][size] = {
                         "load_average_1min": load,
                         "load_average_1min_after": os.getloadavg()[0],
-                        "enrolment": enrolment(server.url, rng, dim, args.concurrency),
+                        "enrolment": enrolment(
+                            server.url, rng, dim, args.concurrency, args.bulk_requests
+                        ),
                     }
                     break
                 http = http_scenarios(server.url, pid, probes, args.requests, args.concurrency)
-                enrol = enrolment(server.url, rng, dim, args.concurrency) if size == 1000 else {}
+                enrol = (
+                    enrolment(server.url, rng, dim, args.concurrency, args.bulk_requests)
+                    if size == 1000
+                    else {}
+                )
             finally:
                 server.stop()
             print("  in-process ceiling ...", file=sys.stderr, flush=True)
