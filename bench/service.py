@@ -638,12 +638,11 @@ def main() -> int:
                     }
                     continue
                 if args.enrol_only:
+                    enrol = enrolment(server.url, rng, dim, args.concurrency, args.bulk_requests)
                     report["sizes"][size] = {
                         "load_average_1min": load,
                         "load_average_1min_after": os.getloadavg()[0],
-                        "enrolment": enrolment(
-                            server.url, rng, dim, args.concurrency, args.bulk_requests
-                        ),
+                        "enrolment": enrol,
                     }
                     break
                 http = http_scenarios(server.url, pid, probes, args.requests, args.concurrency)
