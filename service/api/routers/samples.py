@@ -150,8 +150,10 @@ async def add_samples_in_bulk(
     if media_type(request) != "application/json":
         raise ServiceError("unsupported_media_type", "bulk enrolment takes application/json")
     # The request's items live until its answer is encoded; collections in between would
-    # only scan them (service/core/memory.py). The helper's frame, and with it the items,
-    # is gone before the collector is back on.
+    # only scan them (service/core/memory.py). The body is received first (a slow upload must
+    # not hold the pause), and the helper's frame, with the items, is gone before the
+    # collector is back on.
+    await request.body()
     with paused_gc():
         return await _enrol_in_bulk(request, gallery, galleries)
 
