@@ -1,9 +1,10 @@
-"""paused_gc: the collector off inside a block, and on again once every block has ended."""
+"""paused_gc: the collector off while any paused block runs, on again once all have ended."""
 
 from __future__ import annotations
 
 import gc
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -42,29 +43,62 @@ def test_a_collector_that_was_off_stays_off() -> None:
     assert not gc.isenabled()
 
 
-@pytest.mark.parametrize("first_to_end", ["first", "second"])
-def test_overlapping_blocks_in_two_threads_leave_the_collector_on(first_to_end: str) -> None:
-    gc.enable()
-    entered = {name: threading.Event() for name in ("first", "second")}
-    leave = {name: threading.Event() for name in ("first", "second")}
-    left = {name: threading.Event() for name in ("first", "second")}
+class _Blocks:
+    """Paused blocks in threads, each entered and left when the test says."""
 
-    def block(name: str) -> None:
+    def __init__(self, names: list[str]) -> None:
+        self.entered = {name: threading.Event() for name in names}
+        self.leave = {name: threading.Event() for name in names}
+        self.left = {name: threading.Event() for name in names}
+        self.threads = {name: threading.Thread(target=self._block, args=(name,)) for name in names}
+
+    def _block(self, name: str) -> None:
         with paused_gc():
-            entered[name].set()
-            leave[name].wait(10)
-        left[name].set()
+            self.entered[name].set()
+            self.leave[name].wait(10)
+        self.left[name].set()
 
-    threads = {name: threading.Thread(target=block, args=(name,)) for name in entered}
-    threads["first"].start()
-    assert entered["first"].wait(10)
-    threads["second"].start()
-    assert entered["second"].wait(10)
-    assert not gc.isenabled()
-    last_to_end = "second" if first_to_end == "first" else "first"
-    leave[first_to_end].set()
-    assert left[first_to_end].wait(10)
-    leave[last_to_end].set()
-    for thread in threads.values():
-        thread.join(10)
+    def enter(self, name: str) -> None:
+        self.threads[name].start()
+        assert self.entered[name].wait(10)
+
+    def end(self, name: str) -> None:
+        self.leave[name].set()
+        assert self.left[name].wait(10)
+        self.threads[name].join(10)
+
+
+@pytest.mark.parametrize("first_to_end", ["first", "second"])
+def test_overlapping_blocks_keep_the_collector_off_until_both_have_ended(
+    first_to_end: str,
+) -> None:
+    gc.enable()
+    blocks = _Blocks(["first", "second"])
+    blocks.enter("first")
+    blocks.enter("second")
+    blocks.end(first_to_end)
+    assert not gc.isenabled()  # the other block's objects are still live
+    blocks.end("second" if first_to_end == "first" else "first")
+    assert gc.isenabled()
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+def test_a_long_pause_collects_the_cycles_made_during_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    gc.enable()
+    monkeypatch.setattr(paused_gc, "max_pause_s", 0.0)
+    blocks = _Blocks(["long", "short"])
+    blocks.enter("long")
+    node = _Node()
+    freed = weakref.ref(node)
+    del node
+    assert freed() is not None  # a cycle: not freed by reference counting
+    blocks.enter("short")
+    blocks.end("short")  # the pause is past max_pause_s: this end collects
+    assert freed() is None
+    assert not gc.isenabled()  # the long block still runs
+    blocks.end("long")
     assert gc.isenabled()
