@@ -2,8 +2,9 @@
 
 One collection per gallery and model, holding the gallery's samples (`kind` 0, id = sample id)
 and, for "mean" galleries, one template per subject (`kind` 1, id = TEMPLATE_IDS + subject pk):
-the L2-normalised sum of its samples, as the FAISS backend computes it. The process holds no
-vectors: only which samples belong to which subject (integers), for subject-level answers.
+the L2-normalised sum of its samples, as the FAISS backend computes it. Each row carries its
+subject's pk and id, so a search answers from Milvus alone. The process holds no vectors: only
+which samples belong to which subject (integers), for counts and a subject's own vectors.
 
 - "max": a search widens until it has `top_k` distinct subjects (exact: a subject's best
   sample is met before any of its others), as FAISS does; past Milvus's largest `limit` it
@@ -16,16 +17,26 @@ chooses another index type with its build parameters and search parameters (`ef`
 the collections (default `opengallery`), `?db=NAME` the Milvus database, `?secure=true` uses
 TLS; `milvus://user:password@host:port` authenticates.
 
-A build writes the collection afresh from the database (the source of truth), then the index
-follows every committed change. Milvus errors surface as IndexUnavailable, naming the server
-without its credentials.
+Replicas share the collections. Once `coordinate` gave the backend the database's mutex
+(`Store.exclusive`), a gallery's collection has one writer at a time: the process that commits
+a change to the database holds the collection's mutex (`writing()`) from before that commit
+until the change is in Milvus, so Milvus receives the changes of one collection in commit
+order, and a "mean" template is recomputed from the collection's samples under it. Any other
+mutation (a change log follower applying another process's change) updates this process's
+sample-to-subject map only. A build, under the same mutex, reuses the collection when it holds
+exactly the database's samples (checked without moving vectors), repairs what differs, and
+creates it only when it is missing or made for another dimension or index type.
+
+Milvus errors surface as IndexUnavailable, naming the server without its credentials.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -45,11 +56,14 @@ from service.index.locks import RWLock
 TEMPLATE_IDS = 1 << 62  # template ids: above every sample id the database hands out
 SAMPLE, TEMPLATE = 0, 1
 MAX_LIMIT = 16384  # Milvus's largest `limit` (top-k) and query window
-INSERT_BATCH = 4096  # rows per insert call (gRPC messages stay well under their 64 MiB cap)
+INSERT_BATCH = 4096  # rows per upsert call (gRPC messages stay well under their 64 MiB cap)
+SUBJECT_ID_BYTES = 1024  # a subject id: at most 256 characters (service/core/ids.py) of UTF-8
+FIELDS = ("id", "subject_pk", "subject_id", "kind", "vector")
 SEARCH_KEYS = {"ef", "nprobe", "search_list"}
 OWN_KEYS = {"index", "prefix", "db", "secure", "timeout"}
 
 T = TypeVar("T")
+Exclusive = Callable[[str], AbstractContextManager[None]]
 
 
 def _template(summed: np.ndarray) -> np.ndarray:
@@ -157,8 +171,15 @@ class MilvusSubjectIndex:
     """One gallery's index for one model in a Milvus collection (implements SubjectSearch)."""
 
     def __init__(
-        self, connection: MilvusConnection, collection: str, dim: int, scoring: str
+        self,
+        connection: MilvusConnection,
+        collection: str,
+        dim: int,
+        scoring: str,
+        exclusive: Exclusive | None = None,
     ) -> None:
+        """`exclusive`: the database's mutex when replicas share the collection (None: this
+        process is its only user and writes every mutation)."""
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = dim
@@ -166,11 +187,37 @@ class MilvusSubjectIndex:
         self.collection = collection
         self._milvus = connection
         self._client = connection.client
+        self._exclusive = exclusive
+        self._writer = threading.local()  # `depth`: this thread holds `writing()`
         self._lock = RWLock()
         self._sample_subject: dict[int, int] = {}
         self._subject_samples: dict[int, set[int]] = {}
         self._subject_names: dict[int, str] = {}
         self._subject_pks: dict[str, int] = {}
+        # How the last build found the collection ("created", "repaired", "reused") and how
+        # many rows it wrote: what start-up cost, for logs, benchmarks and tests.
+        self.opened = "created"
+        self.rows_written = 0
+
+    # -- the writer --
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Held by the process that commits a change of this gallery to the database, from
+        before its commit until the change is applied here: the collection's mutex, so that
+        Milvus receives the changes of the collection in commit order, one writer at a time.
+        Mutations made without it change this process's map only (the writer wrote them)."""
+        if self._exclusive is None or getattr(self._writer, "depth", 0):
+            yield
+            return
+        with self._exclusive(lock_name(self.collection)):
+            self._writer.depth = 1
+            try:
+                yield
+            finally:
+                self._writer.depth = 0
+
+    def _writes(self) -> bool:
+        return self._exclusive is None or getattr(self._writer, "depth", 0) > 0
 
     # -- the collection --
     def _create(self) -> None:
@@ -181,6 +228,7 @@ class MilvusSubjectIndex:
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("subject_pk", DataType.INT64)
+        schema.add_field("subject_id", DataType.VARCHAR, max_length=SUBJECT_ID_BYTES)
         schema.add_field("kind", DataType.INT8)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index_params = client.prepare_index_params()
@@ -198,47 +246,109 @@ class MilvusSubjectIndex:
             consistency_level="Strong",  # a committed enrolment is searchable at once
         )
 
+    def _reusable(self) -> bool:
+        """Whether the server holds this collection with our fields, dimension and index type
+        (anything else is made afresh)."""
+        client = self._client
+        if not self._milvus.call(client.has_collection, self.collection):
+            return False
+        described = self._milvus.call(client.describe_collection, self.collection)
+        fields = {field["name"]: field for field in described["fields"]}
+        if tuple(fields) != FIELDS:
+            return False
+        if int(fields["vector"].get("params", {}).get("dim", 0)) != self.dim:
+            return False
+        indexes = self._milvus.call(client.list_indexes, self.collection)
+        if len(indexes) != 1:
+            return False
+        index = self._milvus.call(client.describe_index, self.collection, indexes[0])
+        return str(index.get("index_type", "")).upper() == self._milvus.config.index_type
+
     def drop(self) -> None:
         """Remove the collection from the server (a gallery deleted, a model retired)."""
         self._milvus.call(self._client.drop_collection, self.collection)
 
-    def _insert(self, ids: np.ndarray, pks: np.ndarray, kind: int, vectors: np.ndarray) -> None:
+    def _upsert(
+        self, ids: np.ndarray, pks: np.ndarray, names: list[str], kind: int, vectors: np.ndarray
+    ) -> None:
+        """Write rows (replacing any of the same id: writing a row twice leaves one)."""
         for start in range(0, len(ids), INSERT_BATCH):
+            end = start + INSERT_BATCH
             rows = [
-                {"id": int(i), "subject_pk": int(pk), "kind": kind, "vector": vector}
-                for i, pk, vector in zip(
-                    ids[start : start + INSERT_BATCH].tolist(),
-                    pks[start : start + INSERT_BATCH].tolist(),
-                    vectors[start : start + INSERT_BATCH].tolist(),
+                {"id": i, "subject_pk": pk, "subject_id": name, "kind": kind, "vector": vector}
+                for i, pk, name, vector in zip(
+                    ids[start:end].tolist(),
+                    pks[start:end].tolist(),
+                    names[start:end],
+                    vectors[start:end].tolist(),
                     strict=True,
                 )
             ]
-            self._milvus.call(self._client.insert, self.collection, rows)
+            self._milvus.call(self._client.upsert, self.collection, rows)
+            self.rows_written += len(rows)
 
     def _delete(self, ids: list[int]) -> None:
         for chunk in _chunks(ids, MAX_LIMIT):
             self._milvus.call(self._client.delete, self.collection, ids=chunk)
 
-    def _fetch_vectors(self, ids: list[int]) -> np.ndarray:
-        """The stored vectors of `ids`, in that order."""
-        found: dict[int, list[float]] = {}
+    def _get(self, ids: list[int], fields: list[str]) -> dict[int, dict[str, Any]]:
+        """The rows of those of `ids` the collection holds, by id."""
+        found: dict[int, dict[str, Any]] = {}
         for chunk in _chunks(ids, MAX_LIMIT):
             rows = self._milvus.read(
-                self.collection,
-                self._client.get,
-                self.collection,
-                ids=chunk,
-                output_fields=["vector"],
+                self.collection, self._client.get, self.collection, ids=chunk, output_fields=fields
             )
-            found.update({int(row["id"]): row["vector"] for row in rows})
+            found.update({int(row["id"]): row for row in rows})
+        return found
+
+    def _fetch_vectors(self, ids: list[int]) -> np.ndarray:
+        """The stored vectors of `ids`, in that order."""
         if not ids:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray([found[i] for i in ids], dtype=np.float32)
+        found = self._get(ids, ["vector"])
+        return np.asarray([found[i]["vector"] for i in ids], dtype=np.float32)
+
+    def _count(self, kind: int) -> int:
+        rows = self._milvus.read(
+            self.collection,
+            self._client.query,
+            self.collection,
+            filter=f"kind == {kind}",
+            output_fields=["count(*)"],
+        )
+        return int(rows[0]["count(*)"])
+
+    def _query(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row matching `expression` (paged past Milvus's query window)."""
+        rows = self._milvus.read(
+            self.collection,
+            self._client.query,
+            self.collection,
+            filter=expression,
+            output_fields=fields,
+            limit=MAX_LIMIT,
+        )
+        if len(rows) < MAX_LIMIT:
+            return list(rows)
+        iterator = self._milvus.call(
+            self._client.query_iterator,
+            self.collection,
+            batch_size=MAX_LIMIT,
+            filter=expression,
+            output_fields=fields,
+        )
+        rows = []
+        try:
+            while batch := self._milvus.call(iterator.next):
+                rows.extend(batch)
+        finally:
+            iterator.close()
+        return rows
 
     def _search(
         self, queries: np.ndarray, limit: int, kind: int, group: bool = False
-    ) -> list[list[tuple[int, int, float]]]:
-        """Per query, (id, subject pk, score) best first."""
+    ) -> list[list[tuple[int, int, str, float]]]:
+        """Per query, (id, subject pk, subject id, score) best first."""
         extra: dict[str, Any] = {"group_by_field": "subject_pk"} if group else {}
         results = self._milvus.read(
             self.collection,
@@ -247,13 +357,18 @@ class MilvusSubjectIndex:
             data=np.ascontiguousarray(queries, dtype=np.float32).tolist(),
             limit=limit,
             filter=f"kind == {kind}",
-            output_fields=["subject_pk"],
+            output_fields=["subject_pk", "subject_id"],
             search_params={"metric_type": "IP", "params": self._milvus.config.search_params},
             **extra,
         )
         return [
             [
-                (int(hit["id"]), int(hit["entity"]["subject_pk"]), float(hit["distance"]))
+                (
+                    int(hit["id"]),
+                    int(hit["entity"]["subject_pk"]),
+                    str(hit["entity"]["subject_id"]),
+                    float(hit["distance"]),
+                )
                 for hit in row
             ]
             for row in results
@@ -278,8 +393,8 @@ class MilvusSubjectIndex:
         queries = self._check(queries)
         with self._lock.read():
             return [
-                [Candidate(self._subject_names[pk], score) for pk, score in row]
-                for row in self._search_pks(queries, top_k)
+                [Candidate(name, score) for name, score in row]
+                for row in self._search_subjects(queries, top_k)
             ]
 
     def _searchable(self) -> int:
@@ -288,27 +403,31 @@ class MilvusSubjectIndex:
     def _templates(self) -> int:
         return sum(1 for members in self._subject_samples.values() if members)
 
-    def _search_pks(self, queries: np.ndarray, top_k: int) -> list[list[tuple[int, float]]]:
+    def _search_subjects(self, queries: np.ndarray, top_k: int) -> list[list[tuple[str, float]]]:
+        """Per query, (subject id, score) of the best `top_k` subjects. The rows name their
+        subjects: a subject another replica enrolled a moment ago is answered by name even
+        before this process's map has it (the map only bounds how far a search widens)."""
         total = self._searchable()
         if total == 0 or top_k <= 0 or not len(queries):
             return [[] for _ in range(len(queries))]
         if self.scoring == "mean":
             hits = self._search(queries, min(top_k, total, MAX_LIMIT), TEMPLATE)
-            return [[(pk, score) for _, pk, score in row] for row in hits]
+            return [[(name, score) for _, _, name, score in row] for row in hits]
         k = min(total, max(2 * top_k, top_k + 8), MAX_LIMIT)
         while True:
             hits = self._search(queries, k, SAMPLE)
-            rows: list[list[tuple[int, float]]] = []
+            rows: list[list[tuple[str, float]]] = []
             for row in hits:
-                found = distinct_subjects(((pk, score) for _, pk, score in row), top_k)
+                names = {pk: name for _, pk, name, _ in row}
+                found = distinct_subjects(((pk, score) for _, pk, _, score in row), top_k)
                 if len(found) < top_k and k < total:
                     break
-                rows.append(found)
+                rows.append([(names[pk], score) for pk, score in found])
             else:
                 return rows
             if k == MAX_LIMIT:  # Milvus cannot widen further: it groups by subject itself
                 hits = self._search(queries, min(top_k, MAX_LIMIT), SAMPLE, group=True)
-                return [[(pk, score) for _, pk, score in row] for row in hits]
+                return [[(name, score) for _, _, name, score in row] for row in hits]
             k = min(total, 4 * k, MAX_LIMIT)
 
     def subject_vectors(self, subject_id: str) -> np.ndarray | None:
@@ -322,15 +441,10 @@ class MilvusSubjectIndex:
 
     def subject_scores(self, queries: np.ndarray, subject_id: str) -> np.ndarray | None:
         queries = self._check(queries)
-        with self._lock.read():
-            pk = self._subject_pks.get(subject_id)
-            if pk is None or not self._subject_samples.get(pk):
-                return None
-            if self.scoring == "mean":
-                template = self._fetch_vectors([TEMPLATE_IDS + pk])[0]
-                return (queries @ template).astype(np.float64)
-            vectors = self._fetch_vectors(sorted(self._subject_samples[pk]))
-            return (queries @ vectors.T).max(axis=1).astype(np.float64)
+        vectors = self.subject_vectors(subject_id)
+        if vectors is None:
+            return None
+        return (queries @ vectors.T).max(axis=1).astype(np.float64)
 
     # -- mutating (the caller has committed the change to the store first) --
     def set_subject(self, pk: int, subject_id: str) -> None:
@@ -342,22 +456,8 @@ class MilvusSubjectIndex:
     def add_samples(
         self, pk: int, subject_id: str, sample_ids: np.ndarray, vectors: np.ndarray
     ) -> None:
-        with self._lock.write():
-            self._subject_names[pk] = subject_id
-            self._subject_pks[subject_id] = pk
-            members = self._subject_samples.setdefault(pk, set())
-            ids = np.asarray(sample_ids, dtype=np.int64)
-            fresh = [i for i, sid in enumerate(ids.tolist()) if sid not in self._sample_subject]
-            if not fresh:
-                return
-            ids = ids[fresh]
-            vectors = self._check(np.asarray(vectors, dtype=np.float32)[fresh])
-            self._insert(ids, np.full(len(ids), pk, dtype=np.int64), SAMPLE, vectors)
-            for sample_id in ids.tolist():
-                self._sample_subject[sample_id] = pk
-                members.add(sample_id)
-            if self.scoring == "mean":
-                self._refresh_templates({pk})
+        ids = np.asarray(sample_ids, dtype=np.int64)
+        self.add_many(np.full(len(ids), pk, dtype=np.int64), [subject_id] * len(ids), ids, vectors)
 
     def add_many(
         self,
@@ -376,73 +476,175 @@ class MilvusSubjectIndex:
             fresh = [i for i, sid in enumerate(ids.tolist()) if sid not in self._sample_subject]
             if not fresh:
                 return
-            self._insert(ids[fresh], pks[fresh], SAMPLE, self._check(np.asarray(vectors)[fresh]))
+            if self._writes():
+                self._upsert(
+                    ids[fresh],
+                    pks[fresh],
+                    [subject_ids[i] for i in fresh],
+                    SAMPLE,
+                    self._check(np.asarray(vectors)[fresh]),
+                )
+                if self.scoring == "mean":
+                    self._refresh_templates({int(pks[i]) for i in fresh})
             for i in fresh:
                 self._sample_subject[int(ids[i])] = int(pks[i])
                 self._subject_samples[int(pks[i])].add(int(ids[i]))
-            if self.scoring == "mean":
-                self._refresh_templates({int(pks[i]) for i in fresh})
 
     def _refresh_templates(self, pks: set[int]) -> None:
-        """Recompute the templates of `pks` from their samples as stored (by sample id)."""
-        self._delete([TEMPLATE_IDS + pk for pk in sorted(pks)])
-        live = [pk for pk in sorted(pks) if self._subject_samples.get(pk)]
-        templates = [
-            _template(self._fetch_vectors(sorted(self._subject_samples[pk])).sum(axis=0))
-            for pk in live
-        ]
+        """Rewrite the templates of `pks` from their samples as the collection holds them (the
+        writer holds `writing()`, so they are the database's: every committed change of the
+        collection has reached it, in commit order)."""
+        ordered = sorted(pks)
+        members: dict[int, list[tuple[int, list[float]]]] = {pk: [] for pk in ordered}
+        for chunk in _chunks(ordered, 1024):
+            rows = self._query(
+                f"kind == {SAMPLE} and subject_pk in {chunk}", ["subject_pk", "vector"]
+            )
+            for row in rows:
+                members[int(row["subject_pk"])].append((int(row["id"]), row["vector"]))
+        live = [pk for pk in ordered if members[pk]]
+        gone = [TEMPLATE_IDS + pk for pk in ordered if not members[pk]]
+        if gone:
+            self._delete(gone)
         if live:
+            # Summed in sample id order, as the FAISS backend sums a subject's samples.
+            templates = np.stack(
+                [
+                    _template(np.asarray([v for _, v in sorted(members[pk])], np.float32).sum(0))
+                    for pk in live
+                ]
+            )
             pk_array = np.asarray(live, dtype=np.int64)
-            self._insert(TEMPLATE_IDS + pk_array, pk_array, TEMPLATE, np.stack(templates))
+            names = [self._subject_names.get(pk, "") for pk in live]
+            if "" in names:  # a subject this process has not met yet: its rows name it
+                named = self._get([min(i for i, _ in members[pk]) for pk in live], ["subject_id"])
+                names = [str(named[min(i for i, _ in members[pk])]["subject_id"]) for pk in live]
+            self._upsert(TEMPLATE_IDS + pk_array, pk_array, names, TEMPLATE, templates)
 
     def remove_samples(self, sample_ids: np.ndarray) -> None:
         with self._lock.write():
-            self._remove_samples(sample_ids)
+            self._remove_samples([int(s) for s in sample_ids])
 
-    def _remove_samples(self, sample_ids: np.ndarray) -> None:
-        present = [int(s) for s in sample_ids if int(s) in self._sample_subject]
-        if not present:
-            return
-        self._delete(present)
-        touched: set[int] = set()
-        for sample_id in present:
-            pk = self._sample_subject.pop(sample_id)
-            self._subject_samples[pk].discard(sample_id)
-            touched.add(pk)
-        if self.scoring == "mean":
-            self._refresh_templates(touched)
+    def _remove_samples(self, ids: list[int]) -> None:
+        if self._writes() and ids:
+            # Their subjects as the collection has them: this process's map may not have
+            # met a sample another replica enrolled a moment ago.
+            held = self._get(ids, ["subject_pk"])
+            if held:
+                self._delete(sorted(held))
+                if self.scoring == "mean":
+                    self._refresh_templates({int(row["subject_pk"]) for row in held.values()})
+        for sample_id in ids:
+            pk = self._sample_subject.pop(sample_id, None)
+            if pk is not None:
+                self._subject_samples[pk].discard(sample_id)
 
     def remove_subject(self, pk: int, sample_ids: np.ndarray) -> None:
         with self._lock.write():
-            self._remove_samples(sample_ids)
+            self._remove_samples([int(s) for s in sample_ids])
             name = self._subject_names.pop(pk, None)
             if name is not None:
                 self._subject_pks.pop(name, None)
             self._subject_samples.pop(pk, None)
-            if self.scoring == "mean":
+            if self.scoring == "mean" and self._writes():
                 self._delete([TEMPLATE_IDS + pk])
 
-    def _load(self, contents: IndexContents) -> None:
-        """Fill a fresh collection from the database's contents."""
+    # -- building --
+    def _remember(self, contents: IndexContents) -> None:
+        """This process's map of which sample is whose, from the database's contents."""
         subjects = contents.subjects
         self._subject_names = dict(subjects)
         self._subject_pks = {name: pk for pk, name in subjects.items()}
         self._subject_samples = {pk: set() for pk in subjects}
+        ids = np.asarray(contents.sample_ids, dtype=np.int64).tolist()
+        pks = np.asarray(contents.subject_pks, dtype=np.int64).tolist()
+        self._sample_subject = dict(zip(ids, pks, strict=True))
+        for sample_id, pk in self._sample_subject.items():
+            self._subject_samples.setdefault(pk, set()).add(sample_id)
+
+    def _expected_templates(self, contents: IndexContents) -> tuple[np.ndarray, np.ndarray]:
+        """(subject pks, templates) a "mean" collection holds for `contents`."""
+        sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
+        subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
+        if self.scoring != "mean" or not len(sample_ids):
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.asarray(contents.vectors, dtype=np.float32).reshape(-1, self.dim)
+        # Each subject's samples summed in sample id order, as the FAISS backend sums them.
+        order = np.lexsort((sample_ids, subject_pks))
+        groups = np.split(order, np.flatnonzero(np.diff(subject_pks[order])) + 1)
+        pks = np.asarray([int(subject_pks[group[0]]) for group in groups], dtype=np.int64)
+        return pks, np.stack([_template(vectors[group].sum(axis=0)) for group in groups])
+
+    def _names(self, contents: IndexContents, pks: np.ndarray) -> list[str]:
+        return [contents.subjects.get(pk, str(pk)) for pk in pks.tolist()]
+
+    def _load(self, contents: IndexContents) -> None:
+        """Fill a fresh collection from the database's contents."""
+        self._remember(contents)
         sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
         subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
         vectors = np.asarray(contents.vectors, dtype=np.float32).reshape(-1, self.dim)
-        self._insert(sample_ids, subject_pks, SAMPLE, vectors)
-        self._sample_subject = dict(zip(sample_ids.tolist(), subject_pks.tolist(), strict=True))
-        for sample_id, pk in self._sample_subject.items():
-            self._subject_samples.setdefault(pk, set()).add(sample_id)
-        if self.scoring == "mean" and len(sample_ids):
-            # Each subject's samples summed in sample id order, as the FAISS backend sums them.
-            order = np.lexsort((sample_ids, subject_pks))
-            boundaries = np.flatnonzero(np.diff(subject_pks[order])) + 1
-            groups = np.split(order, boundaries)
-            pks = np.asarray([int(subject_pks[group[0]]) for group in groups], dtype=np.int64)
-            templates = np.stack([_template(vectors[group].sum(axis=0)) for group in groups])
-            self._insert(TEMPLATE_IDS + pks, pks, TEMPLATE, templates)
+        self._upsert(sample_ids, subject_pks, self._names(contents, subject_pks), SAMPLE, vectors)
+        pks, templates = self._expected_templates(contents)
+        if len(pks):
+            self._upsert(TEMPLATE_IDS + pks, pks, self._names(contents, pks), TEMPLATE, templates)
+
+    def _reconcile(self, contents: IndexContents) -> None:
+        """Make an existing collection hold exactly `contents` (the database's, read under the
+        collection's mutex): nothing written when it does already ("reused"), else only
+        the rows that differ ("repaired"). A sample's vector never changes under its id, so
+        samples are checked by id and subject; templates by value."""
+        self._remember(contents)
+        sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
+        subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
+        pks, templates = self._expected_templates(contents)
+        held = self._get(sample_ids.tolist(), ["subject_pk"])
+        wrong = [
+            i
+            for i, (sample_id, pk) in enumerate(
+                zip(sample_ids.tolist(), subject_pks.tolist(), strict=True)
+            )
+            if sample_id not in held or int(held[sample_id]["subject_pk"]) != pk
+        ]
+        extra_samples = self._count(SAMPLE) - (len(sample_ids) - len(wrong))
+        template_rows = self._get((TEMPLATE_IDS + pks).tolist(), ["vector"])
+        stale = [
+            i
+            for i, pk in enumerate(pks.tolist())
+            if TEMPLATE_IDS + pk not in template_rows
+            or not np.allclose(template_rows[TEMPLATE_IDS + pk]["vector"], templates[i], atol=1e-6)
+        ]
+        extra_templates = self._count(TEMPLATE) - (len(pks) - len(stale))
+        if not (wrong or stale or extra_samples or extra_templates):
+            self.opened = "reused"
+            return
+        self.opened = "repaired"
+        if extra_samples or extra_templates:
+            wanted = set(sample_ids.tolist()) | set((TEMPLATE_IDS + pks).tolist())
+            rows = self._query(f"kind in [{SAMPLE}, {TEMPLATE}]", ["kind"])
+            self._delete(sorted(int(row["id"]) for row in rows if int(row["id"]) not in wanted))
+        if wrong:
+            vectors = np.asarray(contents.vectors, dtype=np.float32).reshape(-1, self.dim)
+            self._upsert(
+                sample_ids[wrong],
+                subject_pks[wrong],
+                self._names(contents, subject_pks[wrong]),
+                SAMPLE,
+                vectors[wrong],
+            )
+        if stale:
+            self._upsert(
+                TEMPLATE_IDS + pks[stale],
+                pks[stale],
+                self._names(contents, pks[stale]),
+                TEMPLATE,
+                templates[stale],
+            )
+
+
+def lock_name(collection: str) -> str:
+    """The name of a collection's mutex in the database (`Store.exclusive`)."""
+    return f"milvus collection {collection}"
 
 
 class MilvusBackend:
@@ -453,6 +655,19 @@ class MilvusBackend:
     def __init__(self, url: str) -> None:
         self.config = MilvusConfig(url)
         self.connection = MilvusConnection(self.config)
+        self._exclusive: Exclusive | None = None
+
+    def coordinate(self, exclusive: Exclusive) -> None:
+        """Share the collections with every process on the database whose mutex is
+        `exclusive`: each collection then has one writer at a time (see the module's doc)."""
+        self._exclusive = exclusive
+
+    def building(self, gallery: str, model_id: str) -> AbstractContextManager[None]:
+        """Held by the caller while it reads the gallery's contents from the database and
+        builds from them: no write reaches the collection in between."""
+        if self._exclusive is None:
+            return nullcontext()
+        return self._exclusive(lock_name(self.config.collection_name(gallery, model_id)))
 
     def build(
         self,
@@ -463,10 +678,18 @@ class MilvusBackend:
         gallery: str | None = None,
         model_id: str | None = None,
     ) -> MilvusSubjectIndex:
+        """The index of `contents`. Named by `gallery` and `model_id`, the collection of that
+        pair: reused or repaired when the server has it, else made; unnamed, a new one."""
         collection = self.config.collection_name(gallery, model_id)
-        index = MilvusSubjectIndex(self.connection, collection, dim, scoring)
-        index._create()
-        index._load(contents)
+        named = gallery is not None and model_id is not None
+        index = MilvusSubjectIndex(
+            self.connection, collection, dim, scoring, self._exclusive if named else None
+        )
+        if named and index._reusable():
+            index._reconcile(contents)
+        else:
+            index._create()
+            index._load(contents)
         return index
 
     def ping(self, timeout: float) -> None:

@@ -284,7 +284,7 @@ def test_workers_refuse_an_index_kept_on_disk_in_one_line(
     assert cli.serve_main(argv) == 2
     err = capsys.readouterr().err
     assert err == (
-        "opengallery serve: --workers needs the default in-memory index (faiss://, float32)\n"
+        "opengallery serve: --workers needs an in-memory index (faiss://, float32) or milvus://\n"
     )
     assert not (tmp_path / "opengallery.sqlite3").exists()  # refused before anything started
 

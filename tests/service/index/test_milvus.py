@@ -133,11 +133,20 @@ def test_a_collection_per_gallery_and_model_rebuilt_from_the_database(
     assert len(names) == 3 and names <= set(client.list_collections())
     assert client.get_collection_stats(first.collection)["row_count"] == 6
     assert client.get_collection_stats(other_gallery.collection)["row_count"] == 5 + 5  # templates
-    # Built again (a restart): the same collection, written afresh, nothing left over.
-    again = backend.build(DIM, "max", contents(rng, np.arange(2)), gallery="g", model_id="m@1")
+    assert first.opened == "created" and first.rows_written == 6
+    # Built again from what the database holds now (a restart after it moved on): the same
+    # collection, its rows made equal to the database's, nothing left over.
+    moved_on = contents(rng, np.arange(2))
+    again = backend.build(DIM, "max", moved_on, gallery="g", model_id="m@1")
     assert again.collection == first.collection
-    assert client.get_collection_stats(again.collection)["row_count"] == 2
-    assert again.sample_count == 2
+    assert (again.opened, again.sample_count) == ("repaired", 2)
+    rows = client.query(again.collection, filter="id >= 0", output_fields=["subject_pk"])
+    assert sorted((r["id"], r["subject_pk"]) for r in rows) == [(1, 0), (2, 1)]
+    # and once more from the same contents: reused, not a row written
+    reused = backend.build(DIM, "max", moved_on, gallery="g", model_id="m@1")
+    assert (reused.opened, reused.rows_written) == ("reused", 0)
+    query = unit(rng, 1)
+    assert reused.search(query, 2) == again.search(query, 2)
     again.drop()
     assert again.collection not in client.list_collections()
 
