@@ -22,8 +22,9 @@ from service import cli
 from service.api.app import create_app
 from service.index import IndexConfigError, IndexContents, IndexUnavailable, open_index
 from service.index import milvus as milvus_module
-from service.index.milvus import MilvusBackend, MilvusConfig
+from service.index.milvus import TEMPLATE_IDS, MilvusBackend, MilvusConfig, MilvusSubjectIndex
 from service.settings import Settings
+from service.storage import open_store
 from service.testing import free_port
 from service.testing_engines import MilvusServer
 
@@ -334,3 +335,56 @@ def test_a_gallery_on_milvus_migrates_into_a_new_collection(
     finally:
         backend.close()
     assert config.collection_name("g", "random@2") in collections
+
+
+def test_two_writers_of_one_mean_subject_leave_its_template_current(
+    milvus_url: str, tmp_path: Path
+) -> None:
+    """Two processes' indexes on one collection, one writer at a time under the database's
+    mutex. The first writer is held between reading the subject's samples and writing its
+    template, while the second adds a sample to the same subject: the second waits for the
+    mutex, so the template written last holds both samples (without the mutex the first would
+    write back a template of its sample alone)."""
+    store = open_store(f"sqlite:///{tmp_path / 'shared.sqlite3'}")
+    backends = [MilvusBackend(milvus_url) for _ in range(2)]
+    try:
+        for backend in backends:
+            backend.coordinate(store.exclusive)
+        empty = IndexContents(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, DIM), np.float32), {7: "x"}
+        )
+        first, second = (
+            backend.build(DIM, "mean", empty, gallery="g", model_id="m@1") for backend in backends
+        )
+        vectors = unit(np.random.default_rng(12), 2)
+        read, second_done = threading.Event(), threading.Event()
+        query = first._query
+
+        def held_after_reading(expression: str, fields: list[str]) -> list:
+            found = query(expression, fields)
+            read.set()
+            second_done.wait(timeout=1.0)  # set at once only if the second was let in
+            return found
+
+        first._query = held_after_reading  # type: ignore[method-assign]
+
+        def write(index: MilvusSubjectIndex, sample_id: int, done: threading.Event) -> None:
+            with index.writing():
+                index.add_samples(7, "x", np.array([sample_id]), vectors[sample_id - 1 : sample_id])
+            done.set()
+
+        writer = threading.Thread(target=write, args=(first, 1, threading.Event()))
+        writer.start()
+        assert read.wait(timeout=30)
+        other = threading.Thread(target=write, args=(second, 2, second_done))
+        other.start()
+        writer.join(timeout=30)
+        other.join(timeout=30)
+        held = first._fetch_vectors([TEMPLATE_IDS + 7])[0]
+        expected = vectors.sum(axis=0) / np.linalg.norm(vectors.sum(axis=0))
+        np.testing.assert_allclose(held, expected, atol=1e-6)
+        assert first.rows_written + second.rows_written == 2 + 2  # each sample and template
+    finally:
+        for backend in backends:
+            backend.close()
+        store.close()
