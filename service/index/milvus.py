@@ -54,7 +54,9 @@ from service.index.base import (
 from service.index.locks import RWLock
 
 TEMPLATE_IDS = 1 << 62  # template ids: above every sample id the database hands out
-SAMPLE, TEMPLATE = 0, 1
+SAMPLE, TEMPLATE, DIGEST = 0, 1, 2
+# The row holding the collection's digest of its samples (see `samples_digest`).
+DIGEST_ID = (1 << 63) - 1
 MAX_LIMIT = 16384  # Milvus's largest `limit` (top-k) and query window
 INSERT_BATCH = 4096  # rows per upsert call (gRPC messages stay well under their 64 MiB cap)
 SUBJECT_ID_BYTES = 1024  # a subject id: at most 256 characters (service/core/ids.py) of UTF-8
@@ -78,6 +80,20 @@ def _number(text: str) -> int | float | str:
         except ValueError:
             continue
     return text
+
+
+def samples_digest(sample_ids: np.ndarray, subject_pks: np.ndarray) -> int:
+    """A 64-bit digest of a set of (sample id, subject pk) pairs: the XOR of each pair's hash
+    (splitmix64), so that a writer updates it by its own additions and removals alone, and a
+    start compares the database's set with the collection's without reading the collection."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(sample_ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z ^= np.asarray(subject_pks, dtype=np.uint64) + np.uint64(0x632BE59BD9B4E019)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    digest = int(np.bitwise_xor.reduce(z)) if len(z) else 0
+    return digest - (1 << 64) if digest >= 1 << 63 else digest  # Milvus's INT64 is signed
 
 
 def _chunks(ids: list[int], size: int) -> Iterator[list[int]]:
@@ -150,6 +166,15 @@ class MilvusConnection:
         kwargs.setdefault("timeout", self.config.timeout)
         try:
             return action(*args, **kwargs)
+        except Exception as error:
+            raise IndexUnavailable(
+                f"Milvus at {self.config.shown_url} failed: {' '.join(str(error).split())}"
+            ) from error
+
+    def untimed(self, action: Callable[..., T], *args: Any) -> T:
+        """`call` for what takes no timeout (a query iterator's next page)."""
+        try:
+            return action(*args)
         except Exception as error:
             raise IndexUnavailable(
                 f"Milvus at {self.config.shown_url} failed: {' '.join(str(error).split())}"
@@ -339,7 +364,7 @@ class MilvusSubjectIndex:
         )
         rows = []
         try:
-            while batch := self._milvus.call(iterator.next):
+            while batch := self._milvus.untimed(iterator.next):
                 rows.extend(batch)
         finally:
             iterator.close()
@@ -486,6 +511,7 @@ class MilvusSubjectIndex:
                 )
                 if self.scoring == "mean":
                     self._refresh_templates({int(pks[i]) for i in fresh})
+                self._update_digest(samples_digest(ids[fresh], pks[fresh]))
             for i in fresh:
                 self._sample_subject[int(ids[i])] = int(pks[i])
                 self._subject_samples[int(pks[i])].add(int(ids[i]))
@@ -534,6 +560,9 @@ class MilvusSubjectIndex:
                 self._delete(sorted(held))
                 if self.scoring == "mean":
                     self._refresh_templates({int(row["subject_pk"]) for row in held.values()})
+                removed = np.asarray(sorted(held), dtype=np.int64)
+                pks = np.asarray([held[i]["subject_pk"] for i in removed.tolist()], np.int64)
+                self._update_digest(samples_digest(removed, pks))
         for sample_id in ids:
             pk = self._sample_subject.pop(sample_id, None)
             if pk is not None:
@@ -548,6 +577,24 @@ class MilvusSubjectIndex:
             self._subject_samples.pop(pk, None)
             if self.scoring == "mean" and self._writes():
                 self._delete([TEMPLATE_IDS + pk])
+
+    # -- the digest --
+    def _held_digest(self) -> int | None:
+        row = self._get([DIGEST_ID], ["subject_pk"]).get(DIGEST_ID)
+        return None if row is None else int(row["subject_pk"])
+
+    def _write_digest(self, digest: int) -> None:
+        zero = np.zeros((1, self.dim), dtype=np.float32)
+        ids, values = np.array([DIGEST_ID]), np.array([digest], dtype=np.int64)
+        self._upsert(ids, values, [""], DIGEST, zero)
+
+    def _update_digest(self, change: int) -> None:
+        """Fold a writer's own additions or removals into the collection's digest, written
+        last: a writer that stops before it leaves the digest behind the samples, and the
+        next start checks the collection row by row. No digest: none is made here."""
+        held = self._held_digest()
+        if held is not None:
+            self._write_digest(held ^ change)
 
     # -- building --
     def _remember(self, contents: IndexContents) -> None:
@@ -588,6 +635,7 @@ class MilvusSubjectIndex:
         pks, templates = self._expected_templates(contents)
         if len(pks):
             self._upsert(TEMPLATE_IDS + pks, pks, self._names(contents, pks), TEMPLATE, templates)
+        self._write_digest(samples_digest(sample_ids, subject_pks))
 
     def _reconcile(self, contents: IndexContents) -> None:
         """Make an existing collection hold exactly `contents` (the database's, read under the
@@ -597,6 +645,10 @@ class MilvusSubjectIndex:
         self._remember(contents)
         sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
         subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
+        digest = samples_digest(sample_ids, subject_pks)
+        if self._held_digest() == digest:  # every writer finished: its samples are ours
+            self.opened = "reused"
+            return
         pks, templates = self._expected_templates(contents)
         held = self._get(sample_ids.tolist(), ["subject_pk"])
         wrong = [
@@ -616,7 +668,8 @@ class MilvusSubjectIndex:
         ]
         extra_templates = self._count(TEMPLATE) - (len(pks) - len(stale))
         if not (wrong or stale or extra_samples or extra_templates):
-            self.opened = "reused"
+            self.opened = "reused"  # checked row by row: only its digest was behind
+            self._write_digest(digest)
             return
         self.opened = "repaired"
         if extra_samples or extra_templates:
@@ -640,6 +693,7 @@ class MilvusSubjectIndex:
                 TEMPLATE,
                 templates[stale],
             )
+        self._write_digest(digest)
 
 
 def lock_name(collection: str) -> str:
