@@ -47,6 +47,13 @@ def index_writes(index: SubjectSearch) -> AbstractContextManager[None]:
     return writing() if writing is not None else nullcontext()
 
 
+def index_settled(index: SubjectSearch) -> AbstractContextManager[None]:
+    """Held while applying a change another process committed: on an index that replicas
+    share, until its committer has written it there (see `index_writes`)."""
+    settled = getattr(index, "settled", None)
+    return settled() if settled is not None else nullcontext()
+
+
 # Bound on the changes a gallery remembers having applied itself: past it they are forgotten,
 # and the follower applies them again, which is harmless (applying is idempotent).
 _LOCAL_LIMIT = 100_000

@@ -128,6 +128,11 @@ class MilvusConfig:
         self.index_type = query.get("index", "FLAT").upper()
         extra = {k: _number(v) for k, v in query.items() if k not in OWN_KEYS}
         self.build_params = {k: v for k, v in extra.items() if k not in SEARCH_KEYS}
+        # The index a collection is built with, as its digest row records it: a start with
+        # another one makes the collection afresh.
+        self.signature = " ".join(
+            [self.index_type, *(f"{k}={v}" for k, v in sorted(self.build_params.items()))]
+        )
         self.search_params = {k: v for k, v in extra.items() if k in SEARCH_KEYS}
 
     def collection_name(self, gallery: str | None, model_id: str | None) -> str:
@@ -241,6 +246,14 @@ class MilvusSubjectIndex:
             finally:
                 self._writer.depth = 0
 
+    def settled(self) -> AbstractContextManager[None]:
+        """Held by a process applying a change that another process committed (read from the
+        change log): the committer holds the collection's mutex until the change is in
+        Milvus, so taking it waits until it is there; mutations stay this process's own."""
+        if self._exclusive is None or getattr(self._writer, "depth", 0):
+            return nullcontext()
+        return self._exclusive(lock_name(self.collection))
+
     def _writes(self) -> bool:
         return self._exclusive is None or getattr(self._writer, "depth", 0) > 0
 
@@ -271,23 +284,27 @@ class MilvusSubjectIndex:
             consistency_level="Strong",  # a committed enrolment is searchable at once
         )
 
-    def _reusable(self) -> bool:
-        """Whether the server holds this collection with our fields, dimension and index type
-        (anything else is made afresh)."""
+    def _reusable(self) -> tuple[bool, int | None]:
+        """Whether the server holds this collection with our fields, dimension and index
+        (anything else is made afresh), and the digest of its samples it holds (None: none)."""
         client = self._client
         if not self._milvus.call(client.has_collection, self.collection):
-            return False
+            return False, None
         described = self._milvus.call(client.describe_collection, self.collection)
         fields = {field["name"]: field for field in described["fields"]}
         if tuple(fields) != FIELDS:
-            return False
+            return False, None
         if int(fields["vector"].get("params", {}).get("dim", 0)) != self.dim:
-            return False
+            return False, None
+        row = self._get([DIGEST_ID], ["subject_pk", "subject_id"]).get(DIGEST_ID)
+        if row is not None:  # it names the index it was built with
+            return str(row["subject_id"]) == self._milvus.config.signature, int(row["subject_pk"])
+        # No digest (its build stopped early): the server describes the index (slowly).
         indexes = self._milvus.call(client.list_indexes, self.collection)
         if len(indexes) != 1:
-            return False
+            return False, None
         index = self._milvus.call(client.describe_index, self.collection, indexes[0])
-        return str(index.get("index_type", "")).upper() == self._milvus.config.index_type
+        return str(index.get("index_type", "")).upper() == self._milvus.config.index_type, None
 
     def drop(self) -> None:
         """Remove the collection from the server (a gallery deleted, a model retired)."""
@@ -333,18 +350,8 @@ class MilvusSubjectIndex:
         found = self._get(ids, ["vector"])
         return np.asarray([found[i]["vector"] for i in ids], dtype=np.float32)
 
-    def _count(self, kind: int) -> int:
-        rows = self._milvus.read(
-            self.collection,
-            self._client.query,
-            self.collection,
-            filter=f"kind == {kind}",
-            output_fields=["count(*)"],
-        )
-        return int(rows[0]["count(*)"])
-
     def _query(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
-        """Every row matching `expression` (paged past Milvus's query window)."""
+        """Every row matching `expression`: one query when they fit Milvus's window."""
         rows = self._milvus.read(
             self.collection,
             self._client.query,
@@ -353,8 +360,10 @@ class MilvusSubjectIndex:
             output_fields=fields,
             limit=MAX_LIMIT,
         )
-        if len(rows) < MAX_LIMIT:
-            return list(rows)
+        return list(rows) if len(rows) < MAX_LIMIT else self._scan(expression, fields)
+
+    def _scan(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
+        """Every row matching `expression`, page by page."""
         iterator = self._milvus.call(
             self._client.query_iterator,
             self.collection,
@@ -362,7 +371,7 @@ class MilvusSubjectIndex:
             filter=expression,
             output_fields=fields,
         )
-        rows = []
+        rows: list[dict[str, Any]] = []
         try:
             while batch := self._milvus.untimed(iterator.next):
                 rows.extend(batch)
@@ -584,9 +593,10 @@ class MilvusSubjectIndex:
         return None if row is None else int(row["subject_pk"])
 
     def _write_digest(self, digest: int) -> None:
+        """The digest row: the samples' digest, and the index the collection was built with."""
         zero = np.zeros((1, self.dim), dtype=np.float32)
         ids, values = np.array([DIGEST_ID]), np.array([digest], dtype=np.int64)
-        self._upsert(ids, values, [""], DIGEST, zero)
+        self._upsert(ids, values, [self._milvus.config.signature], DIGEST, zero)
 
     def _update_digest(self, change: int) -> None:
         """Fold a writer's own additions or removals into the collection's digest, written
@@ -637,45 +647,43 @@ class MilvusSubjectIndex:
             self._upsert(TEMPLATE_IDS + pks, pks, self._names(contents, pks), TEMPLATE, templates)
         self._write_digest(samples_digest(sample_ids, subject_pks))
 
-    def _reconcile(self, contents: IndexContents) -> None:
+    def _reconcile(self, contents: IndexContents, held_digest: int | None) -> None:
         """Make an existing collection hold exactly `contents` (the database's, read under the
-        collection's mutex): nothing written when it does already ("reused"), else only
-        the rows that differ ("repaired"). A sample's vector never changes under its id, so
-        samples are checked by id and subject; templates by value."""
+        collection's mutex). Its digest equal to the contents': nothing to do ("reused");
+        otherwise its rows are read (ids and subjects, not vectors) and only those that differ
+        are written or deleted ("repaired"; "reused" if none did). A sample's vector never
+        changes under its id, so samples are compared by id and subject, templates by value."""
         self._remember(contents)
         sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
         subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
         digest = samples_digest(sample_ids, subject_pks)
-        if self._held_digest() == digest:  # every writer finished: its samples are ours
+        if held_digest == digest:  # every writer finished: its samples are the database's
             self.opened = "reused"
             return
         pks, templates = self._expected_templates(contents)
-        held = self._get(sample_ids.tolist(), ["subject_pk"])
+        held = {
+            int(row["id"]): (int(row["kind"]), int(row["subject_pk"]))
+            for row in self._scan(f"kind in [{SAMPLE}, {TEMPLATE}]", ["kind", "subject_pk"])
+        }
         wrong = [
             i
-            for i, (sample_id, pk) in enumerate(
-                zip(sample_ids.tolist(), subject_pks.tolist(), strict=True)
-            )
-            if sample_id not in held or int(held[sample_id]["subject_pk"]) != pk
+            for i, pair in enumerate(zip(sample_ids.tolist(), subject_pks.tolist(), strict=True))
+            if held.get(pair[0]) != (SAMPLE, pair[1])
         ]
-        extra_samples = self._count(SAMPLE) - (len(sample_ids) - len(wrong))
-        template_rows = self._get((TEMPLATE_IDS + pks).tolist(), ["vector"])
+        template_ids = (TEMPLATE_IDS + pks).tolist()
+        vectors_held = self._get([t for t in template_ids if t in held], ["vector"])
         stale = [
             i
-            for i, pk in enumerate(pks.tolist())
-            if TEMPLATE_IDS + pk not in template_rows
-            or not np.allclose(template_rows[TEMPLATE_IDS + pk]["vector"], templates[i], atol=1e-6)
+            for i, template_id in enumerate(template_ids)
+            if template_id not in vectors_held
+            or held[template_id] != (TEMPLATE, int(pks[i]))
+            or not np.allclose(vectors_held[template_id]["vector"], templates[i], atol=1e-6)
         ]
-        extra_templates = self._count(TEMPLATE) - (len(pks) - len(stale))
-        if not (wrong or stale or extra_samples or extra_templates):
-            self.opened = "reused"  # checked row by row: only its digest was behind
-            self._write_digest(digest)
-            return
-        self.opened = "repaired"
-        if extra_samples or extra_templates:
-            wanted = set(sample_ids.tolist()) | set((TEMPLATE_IDS + pks).tolist())
-            rows = self._query(f"kind in [{SAMPLE}, {TEMPLATE}]", ["kind"])
-            self._delete(sorted(int(row["id"]) for row in rows if int(row["id"]) not in wanted))
+        wanted = set(sample_ids.tolist()) | set(template_ids)
+        extra = sorted(row_id for row_id in held if row_id not in wanted)
+        self.opened = "repaired" if wrong or stale or extra else "reused"
+        if extra:
+            self._delete(extra)
         if wrong:
             vectors = np.asarray(contents.vectors, dtype=np.float32).reshape(-1, self.dim)
             self._upsert(
@@ -739,8 +747,9 @@ class MilvusBackend:
         index = MilvusSubjectIndex(
             self.connection, collection, dim, scoring, self._exclusive if named else None
         )
-        if named and index._reusable():
-            index._reconcile(contents)
+        reusable, digest = index._reusable() if named else (False, None)
+        if reusable:
+            index._reconcile(contents, digest)
         else:
             index._create()
             index._load(contents)
