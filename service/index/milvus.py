@@ -350,6 +350,16 @@ class MilvusSubjectIndex:
         found = self._get(ids, ["vector"])
         return np.asarray([found[i]["vector"] for i in ids], dtype=np.float32)
 
+    def _count(self, kind: int) -> int:
+        rows = self._milvus.read(
+            self.collection,
+            self._client.query,
+            self.collection,
+            filter=f"kind == {kind}",
+            output_fields=["count(*)"],
+        )
+        return int(rows[0]["count(*)"])
+
     def _query(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
         """Every row matching `expression`: one query when they fit Milvus's window."""
         rows = self._milvus.read(
@@ -650,9 +660,11 @@ class MilvusSubjectIndex:
     def _reconcile(self, contents: IndexContents, held_digest: int | None) -> None:
         """Make an existing collection hold exactly `contents` (the database's, read under the
         collection's mutex). Its digest equal to the contents': nothing to do ("reused");
-        otherwise its rows are read (ids and subjects, not vectors) and only those that differ
-        are written or deleted ("repaired"; "reused" if none did). A sample's vector never
-        changes under its id, so samples are compared by id and subject, templates by value."""
+        otherwise the database's rows are looked up by id (subjects, not sample vectors) and
+        the collection's counted, ids scanned only when it holds rows the database has not,
+        and only the rows that differ are written or deleted ("repaired"; "reused" if none
+        did). A sample's vector never changes under its id: samples are compared by id and
+        subject, templates by value."""
         self._remember(contents)
         sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
         subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
@@ -661,26 +673,27 @@ class MilvusSubjectIndex:
             self.opened = "reused"
             return
         pks, templates = self._expected_templates(contents)
-        held = {
-            int(row["id"]): (int(row["kind"]), int(row["subject_pk"]))
-            for row in self._scan(f"kind in [{SAMPLE}, {TEMPLATE}]", ["kind", "subject_pk"])
-        }
+        # Looked up by id (cheap), and counted: only rows beyond those found need a scan.
+        held = self._get(sample_ids.tolist(), ["subject_pk"])
         wrong = [
             i
             for i, pair in enumerate(zip(sample_ids.tolist(), subject_pks.tolist(), strict=True))
-            if held.get(pair[0]) != (SAMPLE, pair[1])
+            if pair[0] not in held or int(held[pair[0]]["subject_pk"]) != pair[1]
         ]
         template_ids = (TEMPLATE_IDS + pks).tolist()
-        vectors_held = self._get([t for t in template_ids if t in held], ["vector"])
+        vectors_held = self._get(template_ids, ["vector", "subject_pk"])
         stale = [
             i
             for i, template_id in enumerate(template_ids)
             if template_id not in vectors_held
-            or held[template_id] != (TEMPLATE, int(pks[i]))
+            or int(vectors_held[template_id]["subject_pk"]) != int(pks[i])
             or not np.allclose(vectors_held[template_id]["vector"], templates[i], atol=1e-6)
         ]
-        wanted = set(sample_ids.tolist()) | set(template_ids)
-        extra = sorted(row_id for row_id in held if row_id not in wanted)
+        extra: list[int] = []
+        if self._count(SAMPLE) > len(held) or self._count(TEMPLATE) > len(vectors_held):
+            wanted = set(sample_ids.tolist()) | set(template_ids)
+            rows = self._scan(f"kind in [{SAMPLE}, {TEMPLATE}]", ["kind"])
+            extra = sorted(int(row["id"]) for row in rows if int(row["id"]) not in wanted)
         self.opened = "repaired" if wrong or stale or extra else "reused"
         if extra:
             self._delete(extra)
