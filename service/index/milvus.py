@@ -2,7 +2,9 @@
 
 One collection per gallery and model, holding the gallery's samples (`kind` 0, id = sample id)
 and, for "mean" galleries, one template per subject (`kind` 1, id = TEMPLATE_IDS + subject pk):
-the L2-normalised sum of its samples, as the FAISS backend computes it. Each row carries its
+the L2-normalised sum of its samples, as the FAISS backend computes it, with that sum and the
+subject's sample count (`kind` 3, id = SUM_IDS + subject pk), so that a writer updates a
+template from the samples it adds or removes, reading rows by id only. Each row carries its
 subject's pk and id, so a search answers from Milvus alone. The process holds no vectors: only
 which samples belong to which subject (integers), for counts and a subject's own vectors.
 
@@ -21,7 +23,7 @@ Replicas share the collections. Once `coordinate` gave the backend the database'
 (`Store.exclusive`), a gallery's collection has one writer at a time: the process that commits
 a change to the database holds the collection's mutex (`writing()`) from before that commit
 until the change is in Milvus, so Milvus receives the changes of one collection in commit
-order, and a "mean" template is recomputed from the collection's samples under it. Any other
+order, and a "mean" template is updated from its subject's sum under it. Any other
 mutation (a change log follower applying another process's change) updates this process's
 sample-to-subject map only. A build, under the same mutex, reuses the collection when it holds
 exactly the database's samples (checked without moving vectors), repairs what differs, and
@@ -54,13 +56,14 @@ from service.index.base import (
 from service.index.locks import RWLock
 
 TEMPLATE_IDS = 1 << 62  # template ids: above every sample id the database hands out
-SAMPLE, TEMPLATE, DIGEST = 0, 1, 2
+SUM_IDS = TEMPLATE_IDS + (1 << 61)  # a "mean" subject's running sum of its samples
+SAMPLE, TEMPLATE, DIGEST, SUM = 0, 1, 2, 3
 # The row holding the collection's digest of its samples (see `samples_digest`).
 DIGEST_ID = (1 << 63) - 1
 MAX_LIMIT = 16384  # Milvus's largest `limit` (top-k) and query window
 INSERT_BATCH = 4096  # rows per upsert call (gRPC messages stay well under their 64 MiB cap)
 SUBJECT_ID_BYTES = 1024  # a subject id: at most 256 characters (service/core/ids.py) of UTF-8
-FIELDS = ("id", "subject_pk", "subject_id", "kind", "vector")
+FIELDS = ("id", "subject_pk", "subject_id", "kind", "members", "vector")
 SEARCH_KEYS = {"ef", "nprobe", "search_list"}
 OWN_KEYS = {"index", "prefix", "db", "secure", "timeout"}
 
@@ -268,6 +271,7 @@ class MilvusSubjectIndex:
         schema.add_field("subject_pk", DataType.INT64)
         schema.add_field("subject_id", DataType.VARCHAR, max_length=SUBJECT_ID_BYTES)
         schema.add_field("kind", DataType.INT8)
+        schema.add_field("members", DataType.INT64)  # a sum row's sample count; 0 elsewhere
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         index_params = client.prepare_index_params()
         index_params.add_index(
@@ -311,17 +315,32 @@ class MilvusSubjectIndex:
         self._milvus.call(self._client.drop_collection, self.collection)
 
     def _upsert(
-        self, ids: np.ndarray, pks: np.ndarray, names: list[str], kind: int, vectors: np.ndarray
+        self,
+        ids: np.ndarray,
+        pks: np.ndarray,
+        names: list[str],
+        kind: int,
+        vectors: np.ndarray,
+        members: np.ndarray | None = None,
     ) -> None:
         """Write rows (replacing any of the same id: writing a row twice leaves one)."""
+        counts = np.zeros(len(ids), dtype=np.int64) if members is None else members
         for start in range(0, len(ids), INSERT_BATCH):
             end = start + INSERT_BATCH
             rows = [
-                {"id": i, "subject_pk": pk, "subject_id": name, "kind": kind, "vector": vector}
-                for i, pk, name, vector in zip(
+                {
+                    "id": i,
+                    "subject_pk": pk,
+                    "subject_id": name,
+                    "kind": kind,
+                    "members": count,
+                    "vector": vector,
+                }
+                for i, pk, name, count, vector in zip(
                     ids[start:end].tolist(),
                     pks[start:end].tolist(),
                     names[start:end],
+                    counts[start:end].tolist(),
                     vectors[start:end].tolist(),
                     strict=True,
                 )
@@ -359,18 +378,6 @@ class MilvusSubjectIndex:
             output_fields=["count(*)"],
         )
         return int(rows[0]["count(*)"])
-
-    def _query(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
-        """Every row matching `expression`: one query when they fit Milvus's window."""
-        rows = self._milvus.read(
-            self.collection,
-            self._client.query,
-            self.collection,
-            filter=expression,
-            output_fields=fields,
-            limit=MAX_LIMIT,
-        )
-        return list(rows) if len(rows) < MAX_LIMIT else self._scan(expression, fields)
 
     def _scan(self, expression: str, fields: list[str]) -> list[dict[str, Any]]:
         """Every row matching `expression`, page by page."""
@@ -529,42 +536,50 @@ class MilvusSubjectIndex:
                     self._check(np.asarray(vectors)[fresh]),
                 )
                 if self.scoring == "mean":
-                    self._refresh_templates({int(pks[i]) for i in fresh})
+                    added = np.asarray(vectors, dtype=np.float64)[fresh]
+                    self._change_sums(pks[fresh], added, 1, [subject_ids[i] for i in fresh])
                 self._update_digest(samples_digest(ids[fresh], pks[fresh]))
             for i in fresh:
                 self._sample_subject[int(ids[i])] = int(pks[i])
                 self._subject_samples[int(pks[i])].add(int(ids[i]))
 
-    def _refresh_templates(self, pks: set[int]) -> None:
-        """Rewrite the templates of `pks` from their samples as the collection holds them (the
-        writer holds `writing()`, so they are the database's: every committed change of the
-        collection has reached it, in commit order)."""
-        ordered = sorted(pks)
-        members: dict[int, list[tuple[int, list[float]]]] = {pk: [] for pk in ordered}
-        for chunk in _chunks(ordered, 1024):
-            rows = self._query(
-                f"kind == {SAMPLE} and subject_pk in {chunk}", ["subject_pk", "vector"]
-            )
-            for row in rows:
-                members[int(row["subject_pk"])].append((int(row["id"]), row["vector"]))
-        live = [pk for pk in ordered if members[pk]]
-        gone = [TEMPLATE_IDS + pk for pk in ordered if not members[pk]]
+    def _change_sums(
+        self, pks: np.ndarray, vectors: np.ndarray, sign: int, names: list[str] | None = None
+    ) -> None:
+        """Add (`sign` 1) or take away (-1) samples' vectors to or from their subjects' sum
+        rows, and rewrite those subjects' templates from the sums; a subject left with no
+        samples loses both rows. The writer holds `writing()`: every committed change of the
+        collection has reached the sums, in commit order, so they are the database's. Rows
+        are read by id only (on Milvus a filtered query scans the collection)."""
+        order = sorted(set(pks.tolist()))
+        held = self._get([SUM_IDS + pk for pk in order], ["vector", "members", "subject_id"])
+        given = dict(zip(pks.tolist(), names, strict=True)) if names is not None else {}
+        live: list[int] = []
+        sums: list[np.ndarray] = []
+        counts: list[int] = []
+        labels: list[str] = []
+        gone: list[int] = []
+        for pk in order:
+            mine = pks == pk
+            row = held.get(SUM_IDS + pk)
+            total = np.asarray(row["vector"], np.float64) if row else np.zeros(self.dim)
+            count = (int(row["members"]) if row else 0) + sign * int(mine.sum())
+            if count <= 0:
+                gone.append(pk)
+                continue
+            live.append(pk)
+            sums.append(total + sign * np.asarray(vectors, np.float64)[mine].sum(axis=0))
+            counts.append(count)
+            labels.append(given.get(pk) or (str(row["subject_id"]) if row else str(pk)))
         if gone:
-            self._delete(gone)
+            self._delete([base + pk for pk in gone for base in (TEMPLATE_IDS, SUM_IDS)])
         if live:
-            # Summed in sample id order, as the FAISS backend sums a subject's samples.
-            templates = np.stack(
-                [
-                    _template(np.asarray([v for _, v in sorted(members[pk])], np.float32).sum(0))
-                    for pk in live
-                ]
-            )
             pk_array = np.asarray(live, dtype=np.int64)
-            names = [self._subject_names.get(pk, "") for pk in live]
-            if "" in names:  # a subject this process has not met yet: its rows name it
-                named = self._get([min(i for i, _ in members[pk]) for pk in live], ["subject_id"])
-                names = [str(named[min(i for i, _ in members[pk])]["subject_id"]) for pk in live]
-            self._upsert(TEMPLATE_IDS + pk_array, pk_array, names, TEMPLATE, templates)
+            summed = np.stack(sums).astype(np.float32)
+            templates = np.stack([_template(total) for total in summed])
+            self._upsert(TEMPLATE_IDS + pk_array, pk_array, labels, TEMPLATE, templates)
+            members = np.asarray(counts, dtype=np.int64)
+            self._upsert(SUM_IDS + pk_array, pk_array, labels, SUM, summed, members)
 
     def remove_samples(self, sample_ids: np.ndarray) -> None:
         with self._lock.write():
@@ -574,13 +589,15 @@ class MilvusSubjectIndex:
         if self._writes() and ids:
             # Their subjects as the collection has them: this process's map may not have
             # met a sample another replica enrolled a moment ago.
-            held = self._get(ids, ["subject_pk"])
+            fields = ["subject_pk", "vector"] if self.scoring == "mean" else ["subject_pk"]
+            held = self._get(ids, fields)
             if held:
                 self._delete(sorted(held))
-                if self.scoring == "mean":
-                    self._refresh_templates({int(row["subject_pk"]) for row in held.values()})
                 removed = np.asarray(sorted(held), dtype=np.int64)
                 pks = np.asarray([held[i]["subject_pk"] for i in removed.tolist()], np.int64)
+                if self.scoring == "mean":
+                    vectors = np.asarray([held[i]["vector"] for i in removed.tolist()])
+                    self._change_sums(pks, vectors, -1)
                 self._update_digest(samples_digest(removed, pks))
         for sample_id in ids:
             pk = self._sample_subject.pop(sample_id, None)
@@ -595,7 +612,7 @@ class MilvusSubjectIndex:
                 self._subject_pks.pop(name, None)
             self._subject_samples.pop(pk, None)
             if self.scoring == "mean" and self._writes():
-                self._delete([TEMPLATE_IDS + pk])
+                self._delete([TEMPLATE_IDS + pk, SUM_IDS + pk])
 
     # -- the digest --
     def _held_digest(self) -> int | None:
@@ -629,18 +646,24 @@ class MilvusSubjectIndex:
         for sample_id, pk in self._sample_subject.items():
             self._subject_samples.setdefault(pk, set()).add(sample_id)
 
-    def _expected_templates(self, contents: IndexContents) -> tuple[np.ndarray, np.ndarray]:
-        """(subject pks, templates) a "mean" collection holds for `contents`."""
+    def _expected_templates(
+        self, contents: IndexContents
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(subject pks, templates, sums, sample counts) a "mean" collection holds for
+        `contents`."""
         sample_ids = np.asarray(contents.sample_ids, dtype=np.int64)
         subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
         if self.scoring != "mean" or not len(sample_ids):
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), empty, empty, np.zeros(0, dtype=np.int64)
         vectors = np.asarray(contents.vectors, dtype=np.float32).reshape(-1, self.dim)
         # Each subject's samples summed in sample id order, as the FAISS backend sums them.
         order = np.lexsort((sample_ids, subject_pks))
         groups = np.split(order, np.flatnonzero(np.diff(subject_pks[order])) + 1)
         pks = np.asarray([int(subject_pks[group[0]]) for group in groups], dtype=np.int64)
-        return pks, np.stack([_template(vectors[group].sum(axis=0)) for group in groups])
+        sums = np.stack([vectors[group].sum(axis=0) for group in groups])
+        counts = np.asarray([len(group) for group in groups], dtype=np.int64)
+        return pks, np.stack([_template(total) for total in sums]), sums, counts
 
     def _names(self, contents: IndexContents, pks: np.ndarray) -> list[str]:
         return [contents.subjects.get(pk, str(pk)) for pk in pks.tolist()]
@@ -652,9 +675,11 @@ class MilvusSubjectIndex:
         subject_pks = np.asarray(contents.subject_pks, dtype=np.int64)
         vectors = np.asarray(contents.vectors, dtype=np.float32).reshape(-1, self.dim)
         self._upsert(sample_ids, subject_pks, self._names(contents, subject_pks), SAMPLE, vectors)
-        pks, templates = self._expected_templates(contents)
+        pks, templates, sums, counts = self._expected_templates(contents)
         if len(pks):
-            self._upsert(TEMPLATE_IDS + pks, pks, self._names(contents, pks), TEMPLATE, templates)
+            names = self._names(contents, pks)
+            self._upsert(TEMPLATE_IDS + pks, pks, names, TEMPLATE, templates)
+            self._upsert(SUM_IDS + pks, pks, names, SUM, sums, counts)
         self._write_digest(samples_digest(sample_ids, subject_pks))
 
     def _reconcile(self, contents: IndexContents, held_digest: int | None) -> None:
@@ -672,7 +697,7 @@ class MilvusSubjectIndex:
         if held_digest == digest:  # every writer finished: its samples are the database's
             self.opened = "reused"
             return
-        pks, templates = self._expected_templates(contents)
+        pks, templates, sums, counts = self._expected_templates(contents)
         # Looked up by id (cheap), and counted: only rows beyond those found need a scan.
         held = self._get(sample_ids.tolist(), ["subject_pk"])
         wrong = [
@@ -681,18 +706,27 @@ class MilvusSubjectIndex:
             if pair[0] not in held or int(held[pair[0]]["subject_pk"]) != pair[1]
         ]
         template_ids = (TEMPLATE_IDS + pks).tolist()
-        vectors_held = self._get(template_ids, ["vector", "subject_pk"])
+        sum_ids = (SUM_IDS + pks).tolist()
+        templates_held = self._get(template_ids, ["vector", "subject_pk"])
+        sums_held = self._get(sum_ids, ["vector", "members"])
         stale = [
             i
-            for i, template_id in enumerate(template_ids)
-            if template_id not in vectors_held
-            or int(vectors_held[template_id]["subject_pk"]) != int(pks[i])
-            or not np.allclose(vectors_held[template_id]["vector"], templates[i], atol=1e-6)
+            for i, (template_id, sum_id) in enumerate(zip(template_ids, sum_ids, strict=True))
+            if template_id not in templates_held
+            or sum_id not in sums_held
+            or int(templates_held[template_id]["subject_pk"]) != int(pks[i])
+            or not np.allclose(templates_held[template_id]["vector"], templates[i], atol=1e-6)
+            or int(sums_held[sum_id]["members"]) != int(counts[i])
+            or not np.allclose(sums_held[sum_id]["vector"], sums[i], rtol=1e-5, atol=1e-5)
         ]
         extra: list[int] = []
-        if self._count(SAMPLE) > len(held) or self._count(TEMPLATE) > len(vectors_held):
-            wanted = set(sample_ids.tolist()) | set(template_ids)
-            rows = self._scan(f"kind in [{SAMPLE}, {TEMPLATE}]", ["kind"])
+        if (
+            self._count(SAMPLE) > len(held)
+            or self._count(TEMPLATE) > len(templates_held)
+            or self._count(SUM) > len(sums_held)
+        ):
+            wanted = set(sample_ids.tolist()) | set(template_ids) | set(sum_ids)
+            rows = self._scan(f"kind in [{SAMPLE}, {TEMPLATE}, {SUM}]", ["kind"])
             extra = sorted(int(row["id"]) for row in rows if int(row["id"]) not in wanted)
         self.opened = "repaired" if wrong or stale or extra else "reused"
         if extra:
@@ -707,13 +741,9 @@ class MilvusSubjectIndex:
                 vectors[wrong],
             )
         if stale:
-            self._upsert(
-                TEMPLATE_IDS + pks[stale],
-                pks[stale],
-                self._names(contents, pks[stale]),
-                TEMPLATE,
-                templates[stale],
-            )
+            names = self._names(contents, pks[stale])
+            self._upsert(TEMPLATE_IDS + pks[stale], pks[stale], names, TEMPLATE, templates[stale])
+            self._upsert(SUM_IDS + pks[stale], pks[stale], names, SUM, sums[stale], counts[stale])
         self._write_digest(digest)
 
 

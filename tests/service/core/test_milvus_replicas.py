@@ -262,8 +262,8 @@ def test_a_restart_reuses_the_collection_and_a_database_that_moved_on_repairs_it
         a = start(settings, stack)
         index = index_of(a, "m")
         assert index.opened == "repaired"
-        # the new sample, the two templates it changed, the digest of the samples
-        assert index.rows_written == 1 + 2 + 1
+        # the new sample, the two subjects' templates and sums, the digest of the samples
+        assert index.rows_written == 1 + 2 + 2 + 1
         assert rows(index, SAMPLE) == in_database(a, "m")
         held, expected = templates_held(index), templates_expected(a, "m")
         assert sorted(held) == sorted(expected)

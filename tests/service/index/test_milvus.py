@@ -22,7 +22,13 @@ from service import cli
 from service.api.app import create_app
 from service.index import IndexConfigError, IndexContents, IndexUnavailable, open_index
 from service.index import milvus as milvus_module
-from service.index.milvus import TEMPLATE_IDS, MilvusBackend, MilvusConfig, MilvusSubjectIndex
+from service.index.milvus import (
+    SUM_IDS,
+    TEMPLATE_IDS,
+    MilvusBackend,
+    MilvusConfig,
+    MilvusSubjectIndex,
+)
 from service.settings import Settings
 from service.storage import open_store
 from service.testing import free_port
@@ -136,8 +142,8 @@ def test_a_collection_per_gallery_and_model_rebuilt_from_the_database(
     assert len(names) == 3 and names <= set(client.list_collections())
     assert client.get_collection_stats(first.collection)["row_count"] == 6 + 1  # and the digest row
     assert (
-        client.get_collection_stats(other_gallery.collection)["row_count"] == 5 + 5 + 1
-    )  # templates, digest
+        client.get_collection_stats(other_gallery.collection)["row_count"] == 5 + 5 + 5 + 1
+    )  # templates, sums, digest
     assert first.opened == "created" and first.rows_written == 6 + 1  # and the digest row
     # Built again from what the database holds now (a restart after it moved on): the same
     # collection, its rows made equal to the database's, nothing left over.
@@ -345,7 +351,7 @@ def test_two_writers_of_one_mean_subject_leave_its_template_current(
     milvus_url: str, tmp_path: Path
 ) -> None:
     """Two processes' indexes on one collection, one writer at a time under the database's
-    mutex. The first writer is held between reading the subject's samples and writing its
+    mutex. The first writer is held between reading the subject's sum and writing its
     template, while the second adds a sample to the same subject: the second waits for the
     mutex, so the template written last holds both samples (without the mutex the first would
     write back a template of its sample alone)."""
@@ -362,15 +368,16 @@ def test_two_writers_of_one_mean_subject_leave_its_template_current(
         )
         vectors = unit(np.random.default_rng(12), 2)
         read, second_done = threading.Event(), threading.Event()
-        query = first._query
+        get = first._get
 
-        def held_after_reading(expression: str, fields: list[str]) -> list:
-            found = query(expression, fields)
-            read.set()
-            second_done.wait(timeout=1.0)  # set at once only if the second was let in
+        def held_after_reading_the_sum(ids: list[int], fields: list[str]) -> dict:
+            found = get(ids, fields)
+            if ids == [SUM_IDS + 7]:
+                read.set()
+                second_done.wait(timeout=1.0)  # set at once only if the second was let in
             return found
 
-        first._query = held_after_reading  # type: ignore[method-assign]
+        first._get = held_after_reading_the_sum  # type: ignore[method-assign]
 
         def write(index: MilvusSubjectIndex, sample_id: int, done: threading.Event) -> None:
             with index.writing():
@@ -387,8 +394,8 @@ def test_two_writers_of_one_mean_subject_leave_its_template_current(
         held = first._fetch_vectors([TEMPLATE_IDS + 7])[0]
         expected = vectors.sum(axis=0) / np.linalg.norm(vectors.sum(axis=0))
         np.testing.assert_allclose(held, expected, atol=1e-6)
-        # the first build's digest, then each writer's sample, template and digest
-        assert (first.rows_written, second.rows_written) == (1 + 3, 3)
+        # the first build's digest, then each writer's sample, template, sum and digest
+        assert (first.rows_written, second.rows_written) == (1 + 4, 4)
     finally:
         for backend in backends:
             backend.close()
