@@ -208,13 +208,15 @@ def _workers_problem(settings: Settings) -> str | None:
     from urllib.parse import parse_qs, urlsplit
 
     index = urlsplit(settings.index_url or "faiss://")
+    if index.scheme == "milvus":  # the processes share its collections, one writer at a time
+        return None
     if (
         index.scheme != "faiss"
         or parse_qs(index.query).get("storage", ["float32"])[-1] != "float32"
     ):
         # sq8 keeps row files and snapshots under the data directory that each process would
-        # clean up as its own; each process would rebuild the same Milvus collections.
-        return "--workers needs the default in-memory index (faiss://, float32)"
+        # clean up as its own.
+        return "--workers needs an in-memory index (faiss://, float32) or milvus://"
     return None
 
 

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,21 @@ class ActiveModel:
     model: LoadedModel
     index: SubjectSearch
     calibration: GalleryCalibration
+
+
+def index_writes(index: SubjectSearch) -> AbstractContextManager[None]:
+    """Held around a gallery mutation from before its commit to the store until the index has
+    it: an index that replicas share (Milvus) is written by one process at a time, in commit
+    order; an index in this process needs nothing more than the gallery's lock."""
+    writing = getattr(index, "writing", None)
+    return writing() if writing is not None else nullcontext()
+
+
+def index_settled(index: SubjectSearch) -> AbstractContextManager[None]:
+    """Held while applying a change another process committed: on an index that replicas
+    share, until its committer has written it there (see `index_writes`)."""
+    settled = getattr(index, "settled", None)
+    return settled() if settled is not None else nullcontext()
 
 
 # Bound on the changes a gallery remembers having applied itself: past it they are forgotten,
@@ -82,6 +98,9 @@ class LiveGalleries:
         self.store = store
         self.models = models
         self.backend = backend
+        coordinate = getattr(backend, "coordinate", None)
+        if coordinate is not None:  # an index that every process on this database shares
+            coordinate(store.exclusive)
         self._galleries: dict[str, LiveGallery] = {}
         self._lock = threading.Lock()
         self._build_locks: dict[str, threading.RLock] = {}
@@ -211,18 +230,24 @@ class LiveGalleries:
         return model.calibration, "bundle"
 
     def build_index(self, record: GalleryRecord, model: LoadedModel) -> SubjectSearch:
-        """The index of `record` for `model`, from the embeddings stored for that model."""
-        stored = self.store.load_embeddings(record.name, model.model_id)
-        if stored.vectors.size and stored.vectors.shape[1] != model.dim:
-            raise RuntimeError(
-                f"gallery {record.name!r}: stored embeddings have dimension "
-                f"{stored.vectors.shape[1]}, model {model.model_id} has {model.dim}"
+        """The index of `record` for `model`, from the embeddings stored for that model. An
+        index that replicas share is read from the store and built under its writer's mutex:
+        no other process's write reaches it in between."""
+        building = getattr(self.backend, "building", None)
+        with building(record.name, model.model_id) if building is not None else nullcontext():
+            stored = self.store.load_embeddings(record.name, model.model_id)
+            if stored.vectors.size and stored.vectors.shape[1] != model.dim:
+                raise RuntimeError(
+                    f"gallery {record.name!r}: stored embeddings have dimension "
+                    f"{stored.vectors.shape[1]}, model {model.model_id} has {model.dim}"
+                )
+            vectors = stored.vectors.reshape(-1, model.dim).astype(np.float32, copy=False)
+            contents = IndexContents(
+                stored.sample_ids, stored.subject_pks, vectors, stored.subjects
             )
-        vectors = stored.vectors.reshape(-1, model.dim).astype(np.float32, copy=False)
-        contents = IndexContents(stored.sample_ids, stored.subject_pks, vectors, stored.subjects)
-        return self.backend.build(
-            model.dim, record.scoring, contents, gallery=record.name, model_id=model.model_id
-        )
+            return self.backend.build(
+                model.dim, record.scoring, contents, gallery=record.name, model_id=model.model_id
+            )
 
     def get(self, name: str) -> LiveGallery:
         with self._lock:
@@ -264,13 +289,9 @@ class LiveGalleries:
             if held is not None and held.record.created == record.created:
                 return held
             if index is None:
-                index = self.backend.build(
-                    model.dim,
-                    record.scoring,
-                    IndexContents.empty(model.dim),
-                    gallery=record.name,
-                    model_id=model.model_id,
-                )
+                # From the store, not empty: on an index replicas share, another replica may
+                # have enrolled into the gallery already.
+                index = self.build_index(record, model)
             gallery = LiveGallery(
                 record, ActiveModel(model, index, self.build_calibration(record, model, index))
             )

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from service.core.keys import Authenticator
-from service.core.live import LiveGalleries, LiveGallery
+from service.core.live import LiveGalleries, LiveGallery, index_settled
 from service.core.models import LoadedModel, LoadedModels
 from service.storage import ChangeRecord, Store, StoreUnavailable
 from service.storage.protocols.changes import (
@@ -198,7 +198,7 @@ class ChangeFollower:
             else:
                 gallery = self.live.find(name)
                 if gallery is not None:
-                    with gallery.lock:
+                    with gallery.lock, index_settled(gallery.active.index):
                         self._apply_to(gallery, change)
         except StoreUnavailable:
             raise

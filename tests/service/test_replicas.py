@@ -271,6 +271,58 @@ def test_workers_on_sqlite_serve_one_port_and_follow_each_other(
             assert counted == identified
 
 
+def test_workers_on_milvus_share_one_collection(
+    tmp_path: Path, bundle_path: Path, milvus_url: str
+) -> None:
+    """`serve --workers 2` on SQLite and one Milvus: enrolments through fresh connections land
+    on either process, each is found by both within 1 s, and the gallery's one collection
+    holds each sample once (the follower of the other process wrote nothing)."""
+    from pymilvus import MilvusClient
+
+    from service.index.milvus import MilvusConfig
+
+    server = ServerProcess(
+        tmp_path / "data",
+        bundle_path,
+        admin_key=ADMIN_KEY,
+        env={"OPENGALLERY_WORKERS": "2", "OPENGALLERY_INDEX_URL": milvus_url},
+        log_path=tmp_path / "workers.log",
+    )
+    rng = np.random.default_rng(17)
+    headers = {"X-API-Key": ADMIN_KEY}
+    with server:
+        assert server.process is not None
+        assert len(worker_pids(server.process.pid)) == 2
+
+        def fresh(method: str, path: str, body: object) -> httpx.Response:
+            return httpx.request(method, server.url + path, json=body, headers=headers)
+
+        assert fresh("POST", "/v1/galleries", {"name": "g"}).status_code == 201
+        vectors = unit(rng, 8)
+        for i, vector in enumerate(vectors):
+            item = {"subject_id": f"w{i}", "embedding": vector.tolist()}
+            body = {"create_subjects": True, "items": [item]}
+            assert fresh("POST", "/v1/galleries/g/samples", body).status_code == 201
+
+            def everywhere(v: np.ndarray = vector, name: str = f"w{i}") -> bool:
+                probe = {"embeddings": [v.tolist()], "top_k": 1}
+                answers = [fresh("POST", "/v1/galleries/g/identify", probe) for _ in range(4)]
+                found = [a.json()["results"][0]["candidates"] for a in answers]
+                return all(best and best[0]["subject_id"] == name for best in found)
+
+            assert seconds_until(everywhere) <= VISIBLE_WITHIN_S
+        model_id = fresh("GET", "/v1/galleries/g", None).json()["model"]
+    config = MilvusConfig(milvus_url)
+    client = MilvusClient(uri=config.uri)
+    try:
+        rows = client.query(
+            config.collection_name("g", model_id), filter="kind == 0", output_fields=["id"]
+        )
+    finally:
+        client.close()
+    assert len(rows) == len({row["id"] for row in rows}) == len(vectors)
+
+
 def test_workers_refuse_an_index_kept_on_disk_in_one_line(
     tmp_path: Path,
     bundle_path: Path,
@@ -284,7 +336,7 @@ def test_workers_refuse_an_index_kept_on_disk_in_one_line(
     assert cli.serve_main(argv) == 2
     err = capsys.readouterr().err
     assert err == (
-        "opengallery serve: --workers needs the default in-memory index (faiss://, float32)\n"
+        "opengallery serve: --workers needs an in-memory index (faiss://, float32) or milvus://\n"
     )
     assert not (tmp_path / "opengallery.sqlite3").exists()  # refused before anything started
 

@@ -3,8 +3,9 @@ of its own (a notification is sent when each change commits)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import suppress
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,16 @@ from service.storage.records import ChangeRecord, GalleryEmbeddings
 
 class PostgresChanges(PostgresConnection):
     _listener: psycopg.Connection[Any] | None = None  # LISTENing, used under _wait_lock
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        # A transaction-level advisory lock: it goes with the transaction, and with the
+        # connection if its process dies. The key is the name's hash, apart from CHANGES_LOCK.
+        digest = hashlib.sha256(f"opengallery exclusive {name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with self._connection() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            yield
 
     def last_change(self) -> int:
         row = self._fetchone("SELECT COALESCE(MAX(seq), 0) FROM changes")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from service.storage.records import ChangeRecord, GalleryEmbeddings
 
@@ -80,3 +81,10 @@ class ChangeStore(ABC):
         """The `model_id` embeddings of those of `sample_ids` that are in the gallery now, by
         sample id, with their subjects (`subjects` names only theirs). NotFoundError for an
         unknown gallery."""
+
+    @abstractmethod
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """Hold mutex `name` across every process (and thread) on this database until the
+        block ends; waits while another holds it. Released when its holder's process dies
+        (PostgreSQL: an advisory lock on a connection of the pool; SQLite: an flock on a
+        file beside the database). StoreUnavailable if the database cannot be reached."""

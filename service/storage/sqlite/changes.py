@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -18,6 +21,20 @@ _IN_CHUNK = 500  # ids per "IN (...)": under SQLite's bound on query parameters
 
 
 class SQLiteChanges(SQLiteConnection):
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        # The processes of one SQLite database share its machine: an flock on a file beside
+        # it. A fresh open per call, so threads of one process exclude each other too.
+        directory = self.path.parent / f"{self.path.name}.locks"
+        directory.mkdir(exist_ok=True)
+        digest = hashlib.sha256(name.encode()).hexdigest()[:32]
+        with open(directory / digest, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def last_change(self) -> int:
         # MAX of the rowid is one step down the table's b-tree: cheap enough to poll.
         row = self._connection().execute("SELECT MAX(seq) FROM changes").fetchone()

@@ -22,8 +22,15 @@ from service import cli
 from service.api.app import create_app
 from service.index import IndexConfigError, IndexContents, IndexUnavailable, open_index
 from service.index import milvus as milvus_module
-from service.index.milvus import MilvusBackend, MilvusConfig
+from service.index.milvus import (
+    SUM_IDS,
+    TEMPLATE_IDS,
+    MilvusBackend,
+    MilvusConfig,
+    MilvusSubjectIndex,
+)
 from service.settings import Settings
+from service.storage import open_store
 from service.testing import free_port
 from service.testing_engines import MilvusServer
 
@@ -118,8 +125,10 @@ def test_urls_that_name_no_server_or_a_bad_prefix_are_refused(url: str) -> None:
 
 
 def test_a_collection_per_gallery_and_model_rebuilt_from_the_database(
-    backend: MilvusBackend,
+    backend: MilvusBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Milvus's query window is 16384 rows: a window of 4 pages these few rows the same way.
+    monkeypatch.setattr(milvus_module, "MAX_LIMIT", 4)
     rng = np.random.default_rng(0)
     client = backend.connection.client
     first = backend.build(DIM, "max", contents(rng, np.arange(6) % 3), gallery="g", model_id="m@1")
@@ -131,13 +140,24 @@ def test_a_collection_per_gallery_and_model_rebuilt_from_the_database(
     )
     names = {first.collection, other_model.collection, other_gallery.collection}
     assert len(names) == 3 and names <= set(client.list_collections())
-    assert client.get_collection_stats(first.collection)["row_count"] == 6
-    assert client.get_collection_stats(other_gallery.collection)["row_count"] == 5 + 5  # templates
-    # Built again (a restart): the same collection, written afresh, nothing left over.
-    again = backend.build(DIM, "max", contents(rng, np.arange(2)), gallery="g", model_id="m@1")
+    assert client.get_collection_stats(first.collection)["row_count"] == 6 + 1  # and the digest row
+    assert (
+        client.get_collection_stats(other_gallery.collection)["row_count"] == 5 + 5 + 5 + 1
+    )  # templates, sums, digest
+    assert first.opened == "created" and first.rows_written == 6 + 1  # and the digest row
+    # Built again from what the database holds now (a restart after it moved on): the same
+    # collection, its rows made equal to the database's, nothing left over.
+    moved_on = contents(rng, np.arange(2))
+    again = backend.build(DIM, "max", moved_on, gallery="g", model_id="m@1")
     assert again.collection == first.collection
-    assert client.get_collection_stats(again.collection)["row_count"] == 2
-    assert again.sample_count == 2
+    assert (again.opened, again.sample_count) == ("repaired", 2)
+    rows = client.query(again.collection, filter="kind == 0", output_fields=["subject_pk"])
+    assert sorted((r["id"], r["subject_pk"]) for r in rows) == [(1, 0), (2, 1)]
+    # and once more from the same contents: reused, not a row written
+    reused = backend.build(DIM, "max", moved_on, gallery="g", model_id="m@1")
+    assert (reused.opened, reused.rows_written) == ("reused", 0)
+    query = unit(rng, 1)
+    assert reused.search(query, 2) == again.search(query, 2)
     again.drop()
     assert again.collection not in client.list_collections()
 
@@ -325,3 +345,58 @@ def test_a_gallery_on_milvus_migrates_into_a_new_collection(
     finally:
         backend.close()
     assert config.collection_name("g", "random@2") in collections
+
+
+def test_two_writers_of_one_mean_subject_leave_its_template_current(
+    milvus_url: str, tmp_path: Path
+) -> None:
+    """Two processes' indexes on one collection, one writer at a time under the database's
+    mutex. The first writer is held between reading the subject's sum and writing its
+    template, while the second adds a sample to the same subject: the second waits for the
+    mutex, so the template written last holds both samples (without the mutex the first would
+    write back a template of its sample alone)."""
+    store = open_store(f"sqlite:///{tmp_path / 'shared.sqlite3'}")
+    backends = [MilvusBackend(milvus_url) for _ in range(2)]
+    try:
+        for backend in backends:
+            backend.coordinate(store.exclusive)
+        empty = IndexContents(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, DIM), np.float32), {7: "x"}
+        )
+        first, second = (
+            backend.build(DIM, "mean", empty, gallery="g", model_id="m@1") for backend in backends
+        )
+        vectors = unit(np.random.default_rng(12), 2)
+        read, second_done = threading.Event(), threading.Event()
+        get = first._get
+
+        def held_after_reading_the_sum(ids: list[int], fields: list[str]) -> dict:
+            found = get(ids, fields)
+            if ids == [SUM_IDS + 7]:
+                read.set()
+                second_done.wait(timeout=1.0)  # set at once only if the second was let in
+            return found
+
+        first._get = held_after_reading_the_sum  # type: ignore[method-assign]
+
+        def write(index: MilvusSubjectIndex, sample_id: int, done: threading.Event) -> None:
+            with index.writing():
+                index.add_samples(7, "x", np.array([sample_id]), vectors[sample_id - 1 : sample_id])
+            done.set()
+
+        writer = threading.Thread(target=write, args=(first, 1, threading.Event()))
+        writer.start()
+        assert read.wait(timeout=30)
+        other = threading.Thread(target=write, args=(second, 2, second_done))
+        other.start()
+        writer.join(timeout=30)
+        other.join(timeout=30)
+        held = first._fetch_vectors([TEMPLATE_IDS + 7])[0]
+        expected = vectors.sum(axis=0) / np.linalg.norm(vectors.sum(axis=0))
+        np.testing.assert_allclose(held, expected, atol=1e-6)
+        # the first build's digest, then each writer's sample, template, sum and digest
+        assert (first.rows_written, second.rows_written) == (1 + 4, 4)
+    finally:
+        for backend in backends:
+            backend.close()
+        store.close()

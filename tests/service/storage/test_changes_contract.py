@@ -219,3 +219,33 @@ def test_pruning_keeps_recent_changes_and_always_the_newest(store: Store) -> Non
     assert store.last_change() == seqs[-1]
     store.put_subject("g", "f", None)
     assert [change.seq for change in store.changes_after(seqs[-1])] == [seqs[-1] + 1]
+
+
+def test_an_exclusive_section_is_held_by_one_holder_at_a_time(store: Store) -> None:
+    """Two holders of one name take turns (each on its own thread, as two processes' calls
+    would arrive); another name is not held back."""
+    entered = {name: threading.Event() for name in ("second", "other")}
+    leave = threading.Event()
+    inside: list[str] = []
+
+    def hold(name: str, label: str) -> None:
+        with store.exclusive(name):
+            inside.append(label)
+            entered[label].set()
+            assert leave.wait(timeout=30)
+
+    with store.exclusive("index:a"):
+        second = threading.Thread(target=hold, args=("index:a", "second"))
+        other = threading.Thread(target=hold, args=("index:b", "other"))
+        second.start()
+        other.start()
+        assert entered["other"].wait(timeout=30)  # another name: not held back
+        # The same name: still waiting while the first holder is inside (a bounded wait that
+        # fails the test only if the section let it in).
+        assert not entered["second"].wait(timeout=0.5)
+        inside.append("first leaves")
+    assert entered["second"].wait(timeout=30)
+    leave.set()
+    second.join(timeout=30)
+    other.join(timeout=30)
+    assert inside == ["other", "first leaves", "second"]
