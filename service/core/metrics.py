@@ -91,6 +91,15 @@ class _ScrapeTimeGauges(Collector):
             samples.add_metric(values, sample_count)
         yield subjects
         yield samples
+        behind = self.metrics.change_log_behind()
+        if behind is not None:
+            lag = GaugeMetricFamily(
+                "opengallery_change_log_behind",
+                "Change-log sequence numbers committed in the database that this process has"
+                " not applied yet (0: current).",
+            )
+            lag.add_metric([], behind)
+            yield lag
 
 
 class Metrics:
@@ -99,6 +108,9 @@ class Metrics:
         # Gauges read at scrape time: gallery name -> (subjects, samples).
         self.gallery_sizes: Callable[[], dict[str, tuple[int, int]]] = dict
         self.storage_full: Callable[[], bool] = lambda: False
+        # This process's distance behind the change log; None when unknown (no follower, or
+        # the database does not answer: the scrape must not fail for it).
+        self.change_log_behind: Callable[[], int | None] = lambda: None
         self._multiprocess_dir = multiprocess_dir()
         if self._multiprocess_dir and not os.path.isdir(self._multiprocess_dir):
             raise StartupError(

@@ -107,6 +107,15 @@ class ChangeFollower:
         """The seq of the last change applied."""
         return self._cursor
 
+    def behind(self) -> int | None:
+        """How far the database's change log is ahead of what this process applied, in
+        sequence numbers (an upper bound on the changes: seqs may skip numbers); None when
+        the database does not answer."""
+        try:
+            return max(self.store.last_change() - self._cursor, 0)
+        except StoreUnavailable:
+            return None
+
     # -- running --
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="change-follower", daemon=True)

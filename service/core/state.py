@@ -172,6 +172,7 @@ def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceSta
         )
         follower.catch_up()  # what other replicas wrote while this one loaded
         live.on_miss = follower.reconcile_gallery
+        metrics.change_log_behind = follower.behind
         live.on_stale = follower.reconcile_model
         migrations.resume_pending()
         follower.start()
