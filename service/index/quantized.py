@@ -19,7 +19,12 @@ gives `k` subjects whose exact scores are at least `a_k - bound`. A sample with 
 score below `a_k - 2 bound` scores exactly below `a_k - bound`, so it can neither be in the top
 k nor be the best sample of a subject that is. Re-ranking every sample at or above
 `a_k - 2 bound` exactly therefore gives the exact top-k subjects and their exact scores
-(per-subject max over the candidates; "mean" templates are one row per subject). The FAISS
+(per-subject max over the candidates; "mean" templates are one row per subject).
+Identify narrows that window to half: it first scores exactly the rows down to the k-th
+subject's best (k subjects whose exact scores reach some `e_k`, with `e_k <= a_k + bound`),
+and a row below `e_k - bound` scores exactly below `e_k`; on 512-d galleries of 100k that
+re-ranks about 25 rows per query instead of about 110. (Calibration's `top1_scores` keeps the
+wider window: the same exact scores, vectorised over thousands of probes.) The FAISS
 search asks for `_FIRST_K` rows and is widened while its last row still reaches the window
 (from the same scan's scores: the codes are read once).
 
@@ -689,15 +694,25 @@ class QuantizedSubjectIndex:
         subjects = self._row_subject.values[labels]
         _, first_rows = np.unique(subjects, return_index=True)
         if len(first_rows) >= top_k:
-            kth = float(approximate[np.sort(first_rows)[top_k - 1]])
-            floor = kth - 2.0 * bound
+            # The rows down to the k-th subject's best hold k subjects; their exact scores give
+            # k subjects scoring at least `kth`. A row whose approximate score is below
+            # kth - bound scores exactly below kth: it can neither be in the top k nor be the
+            # best row of a subject that is. (kth <= the k-th approximate score + bound, so
+            # these rows are all above the floor.)
+            seeds = int(np.sort(first_rows)[top_k - 1]) + 1
+            seed_exact = self._exact(query, labels[:seeds])
+            _, inverse = np.unique(subjects[:seeds], return_inverse=True)
+            best_seen = np.full(top_k, -np.inf)
+            np.maximum.at(best_seen, inverse, seed_exact)
+            floor = float(best_seen.min()) - bound
         else:
-            floor = -np.inf
+            seeds, seed_exact, floor = 0, np.empty(0, dtype=np.float32), -np.inf
         if full and last >= floor:
             return None
-        candidates = approximate >= floor
-        labels, subjects = labels[candidates], subjects[candidates]
-        exact = _dot_rows(self._rows.read(labels), np.broadcast_to(query, (len(labels), self.dim)))
+        # Sorted best first: the candidates are a prefix, the seeds its start.
+        count = max(seeds, int(np.count_nonzero(approximate >= floor)))
+        labels, subjects = labels[:count], subjects[:count]
+        exact = np.concatenate([seed_exact, self._exact(query, labels[seeds:])])
         order = np.lexsort((-exact, subjects))  # by subject, best first within each
         subjects, exact = subjects[order], exact[order]
         firsts = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
@@ -710,6 +725,12 @@ class QuantizedSubjectIndex:
             (-float(best[i]), self._name(int(pks[i])), int(pks[i])) for i in ranked.tolist()
         )
         return [(pk, -negated) for negated, _, pk in chosen[:top_k]]
+
+    def _exact(self, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact float32 scores of one query against `rows`."""
+        if not len(rows):
+            return np.empty(0, dtype=np.float32)
+        return _dot_rows(self._rows.read(rows), np.broadcast_to(query, (len(rows), self.dim)))
 
     # -- mutating (the caller has committed the change to the store first) --
     def set_subject(self, pk: int, subject_id: str) -> None:
