@@ -20,15 +20,20 @@ back out.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnxruntime
 
 BLOCK_ROWS = 16_384  # 8 MB of 512-d codes: one block's pass stays in the cache
 _MIN_CAPACITY = 1_024
-# A product of at most this many query rows goes one row at a time: the matrix-vector kernel
-# is about four times faster per row than a small matrix-matrix product, which repacks the
-# block for every call.
-_ROWS_ONE_AT_A_TIME = 3
+# A product of at most this many query rows goes one row at a time (the block stays in the
+# cache from one row's pass to the next): the matrix-matrix kernel repacks the whole block on
+# every call, which only more rows pay for (100k x 512-d, ms per query: 2.35 one at a time
+# against 3.1 as one product for 4 rows, 2.0 against 2.2 for 6, 1.9 against 1.7 for 8).
+_ROWS_ONE_AT_A_TIME = 6
 _INT16_MAX = 32_767
 
 _UINT8, _INT8, _INT32 = 2, 3, 6  # ONNX TensorProto element types
@@ -80,6 +85,19 @@ def matmul_integer_model() -> bytes:
 
 
 _session: onnxruntime.InferenceSession | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _scan_pool() -> ThreadPoolExecutor:
+    """Threads that scan a share of a search's blocks (onnxruntime runs without the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="int8-scan"
+            )
+        return _pool
 
 
 def _matmul_session() -> onnxruntime.InferenceSession:
@@ -212,17 +230,33 @@ class Int8Codes:
             np.abs(q) @ (np.abs(self.vmin) + self.vdiff)
         )
 
-    def products(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def products(
+        self, queries: np.ndarray, threads: int = 1
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(C, s, R): the approximate score of query i and row r is `C[i] + s[i] * R[i, r]`
-        (R int32 [queries, rows])."""
+        (R int32 [queries, rows]). With `threads` > 1 the blocks are split between the caller
+        and that many threads less one (the products are the same)."""
         constant, scale, offset = self._query_side(queries)
         if not self.ntotal or not len(offset):
             return constant, scale, np.zeros((len(offset), self.ntotal), dtype=np.int32)
-        session = _matmul_session()
         out = np.empty((len(offset), self.ntotal), dtype=np.int32)
-        start = 0
-        for i, (block, sums) in enumerate(zip(self._blocks, self._sums, strict=True)):
-            used = block.shape[1] if i < len(self._blocks) - 1 else self._last_used()
+        blocks = list(range(len(self._blocks)))
+        groups = [part for part in np.array_split(blocks, max(1, threads)) if len(part)]
+        pending = [_scan_pool().submit(self._scan_blocks, offset, g, out) for g in groups[1:]]
+        try:
+            self._scan_blocks(offset, groups[0], out)
+        finally:
+            for future in pending:
+                future.result()  # every thread done before `out` is used (or an error raised)
+        return constant, scale, out
+
+    def _scan_blocks(self, offset: np.ndarray, which: np.ndarray, out: np.ndarray) -> None:
+        """The products of blocks `which` into their columns of `out`."""
+        session = _matmul_session()
+        last = len(self._blocks) - 1
+        for i in which.tolist():
+            block, sums = self._blocks[i], self._sums[i]
+            used = block.shape[1] if i < last else self._last_used()
             if len(offset) <= _ROWS_ONE_AT_A_TIME:
                 y = np.vstack(
                     [session.run(None, {"A": row[None, :], "B": block})[0] for row in offset]
@@ -231,13 +265,12 @@ class Int8Codes:
                 y = session.run(None, {"A": offset, "B": block})[0]
             # (a + 128) . c' - 128 * sum(c') = a . c'
             shift = 128 * sums[:used].astype(np.int32)
+            start = BLOCK_ROWS * i
             np.subtract(y[:, :used], shift[None, :], out=out[:, start : start + used])
-            start += used
-        return constant, scale, out
 
-    def scan(self, queries: np.ndarray) -> Int8Scan:
+    def scan(self, queries: np.ndarray, threads: int = 1) -> Int8Scan:
         """One pass over the codes for every query; the top rows are then taken per query."""
-        return Int8Scan(*self.products(np.asarray(queries, dtype=np.float32)))
+        return Int8Scan(*self.products(np.asarray(queries, dtype=np.float32), threads))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's search contract (see Int8Scan.top)."""

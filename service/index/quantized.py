@@ -37,9 +37,11 @@ rows are dead, or when the gallery has doubled since the quantiser was trained (
 ranges, and the error bound, follow the data).
 
 Concurrent searches can be merged (`merge_searches`): up to `search_slots` searches run at
-once (one per core by default), a caller that finds them all busy queues its probes, and the
-next search takes everything queued in one scan (no waiting window: a lone caller searches at
-once). With a
+once (one by default; with `ivf=`, one per core), a caller that finds them all busy queues its
+probes, and the next search takes everything queued in one scan (no waiting window: a lone
+caller searches at once). A merged scan of the codes is split between the cores (cores / slots
+threads each): one scan at a time on every core gathers more queries per pass over the codes
+than one scan per core, and a pass for few queries is bound by memory, not arithmetic. With a
 directory, the backend saves snapshots (codes, row tables, names; the float32 row files stay
 where they are) keyed by gallery, model and database version, which the next start loads.
 """
@@ -353,7 +355,9 @@ class QuantizedSubjectIndex:
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingSearch] = []
         self._running = 0  # merged searches running now
-        self.search_slots = max(1, os.cpu_count() or 1)
+        # The shared integer scan splits itself between the cores; FAISS's inverted file
+        # searches one merged batch per core.
+        self.search_slots = max(1, os.cpu_count() or 1) if ivf_lists else 1
         self._names = SubjectNames({})
         # Searched rows: samples ("max") or subject templates ("mean"). Row r of the file is
         # row r of the columns and label r in the FAISS index.
@@ -569,6 +573,13 @@ class QuantizedSubjectIndex:
         with self._lock.read():
             return self._top1(np.ascontiguousarray(queries, dtype=np.float32)), self._version
 
+    def _scan_threads(self) -> int:
+        """Threads per scan of the codes: merged scans share the cores between their slots;
+        a search of its own (merging off) runs beside the others, one thread each."""
+        if not self.merge_searches:
+            return 1
+        return max(1, (os.cpu_count() or 1) // max(1, self.search_slots))
+
     def _approximate(
         self, queries: np.ndarray
     ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
@@ -576,7 +587,7 @@ class QuantizedSubjectIndex:
         reads the codes once for all `queries` and widens from what it computed; FAISS
         searches again on each call."""
         if isinstance(self._codes, Int8Codes):
-            return self._codes.scan(queries).top
+            return self._codes.scan(queries, self._scan_threads()).top
         codes = self._codes
         return lambda which, k: codes.search(queries[which], k)
 
