@@ -257,16 +257,16 @@ class Int8Codes:
         for i in which.tolist():
             block, sums = self._blocks[i], self._sums[i]
             used = block.shape[1] if i < last else self._last_used()
-            if len(offset) <= _ROWS_ONE_AT_A_TIME:
-                y = np.vstack(
-                    [session.run(None, {"A": row[None, :], "B": block})[0] for row in offset]
-                )
-            else:
-                y = session.run(None, {"A": offset, "B": block})[0]
             # (a + 128) . c' - 128 * sum(c') = a . c'
             shift = 128 * sums[:used].astype(np.int32)
-            start = BLOCK_ROWS * i
-            np.subtract(y[:, :used], shift[None, :], out=out[:, start : start + used])
+            columns = out[:, BLOCK_ROWS * i : BLOCK_ROWS * i + used]
+            if len(offset) <= _ROWS_ONE_AT_A_TIME:
+                for row, target in zip(offset, columns, strict=True):
+                    y = session.run(None, {"A": row[None, :], "B": block})[0]
+                    np.subtract(y[0, :used], shift, out=target)
+            else:
+                y = session.run(None, {"A": offset, "B": block})[0]
+                np.subtract(y[:, :used], shift[None, :], out=columns)
 
     def scan(self, queries: np.ndarray, threads: int = 1) -> Int8Scan:
         """One pass over the codes for every query; the top rows are then taken per query."""
