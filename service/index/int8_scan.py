@@ -86,13 +86,13 @@ def matmul_integer_model() -> bytes:
 
 _session: onnxruntime.InferenceSession | None = None
 _pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
+_lazy_lock = threading.Lock()  # the session and the pool are made once, on first use
 
 
 def _scan_pool() -> ThreadPoolExecutor:
     """Threads that scan a share of a search's blocks (onnxruntime runs without the GIL)."""
     global _pool
-    with _pool_lock:
+    with _lazy_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(
                 max_workers=max(1, (os.cpu_count() or 1) - 1), thread_name_prefix="int8-scan"
@@ -102,15 +102,17 @@ def _scan_pool() -> ThreadPoolExecutor:
 
 def _matmul_session() -> onnxruntime.InferenceSession:
     global _session
-    if _session is None:
-        options = onnxruntime.SessionOptions()
-        # One thread per call: the caller's thread scans, the other cores serve HTTP.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        _session = onnxruntime.InferenceSession(
-            matmul_integer_model(), options, providers=["CPUExecutionProvider"]
-        )
-    return _session
+    with _lazy_lock:
+        if _session is None:
+            options = onnxruntime.SessionOptions()
+            # One thread per call: a scan is split between threads by blocks (products()),
+            # each thread running its own calls on this session.
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            _session = onnxruntime.InferenceSession(
+                matmul_integer_model(), options, providers=["CPUExecutionProvider"]
+            )
+        return _session
 
 
 class Int8Codes:
