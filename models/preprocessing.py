@@ -11,6 +11,7 @@ Resizing is Pillow's on 8-bit images, so training must preprocess through this m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,13 +27,28 @@ _RESAMPLE = {
 }
 
 
+@functools.lru_cache(maxsize=16)
+def _levels(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """float32 [C, 256]: what each 8-bit level of each channel becomes, by the same float32
+    operations as the formula (so a lookup gives the formula's values to the last bit)."""
+    scaled = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    mean_ = np.asarray(mean, dtype=np.float32)
+    std_ = np.asarray(std, dtype=np.float32)
+    levels = (scaled[None, :] - mean_[:, None]) / std_[:, None]
+    levels.flags.writeable = False  # shared by every call with these parameters
+    return levels
+
+
 def _normalise(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 [N, H, W, C] -> float32 [N, C, H, W], scaled and normalised."""
-    scaled = pixels.astype(np.float32) / np.float32(255.0)
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    normalised = (scaled - mean) / std
-    return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2), dtype=np.float32)
+    """uint8 [N, H, W, C] -> float32 [N, C, H, W], scaled and normalised.
+
+    `(pixels / 255 - mean) / std` per channel, looked up per level: a gather per channel
+    instead of three float passes over a broadcast channel axis (several times slower)."""
+    levels = _levels(tuple(spec.mean), tuple(spec.std))
+    out = np.empty((pixels.shape[0], pixels.shape[3], *pixels.shape[1:3]), dtype=np.float32)
+    for channel in range(pixels.shape[3]):
+        np.take(levels[channel], pixels[..., channel], out=out[:, channel])
+    return out
 
 
 _EXIF_ORIENTATION = 0x0112

@@ -17,14 +17,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from models.bundle import Bundle
-from models.preprocessing import images_to_array
+from models.preprocessing import pixels_to_array
 from service.core.embedder import Embedder, normalise_rows
 
 
@@ -163,10 +162,10 @@ class BatchingEmbedder(Embedder):
         (output,) = self.session.run([self._output_name], {self._input_name: inputs})
         return np.asarray(output, dtype=np.float32)
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if len(images) == 0 or len(images) >= self.batcher.max_batch_size:
-            return super().embed_images(images)
-        inputs = images_to_array(images, self.manifest.input)
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) == 0 or len(pixels) >= self.batcher.max_batch_size:
+            return super().embed_pixels(pixels)
+        inputs = pixels_to_array(pixels, self.manifest.input)
         return normalise_rows(self.batcher.submit(inputs), what="model output")
 
     def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:

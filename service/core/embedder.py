@@ -15,7 +15,7 @@ import onnxruntime
 from PIL import Image
 
 from models.bundle import Bundle
-from models.preprocessing import images_to_array
+from models.preprocessing import image_to_pixels, pixels_to_array
 from models.scoring import EmbeddingError, l2_normalise
 
 
@@ -45,9 +45,17 @@ class Embedder:
         """Images -> float32 [N, D], L2-normalised."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        spec = self.manifest.input
+        return self.embed_pixels(np.stack([image_to_pixels(image, spec) for image in images]))
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels at the input size, [N, H, W, C] (or [N, H, W] for one channel) ->
+        float32 [N, D], L2-normalised: what embed_images gives for those images."""
+        if not len(pixels):
+            return np.zeros((0, self.dim), dtype=np.float32)
         outputs = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images_to_array(images[start : start + self.batch_size], self.manifest.input)
+        for start in range(0, len(pixels), self.batch_size):
+            batch = pixels_to_array(pixels[start : start + self.batch_size], self.manifest.input)
             (output,) = self.session.run([self._output_name], {self._input_name: batch})
             outputs.append(np.asarray(output, dtype=np.float32))
         raw = np.concatenate(outputs)

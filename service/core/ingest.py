@@ -7,6 +7,7 @@ one bad image never sinks the others of a batch.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +85,17 @@ class Ingest:
             else _base64_or_none(upload.image_base64)
             for upload in uploads
         ]
-        # An image over the per-image limit is rejected on its own, undecoded.
+        declared = self._declared_pixels(decoded)
+        try:
+            return self._prepare(model, uploads, decoded)
+        finally:
+            if declared >= _TRIM_AFTER_PIXELS:
+                release_free_memory()
+
+    def _declared_pixels(self, decoded: Sequence[bytes | None]) -> int:
+        """The pixels the images' headers declare in all; a ServiceError past the request's
+        limit. An image over the per-image limit is left out: it is rejected on its own,
+        undecoded."""
         per_image = [header_pixels(data) for data in decoded if data is not None]
         declared = sum(n for n in per_image if n <= self.settings.max_image_pixels)
         limit = self.settings.max_request_pixels
@@ -94,11 +105,7 @@ class Ingest:
                 f"the request's images hold {declared} pixels in all; the limit per request "
                 f"is {limit}: send fewer or smaller images",
             )
-        try:
-            return self._prepare(model, uploads, decoded)
-        finally:
-            if declared >= _TRIM_AFTER_PIXELS:
-                release_free_memory()
+        return declared
 
     def _prepare(
         self, model: LoadedModel, uploads: list[Upload], decoded: list[bytes | None]
@@ -176,11 +183,43 @@ class Ingest:
                 if reason is not None:
                     raise ServiceError("invalid_embedding", f"probe {number}: {reason}")
             return checked.unit
+        images = [upload.image for upload in uploads if upload.image is not None]
+        if uploads and len(images) == len(uploads):
+            vectors = self._image_probes(model, images)
+            if vectors is not None:
+                return vectors
         prepared = self.prepare(model, uploads)
         for number, item in enumerate(prepared):
             if item.rejection is not None:
                 raise ServiceError(item.rejection_code, f"probe {number}: {item.rejection}")
         return np.stack([item.vector for item in prepared if item.vector is not None])
+
+    def _image_probes(self, model: LoadedModel, images: list[bytes]) -> np.ndarray | None:
+        """Image probes embedded as prepare() embeds them (the same checks, pixels and
+        vectors) without what only enrolment keeps: content hashes, the bytes, a record per
+        item, the pixels back into a Pillow image. None when one is unusable: prepare() then
+        says which and why."""
+        declared = self._declared_pixels(images)
+        spec = model.bundle.manifest.input
+        draft = (spec.color, (spec.width, spec.height))
+        try:
+            pixels = []
+            for data in images:
+                image = decode_image(
+                    data,
+                    max_bytes=self.settings.max_image_bytes,
+                    max_pixels=self.settings.max_image_pixels,
+                    draft=draft,
+                )
+                check_not_blank(image, spec.color)
+                pixels.append(image_to_pixels(image, spec))
+                del image  # the full-size pixels go at once, as in prepare()
+            return model.embedder.embed_pixels(np.stack(pixels))
+        except (ImageRejected, EmbeddingRejected):
+            return None
+        finally:
+            if declared >= _TRIM_AFTER_PIXELS:
+                release_free_memory()
 
 
 # After a request that decoded this many pixels, free C heap goes back to the system.

@@ -5,8 +5,9 @@
 - `faiss://` (the default): exact search over float32 vectors in process memory;
 - `faiss://?storage=sq8`: exact search over 8-bit codes in process memory, re-ranked from the
   float32 vectors kept in a file under the data directory (a quarter of the memory);
-  concurrent searches share one scan of the codes (`slots=<n>` scans at once, one per core by
-  default; `merge=0` turns sharing off);
+  concurrent searches share one scan of the codes (`slots=<n>` scans at once, one by default,
+  each split between cores / n threads; `merge=0` turns sharing off; with `ivf=`, `merge=1`
+  merges into FAISS searches, one per core by default);
 - `faiss://?storage=sq8&ivf=<lists>&nprobe=<n>`: approximate search (an inverted file of
   `lists` lists, `n` visited per query), re-ranked exactly within what it visits.
 

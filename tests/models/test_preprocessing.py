@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from models.bundle import InputSpec
-from models.preprocessing import images_to_array, pixels_to_array
+from models.preprocessing import _normalise, images_to_array, pixels_to_array
 
 GREY = InputSpec(shape=(1, 4, 6), color="L", mean=(0.25,), std=(0.5,))
 RGB = InputSpec(shape=(3, 4, 6), color="RGB", mean=(0.1, 0.2, 0.3), std=(0.2, 0.4, 0.8))
@@ -173,3 +173,20 @@ def test_single_image_must_be_wrapped() -> None:
 def test_bad_pixels(pixels: np.ndarray, spec: InputSpec, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         pixels_to_array(pixels, spec)
+
+
+@pytest.mark.parametrize("spec", [GREY, RGB])
+def test_every_level_equals_the_float32_formula(spec: InputSpec) -> None:
+    """Each channel's 256 levels, bit for bit as `(x / 255 - mean) / std` in float32 ops."""
+    channels = spec.shape[0]
+    pixels = np.broadcast_to(
+        np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 1, channels)
+    ).copy()
+    pixels[..., -1] = pixels[..., -1][:, ::-1]  # the last channel in reverse: not a copy
+    direct = pixels.astype(np.float32) / np.float32(255.0)
+    direct = (direct - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(
+        spec.std, dtype=np.float32
+    )
+    looked_up = _normalise(pixels, spec)
+    np.testing.assert_array_equal(looked_up, direct.transpose(0, 3, 1, 2))
+    assert looked_up.dtype == np.float32 and looked_up.flags.c_contiguous

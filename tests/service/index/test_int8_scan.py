@@ -3,6 +3,8 @@ by hand, and the sq8 index's batched search against float32 brute force."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,28 @@ def test_products_equal_integer_arithmetic(small_blocks: None, queries: int) -> 
     # A snapshot's blocks give the same products.
     again = Int8Codes.from_blocks(dim, codes.vmin, codes.vdiff, codes.blocks(), codes.max_code_norm)
     np.testing.assert_array_equal(again.products(probes)[2], products)
+    # So do blocks split between threads (more threads than blocks too).
+    for threads in (2, 3, 9):
+        np.testing.assert_array_equal(codes.products(probes, threads)[2], products)
+
+
+def test_a_failing_thread_fails_the_scan(
+    small_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codes = Int8Codes(8, np.zeros(8), np.ones(8))
+    codes.add_codes(np.full((200, 8), 7, dtype=np.uint8))
+    scan_blocks = Int8Codes._scan_blocks
+
+    def failing(self: Int8Codes, offset: np.ndarray, which: np.ndarray, out: np.ndarray) -> None:
+        if 3 in which.tolist():  # a block the caller leaves to another thread
+            raise MemoryError("no room")
+        scan_blocks(self, offset, which, out)
+
+    monkeypatch.setattr(Int8Codes, "_scan_blocks", failing)
+    with pytest.raises(MemoryError):  # 4 blocks: the caller scans 0-1, a thread 2-3
+        codes.products(np.ones((1, 8)), threads=2)
+    monkeypatch.setattr(Int8Codes, "_scan_blocks", scan_blocks)
+    assert (codes.products(np.ones((1, 8)), threads=2)[2] == 8 * 127 * (7 - 128)).all()
 
 
 def test_row_sums_widen_past_int16() -> None:
@@ -89,6 +113,9 @@ def test_batched_search_is_exact(small_blocks: None, scoring: str) -> None:
     together = index.search(probes, 5)
     alone = [index.search(probes[i : i + 1], 5)[0] for i in range(len(probes))]
     assert together == alone
+    index.merge_searches = True  # merged scans are split between the cores' threads
+    assert index._scan_threads() == max(1, os.cpu_count() or 1)
+    assert index.search(probes, 5) == together
     thresholds = np.quantile(scores[:, 0], [0.1, 0.5, 0.9])
     for row, expected_labels, expected_scores in zip(together, labels, scores, strict=True):
         assert [c.subject_id for c in row] == expected_labels.tolist()

@@ -103,6 +103,31 @@ def test_clustered_near_ties_give_the_exact_answer(
     assert index.subject_count == len(np.unique(subjects))
 
 
+@pytest.mark.parametrize("first_k", [8, 256])
+def test_subjects_with_many_close_samples_give_the_exact_answer(
+    first_k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-ranking first scores the rows down to the k-th subject's best exactly, then
+    everything within the error bound of the k-th exact subject score. Here a few subjects
+    own many samples that all score near the top (the rows before the k-th subject are many)
+    and the rest of the cluster is within the quantisation error of them."""
+    monkeypatch.setattr(quantized, "_FIRST_K", first_k)
+    rng = np.random.default_rng(17)
+    centres = unit(rng.standard_normal((5, DIM)))
+    vectors, subjects = [], []
+    for c, centre in enumerate(centres):
+        for s in range(30):
+            count = 12 if s < 3 else 1 + s % 3  # three subjects with a dozen samples each
+            vectors.append(unit(centre + 0.02 * rng.standard_normal((count, DIM))))
+            subjects += [100 * c + s] * count
+    gallery, pks = np.vstack(vectors), np.array(subjects, dtype=np.int64)
+    index = build("max", gallery, pks)
+    probes = unit(np.repeat(centres, 4, axis=0) + 0.005 * rng.standard_normal((20, DIM)))
+    assert index.error_bound(probes[:1])[0] > 1e-3
+    for top_k in (1, 3, 5, 12):
+        assert_same_as_scorer(index, gallery, pks, probes, "max", top_k=top_k)
+
+
 def test_approximate_scores_stay_within_the_bound() -> None:
     """The bound the re-ranking relies on, checked on the codes themselves."""
     rng = np.random.default_rng(3)
