@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from models.bundle import InputSpec
 from models.preprocessing import image_to_pixels
 from service.core.embedder import EmbeddingRejected, check_embeddings
 from service.core.errors import ServiceError
@@ -112,7 +113,6 @@ class Ingest:
     ) -> list[Prepared]:
         prepared: list[Prepared | None] = [None] * len(uploads)
         spec = model.bundle.manifest.input
-        draft = (spec.color, (spec.width, spec.height))
         images = []
         image_slots: list[tuple[int, bytes, str]] = []
         embedding_slots = [
@@ -140,17 +140,9 @@ class Ingest:
                 data = decoded[slot]
                 if data is None:  # not valid base64: decode again for the reason
                     data = decode_base64(upload.image_base64 or "")
-                image = decode_image(
-                    data,
-                    max_bytes=self.settings.max_image_bytes,
-                    max_pixels=self.settings.max_image_pixels,
-                    draft=draft,
-                )
-                check_not_blank(image, spec.color)
-                # The model's input size now, so that the full-size pixels are freed at once;
-                # the embedder's own preprocessing of it changes nothing (same mode and size).
-                pixels = image_to_pixels(image, spec)
-                del image
+                # The embedder's own preprocessing of these pixels changes nothing (same mode
+                # and size).
+                pixels = self._input_pixels(data, spec)
                 images.append(Image.fromarray(pixels[..., 0] if spec.channels == 1 else pixels))
                 image_slots.append((slot, data, hashlib.sha256(data).hexdigest()))
             except (ImageRejected, EmbeddingRejected) as rejection:
@@ -194,6 +186,18 @@ class Ingest:
                 raise ServiceError(item.rejection_code, f"probe {number}: {item.rejection}")
         return np.stack([item.vector for item in prepared if item.vector is not None])
 
+    def _input_pixels(self, data: bytes, spec: InputSpec) -> np.ndarray:
+        """An image file decoded within the limits, refused if blank, and brought to the
+        model's input size at once, so that its full-size pixels are freed on return."""
+        image = decode_image(
+            data,
+            max_bytes=self.settings.max_image_bytes,
+            max_pixels=self.settings.max_image_pixels,
+            draft=(spec.color, (spec.width, spec.height)),
+        )
+        check_not_blank(image, spec.color)
+        return image_to_pixels(image, spec)
+
     def _image_probes(self, model: LoadedModel, images: list[bytes]) -> np.ndarray | None:
         """Image probes embedded as prepare() embeds them (the same checks, pixels and
         vectors) without what only enrolment keeps: content hashes, the bytes, a record per
@@ -201,19 +205,8 @@ class Ingest:
         says which and why."""
         declared = self._declared_pixels(images)
         spec = model.bundle.manifest.input
-        draft = (spec.color, (spec.width, spec.height))
         try:
-            pixels = []
-            for data in images:
-                image = decode_image(
-                    data,
-                    max_bytes=self.settings.max_image_bytes,
-                    max_pixels=self.settings.max_image_pixels,
-                    draft=draft,
-                )
-                check_not_blank(image, spec.color)
-                pixels.append(image_to_pixels(image, spec))
-                del image  # the full-size pixels go at once, as in prepare()
+            pixels = [self._input_pixels(data, spec) for data in images]
             return model.embedder.embed_pixels(np.stack(pixels))
         except (ImageRejected, EmbeddingRejected):
             return None

@@ -4,6 +4,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,6 +17,12 @@ DIM = 16
 # The index the service tests run against (read before the fixture below clears OPENGALLERY_*):
 # e.g. OPENGALLERY_TEST_INDEX_URL='faiss://?storage=sq8' runs them all on 8-bit codes.
 INDEX_URL = os.environ.get("OPENGALLERY_TEST_INDEX_URL")
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    """`n` random unit vectors of `dim` (float64), the embeddings the service tests send."""
+    vectors = rng.standard_normal((n, dim))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 @pytest.fixture(autouse=True)

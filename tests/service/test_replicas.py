@@ -21,14 +21,9 @@ import pytest
 
 from service.testing import ServerProcess
 
-from .conftest import ADMIN_KEY, DIM
+from .conftest import ADMIN_KEY, unit
 
 VISIBLE_WITHIN_S = 1.0
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def replica(

@@ -13,12 +13,7 @@ from models.preprocessing import images_to_array
 from models.testing import random_embeddings
 from service.testing import png_bytes
 
-DIM = 16
-
-
-def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
-    vectors = rng.standard_normal((n, dim))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+from ..conftest import DIM, unit
 
 
 def make_gallery(client: TestClient, name: str = "g", **fields: object) -> dict:

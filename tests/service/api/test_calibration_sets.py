@@ -21,13 +21,8 @@ from service.api.app import create_app
 from service.settings import Settings
 from service.testing import png_bytes
 
-from ..conftest import ADMIN_KEY, DIM
+from ..conftest import ADMIN_KEY, DIM, unit
 from ..redeploy import wait_job
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def enrol(client: TestClient, gallery: str, vectors: np.ndarray) -> None:

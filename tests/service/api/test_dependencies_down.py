@@ -25,7 +25,7 @@ from service.storage.postgres import connection as postgres_connection
 from service.testing import ServerThread
 from service.testing_engines import MilvusServer, PostgresServer
 
-from ..conftest import ADMIN_KEY, DIM
+from ..conftest import ADMIN_KEY, unit
 
 SECRET = "pa55-w0rd-never-shown"
 HEADERS = {"X-API-Key": ADMIN_KEY}
@@ -33,11 +33,6 @@ LOAD_THREADS = 4
 REQUESTS_PER_THREAD = 3
 # A request the service answers only after this long counts as a hang.
 CLIENT_TIMEOUT_S = 30.0
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def with_password(url: str, user: str) -> str:

@@ -16,14 +16,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from service.testing import png_bytes
 
-ADMIN_KEY = "test-admin-key-0123456789"  # the one tests/service/conftest.py configures
-
-DIM = 16
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+from ..conftest import ADMIN_KEY, DIM, unit
 
 
 def build_gallery(client: TestClient, name: str, scoring: str) -> list[bytes]:

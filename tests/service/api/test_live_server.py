@@ -14,14 +14,9 @@ from service.api.app import create_app
 from service.settings import Settings
 from service.testing import ServerProcess, ServerThread, png_bytes
 
-from ..conftest import ADMIN_KEY, DIM
+from ..conftest import ADMIN_KEY, unit
 
 HEADERS = {"X-API-Key": ADMIN_KEY}
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def snapshot(client: httpx.Client, probes: list[bytes]) -> dict:

@@ -14,13 +14,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from service.storage.postgres import connection as postgres_connection
 
-ADMIN_KEY = "test-admin-key-0123456789"  # tests/service/conftest.py's
-DIM = 16
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+from ..conftest import ADMIN_KEY, unit
 
 
 @pytest.fixture

@@ -22,12 +22,7 @@ from service.index.milvus import SAMPLE, TEMPLATE, TEMPLATE_IDS, MilvusSubjectIn
 from service.settings import Settings
 from service.storage import NewSample, open_store
 
-from ..conftest import ADMIN_KEY, DIM
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+from ..conftest import ADMIN_KEY, DIM, unit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

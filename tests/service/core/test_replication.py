@@ -16,12 +16,7 @@ from service.api.app import create_app
 from service.core.state import ServiceState
 from service.settings import Settings
 
-from ..conftest import ADMIN_KEY, DIM
-
-
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+from ..conftest import ADMIN_KEY, unit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
