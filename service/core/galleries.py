@@ -21,7 +21,7 @@ from service.core.errors import ServiceError, not_found, store_errors
 from service.core.ids import check_id
 from service.core.images import media_type
 from service.core.ingest import Ingest, Prepared, Upload
-from service.core.live import ActiveModel, LiveGalleries, LiveGallery, index_writes
+from service.core.live import ActiveModel, LiveGalleries, LiveGallery
 from service.core.metrics import Metrics
 from service.core.models import LoadedModels
 from service.settings import Settings
@@ -205,7 +205,7 @@ class Galleries:
 
     def delete_subject(self, gallery_name: str, subject_id: str) -> None:
         gallery = self.live.get(gallery_name)
-        with gallery.lock, store_errors(), index_writes(gallery.active.index):
+        with gallery.lock, store_errors(), self.live.writing(gallery):
             pk, sample_ids, _ = self.store.delete_subject(gallery_name, subject_id)
             active = gallery.active
             active.index.remove_subject(pk, np.array(sample_ids, dtype=np.int64))
@@ -272,7 +272,7 @@ class Galleries:
     ) -> list[AddedSample] | None:
         """Commit samples embedded by `active`, then index them; None if the gallery switched
         to another model meanwhile (nothing is stored then)."""
-        with gallery.lock, index_writes(active.index):
+        with gallery.lock, self.live.writing(gallery):
             if gallery.active is not active:
                 return None
             try:
@@ -374,7 +374,7 @@ class Galleries:
     ) -> list[BulkAdded] | None:
         """Commit the usable items in one transaction, then index the new samples; None if
         the gallery switched model meanwhile (nothing stored then)."""
-        with gallery.lock, index_writes(active.index):
+        with gallery.lock, self.live.writing(gallery):
             if gallery.active is not active:
                 return None
             if not usable:
@@ -439,7 +439,7 @@ class Galleries:
 
     def delete_sample(self, gallery_name: str, subject_id: str, sample_id: int) -> None:
         gallery = self.live.get(gallery_name)
-        with gallery.lock, store_errors(), index_writes(gallery.active.index):
+        with gallery.lock, store_errors(), self.live.writing(gallery):
             self.store.delete_sample(gallery_name, subject_id, sample_id)
             active = gallery.active
             active.index.remove_samples(np.array([sample_id], dtype=np.int64))

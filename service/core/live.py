@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +23,7 @@ from models.calibration import min_searches_for_fpir
 from service.core.calibration import GalleryCalibration
 from service.core.errors import ServiceError, not_found
 from service.core.models import LoadedModel, LoadedModels
-from service.index import IndexBackend, IndexContents, SubjectSearch
+from service.index import IndexBackend, IndexContents, IndexUnavailable, SubjectSearch
 from service.storage import GalleryRecord, Store
 
 logger = logging.getLogger("opengallery.service")
@@ -110,6 +110,33 @@ class LiveGalleries:
         # Called with the name of a gallery whose model the database changed under a write
         # (a migration run by another replica): the follower switches it at once.
         self.on_stale: Callable[[str], None] | None = None
+        # Galleries whose index refused a change the database committed, with how many times
+        # it did: the follower builds them again from the database once the index answers.
+        self._unindexed: Counter[str] = Counter()
+
+    @contextmanager
+    def writing(self, gallery: LiveGallery) -> Iterator[None]:
+        """Around a mutation of `gallery`, from before its commit until its index has it
+        (`index_writes`). An index that fails after the commit (a Milvus server gone) leaves
+        the database ahead of it: the gallery is marked for `unindexed()`."""
+        with index_writes(gallery.active.index):
+            try:
+                yield
+            except IndexUnavailable:
+                with self._lock:
+                    self._unindexed[gallery.name] += 1
+                raise
+
+    def unindexed(self) -> dict[str, int]:
+        """Galleries whose index missed a committed change: name -> failures so far."""
+        with self._lock:
+            return dict(self._unindexed)
+
+    def indexed_again(self, name: str, failures: int) -> None:
+        """`name` was built again after `failures` failures (a later failure keeps it marked)."""
+        with self._lock:
+            if self._unindexed.get(name) == failures:
+                del self._unindexed[name]
 
     def refresh(self, name: str) -> None:
         """Catch up with a model switch committed elsewhere (see `on_stale`)."""

@@ -31,6 +31,7 @@ import numpy as np
 from service.core.keys import Authenticator
 from service.core.live import LiveGalleries, LiveGallery, index_settled
 from service.core.models import LoadedModel, LoadedModels
+from service.index import IndexUnavailable
 from service.storage import ChangeRecord, Store, StoreUnavailable
 from service.storage.protocols.changes import (
     CALIBRATION_CHANGED,
@@ -51,6 +52,7 @@ WAIT_S = 0.5  # longest wait for a wake-up before reading the log anyway (and ch
 PRUNE_EVERY_S = 600.0  # how often a follower deletes changes older than the retention
 MODEL_RELOAD_S = 2.0  # least time between two looks for bundles registered elsewhere
 RETRY_S = 1.0  # after the database was unreachable
+REINDEX_S = 2.0  # least time between two tries to build again a gallery its index fell behind
 BATCH = 1000  # changes read at a time
 
 
@@ -97,6 +99,7 @@ class ChangeFollower:
         self.retention_s = retention_s  # None: never prune
         self._pruned_at = time.monotonic()
         self._models_loaded_at = -MODEL_RELOAD_S
+        self._reindexed_at = -REINDEX_S
         self._cursor = after
         self._lock = threading.Lock()  # one catch-up at a time
         self._stop = threading.Event()
@@ -133,6 +136,7 @@ class ChangeFollower:
                 if self.store.wait_for_changes(self._cursor, self.wait_s):
                     self.catch_up()
                 self._prune()
+                self._reindex()
                 if failing:
                     logger.info("change log: following again from seq %d", self._cursor)
                     failing = False
@@ -173,6 +177,26 @@ class ChangeFollower:
         deleted = self.store.prune_changes(self.retention_s)
         if deleted:
             logger.info("change log: %d changes older than the retention deleted", deleted)
+
+    def _reindex(self) -> None:
+        if not self.live.unindexed() or time.monotonic() - self._reindexed_at < REINDEX_S:
+            return
+        self._reindexed_at = time.monotonic()
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Build again from the database each gallery whose index refused a committed change
+        (`LiveGalleries.writing`): a shared index (Milvus) gets the rows it missed, this
+        process's memory the change. One the index still refuses stays marked for the next
+        round."""
+        for name, failures in sorted(self.live.unindexed().items()):
+            try:
+                self.rebuild(name)
+            except IndexUnavailable as error:
+                logger.info("gallery %r: its index is still behind the database (%s)", name, error)
+                continue
+            self.live.indexed_again(name, failures)
+            logger.info("gallery %r: built again from the database after an index failure", name)
 
     def resync(self) -> None:
         """Reload every gallery from the database and forget every cached key: what this

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,12 +158,13 @@ def test_milvus_down_under_load_then_back(
             assert readiness.json()["unavailable"] == ["index"]
             searches = under_load(server.url, lambda c, i: identify(c, probes[i % len(probes) :]))
             assert_unavailable(searches, "index_unavailable")
-            # A write the database committed but Milvus refused: 503 too (the sample reaches
-            # the index at the next start: docs/scaling.md); in its own gallery, so that g's
-            # answers below do not depend on when it does.
+            # A write the database committed but Milvus refused: 503 too; the sample reaches
+            # the index once Milvus is back (the follower builds the gallery again). In its
+            # own gallery, so that g's answers below do not depend on when it does.
             assert client.put("/v1/galleries/w/subjects/late").status_code == 201
+            late = unit(rng, 1)
             refused = client.post(
-                "/v1/galleries/w/subjects/late/samples", json={"embeddings": unit(rng, 1).tolist()}
+                "/v1/galleries/w/subjects/late/samples", json={"embeddings": late.tolist()}
             )
             assert_unavailable([refused], "index_unavailable")
 
@@ -171,6 +173,23 @@ def test_milvus_down_under_load_then_back(
             after = identify(client, probes)
             assert after.status_code == 200, after.text
             assert after.json()["results"] == before.json()["results"]
+            found = found_within(client, "w", late, seconds=30.0)
+            assert found["subject_id"] == "late" and found["score"] == pytest.approx(1.0)
+
+
+def found_within(client: httpx.Client, gallery: str, probe: np.ndarray, seconds: float) -> dict:
+    """The probe's identify result once the gallery's index answers with a candidate (the
+    follower's rebuild is asynchronous); fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = client.post(
+            f"/v1/galleries/{gallery}/identify", json={"embeddings": probe.tolist(), "top_k": 1}
+        )
+        assert response.status_code == 200, response.text
+        result = response.json()["results"][0]
+        if result["score"] is not None:
+            return result
+        assert time.monotonic() < deadline, f"{gallery}: the index never caught up"
 
 
 def test_milvus_that_stops_answering_costs_its_timeout_not_a_hang(
