@@ -16,6 +16,9 @@ first, from the database, and a restart, which loads a snapshot where the index 
 one-minute load average. For approximate indexes (`ivf=`), recall@1 on the gallery itself:
 how often the index's top-1 subject for a probe equals exact search's, over probes that are
 noisy copies of gallery templates (mated) and random directions (non-mated).
+
+`--workers 1,2` runs each index with `serve --workers N` for each N (CPU and memory summed over
+the server's processes), and `--rounds R` runs every (index, workers) R times in turn.
 """
 
 from __future__ import annotations
