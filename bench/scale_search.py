@@ -16,6 +16,9 @@ first, from the database, and a restart, which loads a snapshot where the index 
 one-minute load average. For approximate indexes (`ivf=`), recall@1 on the gallery itself:
 how often the index's top-1 subject for a probe equals exact search's, over probes that are
 noisy copies of gallery templates (mated) and random directions (non-mated).
+
+`--workers 1,2` runs each index with `serve --workers N` for each N (CPU and memory summed over
+the server's processes), and `--rounds R` runs every (index, workers) R times in turn.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from models.bundle import Bundle, load_bundle  # noqa: E402
 from models.testing import make_cheap_bundle  # noqa: E402
 from service.index import IndexContents, open_index  # noqa: E402
-from service.testing import ServerProcess, png_bytes  # noqa: E402
+from service.testing import ServerProcess, png_bytes, worker_pids  # noqa: E402
 
 
 def _bench_service():  # type: ignore[no-untyped-def]
@@ -56,6 +59,49 @@ service_bench = _bench_service()
 ADMIN_KEY = service_bench.ADMIN_KEY
 GALLERY = service_bench.GALLERY
 TOP_K = 5
+
+
+def server_pids(pid: int, workers: int) -> list[int]:
+    """The processes of a server: `serve` itself, and with `--workers N` its N workers."""
+    return [pid, *worker_pids(pid)] if workers > 1 else [pid]
+
+
+def server_rss(pid: int, workers: int) -> int:
+    """The resident sets of the server's processes, summed."""
+    return sum(rss_bytes(p) for p in server_pids(pid, workers))
+
+
+def server_cpu_seconds(pids: list[int]) -> float:
+    return sum(service_bench.process_cpu_seconds(p) for p in pids)
+
+
+def start_server(
+    data_dir: Path, bundle: Bundle, url: str, workers: int, log_path: Path, info: bool = False
+) -> ServerProcess:
+    """`serve` on `data_dir`, returned once every worker has its index: with `--workers N`,
+    each worker's slot holds a snapshot (saved when its first start built the index), or, when
+    `info` (the log at level info: one line per request, so not for timed load), the log says
+    N workers are ready."""
+    env = {"OPENGALLERY_INDEX_URL": url, "OPENGALLERY_WORKERS": str(workers)}
+    log_path.write_bytes(b"")
+    server = ServerProcess(
+        data_dir,
+        bundle.path,
+        admin_key=ADMIN_KEY,
+        env=env,
+        log_path=log_path,
+        log_level="info" if info else "warning",
+    ).start(timeout=1800)
+    slots = [data_dir / "index" / f"worker-{k}" for k in range(workers)]
+    deadline = time.monotonic() + 1800
+    while workers > 1 and time.monotonic() < deadline:
+        if info:
+            if log_path.read_text(errors="replace").count("ready: model") >= workers:
+                break
+        elif all(any(slot.glob("snapshot-*.json")) for slot in slots):
+            break
+        time.sleep(0.2)  # polling files another process writes; nothing to wait on
+    return server
 
 
 def rss_bytes(pid: int) -> int:
@@ -75,7 +121,9 @@ def gallery_vectors(size: int, dim: int, seed: int = 0) -> np.ndarray:
     return vectors
 
 
-def identify_load(url: str, pid: int, images: list[bytes], requests: int, clients: int) -> dict:
+def identify_load(
+    url: str, pids: list[int], images: list[bytes], requests: int, clients: int
+) -> dict:
     path = f"/v1/galleries/{GALLERY}/identify"
     bodies = [service_bench.multipart([image], {"top_k": str(TOP_K)}) for image in images]
     per_client = max(requests // clients, 1)
@@ -93,7 +141,7 @@ def identify_load(url: str, pid: int, images: list[bytes], requests: int, client
             client.close()
 
     worker(0)  # warm-up: the threshold for this gallery is calibrated by the first request
-    cpu_before = service_bench.process_cpu_seconds(pid)
+    cpu_before = server_cpu_seconds(pids)
     client_cpu_before = time.process_time()  # this process: the clients, on the same cores
     started = time.perf_counter()
     latencies: list[float] = []
@@ -102,7 +150,7 @@ def identify_load(url: str, pid: int, images: list[bytes], requests: int, client
             latencies += own
     wall = time.perf_counter() - started
     summary = service_bench.summarise(latencies, per_client * clients, wall)
-    cpu = service_bench.process_cpu_seconds(pid) - cpu_before
+    cpu = server_cpu_seconds(pids) - cpu_before
     summary["server_cpu_ms_per_request"] = 1000 * cpu / (per_client * clients)
     client_cpu = time.process_time() - client_cpu_before
     summary["client_cpu_ms_per_request"] = 1000 * client_cpu / (per_client * clients)
@@ -165,13 +213,16 @@ def run_size(
     bundle: Bundle,
     workdir: Path,
     size: int,
-    urls: list[str],
+    configs: list[tuple[str, int]],
     requests: int,
     clients: list[int],
-    baseline: dict[str, int],
+    baseline: dict[tuple[str, int], int],
     search_only: bool = False,
     batches: tuple[int, ...] = (1, 8),
+    rounds: int = 1,
 ) -> dict:
+    """Each (index URL, worker processes) of `configs` in turn, `rounds` times over (A B A B:
+    the machine's other load falls on each alike)."""
     dim = bundle.manifest.embedding_dim
     vectors = gallery_vectors(size, dim)
     data_dir = workdir / f"data-{size}"
@@ -186,71 +237,79 @@ def run_size(
         filled.write_text(json.dumps({"fill_s": fill_s, "model": bundle.model_id}))
     images = [png_bytes(seed, size=(112, 112), mode="RGB") for seed in range(64)]
     results: dict = {"fill_s": fill_s, "indexes": {}}
-    for url in urls:
-        print(f"  {url}: starting ...", file=sys.stderr, flush=True)
-        # The first start builds from the database, whatever an earlier run left.
-        shutil.rmtree(data_dir / "index", ignore_errors=True)
-        load = os.getloadavg()[0]
-        started = time.perf_counter()
-        server = ServerProcess(
-            data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
-        ).start(timeout=1800)
-        startup = time.perf_counter() - started
-        try:
-            assert server.process is not None
-            pid = server.process.pid
-            memory = rss_bytes(pid)
-            entry: dict = {
-                "startup_s": startup,
-                "load_average_at_start": load,
-                "rss_mb": memory / 2**20,
-                "bytes_per_template": (memory - baseline[url]) / size,
-            }
-            for count in clients:
-                print(f"  {url}: {count} clients ...", file=sys.stderr, flush=True)
-                entry[f"{count} clients"] = identify_load(server.url, pid, images, requests, count)
-            entry["rss_mb_after_load"] = rss_bytes(pid) / 2**20
-        finally:
-            server.stop()  # a graceful stop: an index with snapshots saves one
-        # The start that matters in operation: a restart, the database unchanged.
-        again = ServerProcess(
-            data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
-        )
-        started = time.perf_counter()
-        again.start(timeout=1800)
-        try:
-            entry["restart_s"] = time.perf_counter() - started
-            assert again.process is not None
-            identify_load(again.url, again.process.pid, images, 8, 1)
-            memory = rss_bytes(again.process.pid)
-            entry["restart_bytes_per_template"] = (memory - baseline[url]) / size
-        finally:
-            again.stop()
-        if "ivf=" in url:
-            print(f"  {url}: recall@1 ...", file=sys.stderr, flush=True)
-            entry["recall_at_1"] = recall_at_1(url, vectors)
-        if search_only:
-            print(f"  {url}: in-process search cost ...", file=sys.stderr, flush=True)
-            entry["search_ms_per_query"] = search_costs(url, vectors, batches=batches)
-        results["indexes"][url] = entry
+    log_path = workdir / "server.log"
+    for round_number in range(1, rounds + 1):
+        for url, workers in configs:
+            label = f"{url} --workers {workers}, round {round_number}"
+            print(f"  {label}: starting ...", file=sys.stderr, flush=True)
+            # The first start builds from the database, whatever an earlier run left.
+            shutil.rmtree(data_dir / "index", ignore_errors=True)
+            load = os.getloadavg()[0]
+            utc = time.strftime("%H:%M", time.gmtime())
+            started = time.perf_counter()
+            server = start_server(data_dir, bundle, url, workers, log_path)
+            startup = time.perf_counter() - started
+            try:
+                assert server.process is not None
+                pids = server_pids(server.process.pid, workers)
+                memory = server_rss(server.process.pid, workers)
+                entry: dict = {
+                    "url": url,
+                    "workers": workers,
+                    "utc": utc,
+                    "startup_s": startup,
+                    "load_average_at_start": load,
+                    "rss_mb": memory / 2**20,
+                    "bytes_per_template": (memory - baseline[url, workers]) / size,
+                }
+                for count in clients:
+                    print(f"  {label}: {count} clients ...", file=sys.stderr, flush=True)
+                    entry[f"{count} clients"] = identify_load(
+                        server.url, pids, images, requests, count
+                    )
+                entry["rss_mb_after_load"] = server_rss(server.process.pid, workers) / 2**20
+            finally:
+                server.stop()  # a graceful stop: an index with snapshots saves one
+            # The start that matters in operation: a restart, the database unchanged.
+            started = time.perf_counter()
+            again = start_server(data_dir, bundle, url, workers, log_path, info=True)
+            try:
+                entry["restart_s"] = time.perf_counter() - started
+                assert again.process is not None
+                pids = server_pids(again.process.pid, workers)
+                identify_load(again.url, pids, images, 8, 1)
+                memory = server_rss(again.process.pid, workers)
+                entry["restart_bytes_per_template"] = (memory - baseline[url, workers]) / size
+            finally:
+                again.stop()
+            if "ivf=" in url:
+                print(f"  {label}: recall@1 ...", file=sys.stderr, flush=True)
+                entry["recall_at_1"] = recall_at_1(url, vectors)
+            if search_only:
+                print(f"  {label}: in-process search cost ...", file=sys.stderr, flush=True)
+                entry["search_ms_per_query"] = search_costs(url, vectors, batches=batches)
+            results["indexes"][label] = entry
     return results
 
 
-def empty_server_rss(bundle: Bundle, workdir: Path, url: str) -> int:
-    """The resident set of a server whose gallery is empty, after one identify request."""
+def empty_server_rss(bundle: Bundle, workdir: Path, url: str, workers: int) -> int:
+    """The resident sets of a server whose gallery is empty (summed over its processes), after
+    one identify request."""
     data_dir = workdir / "data-empty"
     if not data_dir.exists():
         service_bench.fill_gallery(data_dir, bundle, np.zeros((0, bundle.manifest.embedding_dim)))
     image = png_bytes(0, size=(112, 112), mode="RGB")
-    with ServerProcess(
-        data_dir, bundle.path, admin_key=ADMIN_KEY, env={"OPENGALLERY_INDEX_URL": url}
-    ) as server:
+    shutil.rmtree(data_dir / "index", ignore_errors=True)
+    server = start_server(data_dir, bundle, url, workers, workdir / "server.log", info=True)
+    try:
         body, content_type = service_bench.multipart([image], {"top_k": str(TOP_K)})
         client = service_bench.RawClient(server.url)
         client.post(f"/v1/galleries/{GALLERY}/identify", body, content_type)
         client.close()
         assert server.process is not None
-        return rss_bytes(server.process.pid)
+        return server_rss(server.process.pid, workers)
+    finally:
+        server.stop()
 
 
 def markdown(report: dict) -> str:
@@ -259,29 +318,30 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}; model {report['model']}; top_k {TOP_K}; one subject "
         "per template; single-image identify requests (multipart PNG, 112x112 RGB).",
         "",
-        "| gallery | index | clients | req/s | p50 ms | p99 ms | server CPU ms/req "
-        "| client CPU ms/req | load avg |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| gallery | index | workers | UTC | clients | req/s | p50 ms | p99 ms "
+        "| server CPU ms/req | client CPU ms/req | load avg |",
+        "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size, result in report["sizes"].items():
-        for url, entry in result["indexes"].items():
+        for entry in result["indexes"].values():
             for key, run in entry.items():
                 if not key.endswith("clients"):
                     continue
                 lines.append(
-                    f"| {int(size):,} | `{url}` | {key.split()[0]} | {run['per_s']:.0f} "
+                    f"| {int(size):,} | `{entry['url']}` | {entry['workers']} | {entry['utc']} "
+                    f"| {key.split()[0]} | {run['per_s']:.0f} "
                     f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
                     f"| {run['server_cpu_ms_per_request']:.2f} "
                     f"| {run['client_cpu_ms_per_request']:.2f} | {run['load_average_1min']:.1f} |"
                 )
     lines += [
         "",
-        "| gallery | index | start-up s | restart s | server RSS MB | bytes per template "
-        "| after a restart | recall@1 |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| gallery | index | workers | start-up s | restart s | server RSS MB "
+        "| bytes per template | after a restart | recall@1 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for size, result in report["sizes"].items():
-        for url, entry in result["indexes"].items():
+        for entry in result["indexes"].values():
             recall = entry.get("recall_at_1")
             recall_text = (
                 ", ".join(f"{name} {value:.3f}" for name, value in recall.items())
@@ -289,14 +349,15 @@ def markdown(report: dict) -> str:
                 else "exact"
             )
             lines.append(
-                f"| {int(size):,} | `{url}` | {entry['startup_s']:.1f} | {entry['restart_s']:.1f} "
+                f"| {int(size):,} | `{entry['url']}` | {entry['workers']} "
+                f"| {entry['startup_s']:.1f} | {entry['restart_s']:.1f} "
                 f"| {entry['rss_mb']:.0f} | {entry['bytes_per_template']:.0f} "
                 f"| {entry['restart_bytes_per_template']:.0f} | {recall_text} |"
             )
     costs = [
-        (size, url, entry["search_ms_per_query"])
+        (size, entry["url"], entry["search_ms_per_query"])
         for size, result in report["sizes"].items()
-        for url, entry in result["indexes"].items()
+        for entry in result["indexes"].values()
         if "search_ms_per_query" in entry
     ]
     if costs:
@@ -322,6 +383,15 @@ def main() -> int:
     )
     parser.add_argument("--requests", type=int, default=400, help="requests per run")
     parser.add_argument("--clients", default="1,8", help="client counts (comma-separated)")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="serve --workers N for each index (comma-separated: each count is a run; "
+        "more than 1 with storage=sq8 only)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every (index, workers) this many times, in turn"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
         "--data",
@@ -340,6 +410,9 @@ def main() -> int:
     args = parser.parse_args()
     urls = args.index or ["faiss://", "faiss://?storage=sq8"]
     clients = [int(c) for c in args.clients.split(",")]
+    configs = [(url, int(w)) for url in urls for w in args.workers.split(",")]
+    if any(w > 1 and "storage=sq8" not in url for url, w in configs):
+        parser.error("--workers above 1 is measured with storage=sq8 only")
     report: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -354,19 +427,22 @@ def main() -> int:
             else make_cheap_bundle(workdir / "bundle")
         )
         report["model"] = f"{bundle.model_id} (cheap network: 112x112 RGB -> 512-d)"
-        baseline = {url: empty_server_rss(bundle, workdir, url) for url in urls}
-        report["empty_server_rss_mb"] = {url: rss / 2**20 for url, rss in baseline.items()}
+        baseline = {(url, w): empty_server_rss(bundle, workdir, url, w) for url, w in configs}
+        report["empty_server_rss_mb"] = {
+            f"{url} --workers {w}": rss / 2**20 for (url, w), rss in baseline.items()
+        }
         for size in [int(s) for s in args.sizes.split(",")]:
             report["sizes"][size] = run_size(
                 bundle,
                 workdir,
                 size,
-                urls,
+                configs,
                 args.requests,
                 clients,
                 baseline,
                 args.search_costs,
                 tuple(int(b) for b in args.batches.split(",")),
+                args.rounds,
             )
             if args.out:
                 args.out.write_text(json.dumps(report, indent=2))

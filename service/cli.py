@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 from pydantic import ValidationError
 
@@ -72,14 +74,15 @@ def _startup_problem(settings: Settings) -> str | None:
             open_store(url).close()
         except StoreError as error:
             return str(error)
-    if (settings.index_url or "").lower().startswith("milvus:"):  # an index server
-        try:
-            backend = open_index(settings.index_url, search_threads=settings.search_threads)
-        except (IndexConfigError, IndexUnavailable) as error:
-            return str(error)
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+    # An index server is reached; a faiss:// URL only has its options checked (no directory:
+    # nothing is read or removed).
+    try:
+        backend = open_index(settings.index_url, search_threads=settings.search_threads)
+    except (IndexConfigError, IndexUnavailable) as error:
+        return str(error)
+    close = getattr(backend, "close", None)
+    if close is not None:
+        close()
     return None
 
 
@@ -134,11 +137,6 @@ def serve_main(argv: Sequence[str]) -> int:
     )
     if settings is None:
         return 2
-    if settings.workers > 1:
-        why_not = _workers_problem(settings)
-        if why_not is not None:
-            print(f"opengallery serve: {why_not}", file=sys.stderr)
-            return 2
     problem = _startup_problem(settings)
     if problem is not None:
         print(f"opengallery serve: {problem}", file=sys.stderr)
@@ -203,21 +201,26 @@ def serve_main(argv: Sequence[str]) -> int:
     return 0 if server.started else 1  # not started: the app's start-up failed (logged)
 
 
-def _workers_problem(settings: Settings) -> str | None:
-    """Why `settings` cannot be served by several worker processes (None when it can)."""
+# The slot lock of this worker process: open for the process's life (closing it frees the slot).
+_held_slot: list[IO[bytes]] = []
+
+
+def _index_slot(settings: Settings) -> Path | None:
+    """The index directory of this worker process when its index keeps files (sq8), claimed for
+    the process's life; None when the index lives in memory only."""
     from urllib.parse import parse_qs, urlsplit
 
+    from service.core.state import claim_index_slot
+
     index = urlsplit(settings.index_url or "faiss://")
-    if index.scheme == "milvus":  # the processes share its collections, one writer at a time
+    if index.scheme != "faiss" or parse_qs(index.query).get("storage", [""])[-1] != "sq8":
         return None
-    if (
-        index.scheme != "faiss"
-        or parse_qs(index.query).get("storage", ["float32"])[-1] != "float32"
-    ):
-        # sq8 keeps row files and snapshots under the data directory that each process would
-        # clean up as its own.
-        return "--workers needs an in-memory index (faiss://, float32) or milvus://"
-    return None
+    directory, held = claim_index_slot(settings.data_dir)
+    _held_slot.append(held)
+    logging.getLogger("opengallery.service").info(
+        "worker %d: index files in %s", os.getpid(), directory
+    )
+    return directory
 
 
 def worker_app() -> object:
@@ -231,15 +234,13 @@ def worker_app() -> object:
     server.GuardedHttpToolsProtocol.header_timeout = settings.header_timeout
     server.GuardedHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
     server.GuardedHttpToolsProtocol.max_connections = settings.max_connections
-    return create_app(settings)
+    return create_app(settings, index_dir=_index_slot(settings))
 
 
 def _serve_workers(settings: Settings, sock: socket.socket, model_id: str) -> int:
     """`serve --workers N`: uvicorn's supervisor runs N processes accepting on one socket
     (bound here), restarting one that dies; each opens its own state and follows the change
     log. The admin key is made here, once, before any worker starts."""
-    import os
-
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 

@@ -57,6 +57,24 @@ def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None
     raise TimeoutError(f"{url} not ready after {timeout}s: {last_error}")
 
 
+def worker_pids(parent: int) -> list[int]:
+    """The uvicorn worker processes of `serve --workers` whose supervisor is `parent` (children
+    running multiprocessing's spawn entry point, not its resource tracker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        parent_pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent_pid == parent and b"spawn_main" in command and b"resource_tracker" not in command:
+            pids.append(int(entry.name))
+    return pids
+
+
 class ServerProcess:
     """`opengallery serve` in a subprocess on a free loopback port (kill -9 able)."""
 
@@ -68,6 +86,7 @@ class ServerProcess:
         admin_key: str,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -76,6 +95,7 @@ class ServerProcess:
         self.admin_key = admin_key
         self.env = dict(env or {})
         self.log_path = log_path
+        self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
@@ -96,7 +116,7 @@ class ServerProcess:
             "--model",
             str(self.model),
             "--log-level",
-            "warning",
+            self.log_level,
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(command, env=environment, stdout=log, stderr=log)

@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -82,9 +83,15 @@ def announce_admin_key(key: str) -> None:
     print(banner, file=sys.stderr, flush=True)
 
 
-def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
-    """The app; it opens its state at start-up, or serves `state` opened beforehand (by
-    `opengallery serve`, which reports a failed start in one line)."""
+def create_app(
+    settings: Settings | None = None,
+    state: ServiceState | None = None,
+    *,
+    index_dir: Path | None = None,
+) -> FastAPI:
+    """The app; it opens its state at start-up (its index kept on disk in `index_dir`, see
+    `open_state`), or serves `state` opened beforehand (by `opengallery serve`, which reports a
+    failed start in one line)."""
     settings = state.settings if state is not None else settings or Settings()
     metrics = (
         state.metrics
@@ -95,7 +102,9 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = opened or await run_in_threadpool(open_state, settings, metrics)
+        state = opened or await run_in_threadpool(
+            open_state, settings, metrics, index_dir=index_dir
+        )
         app.state.opengallery = state
         if state.generated_admin_key:
             announce_admin_key(state.generated_admin_key)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 from models.registry import ModelRegistry as BundleDirectory
 from service.core.bundles import bundle_directory, keep_default, load_registered
@@ -24,6 +27,7 @@ from service.index import IndexUnavailable, open_index
 from service.settings import Settings
 from service.storage import Store, StoreOpenError, StoreUnavailable, open_store
 from service.storage.factory import sqlite_path
+from service.storage.locking import lock_file
 
 logger = logging.getLogger("opengallery.service")
 
@@ -117,15 +121,37 @@ def check_not_emptied(settings: Settings) -> None:
         )
 
 
-def open_state(settings: Settings, metrics: Metrics | None = None) -> ServiceState:
+def claim_index_slot(data_dir: Path) -> tuple[Path, IO[bytes]]:
+    """An index directory of its own for one of several processes serving `data_dir`
+    (`serve --workers N`): `<data_dir>/index/worker-<k>` for the first `k` whose
+    `<data_dir>/index/slots/<k>.lock` no living process holds, and that lock, which the caller
+    keeps open as long as it uses the directory (the kernel releases it if the process dies).
+    A restarted worker takes a free slot and finds that slot's snapshots (each is checked
+    against the database's version when loaded)."""
+    root = data_dir / "index"
+    slots = root / "slots"
+    slots.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count():
+        held = lock_file(slots / f"{k}.lock", wait=False)
+        if held is not None:
+            return root / f"worker-{k}", held
+    raise AssertionError("unreachable: finitely many slots are held")
+
+
+def open_state(
+    settings: Settings, metrics: Metrics | None = None, *, index_dir: Path | None = None
+) -> ServiceState:
     """Open the store, load the models, make sure an admin key exists, build the indexes.
+    `index_dir` is where an index kept on disk lives (default `<data_dir>/index`).
 
     StartupError (one line) when the database cannot be used or the default model's weights
     differ from the registered bundle of the same id.
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     backend = open_index(
-        settings.index_url, search_threads=settings.search_threads, data_dir=settings.data_dir
+        settings.index_url,
+        search_threads=settings.search_threads,
+        index_dir=index_dir or settings.data_dir / "index",
     )
     check_not_emptied(settings)
     try:

@@ -48,13 +48,13 @@ def _positive_int(options: dict[str, str], name: str, default: int) -> int:
 
 
 def open_index(
-    url: str | None, *, search_threads: int = 1, data_dir: Path | None = None
+    url: str | None, *, search_threads: int = 1, index_dir: Path | None = None
 ) -> IndexBackend:
     """The backend named by `url` (None: the default). IndexConfigError for a URL this build
     cannot serve; IndexUnavailable if its server cannot be reached.
 
-    `data_dir` is where `storage=sq8` keeps its float32 vector files (the system's temporary
-    directory when None)."""
+    `index_dir` is where `storage=sq8` keeps its float32 vector files and snapshots
+    (`<data_dir>/index` for one server; the system's temporary directory when None)."""
     parts = urlsplit(url or DEFAULT_INDEX_URL)
     scheme = parts.scheme
     if scheme == "faiss":
@@ -86,7 +86,7 @@ def open_index(
         if merge not in ("0", "1"):
             raise IndexConfigError(f"faiss:// merge must be 0 or 1, got {merge!r}")
         return QuantizedBackend(
-            None if data_dir is None else data_dir / "index",
+            index_dir,
             ivf_lists=ivf_lists,
             nprobe=_positive_int(options, "nprobe", 16),
             merge_searches=merge == "1",

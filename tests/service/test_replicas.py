@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.testing import ServerProcess
+from service.testing import ServerProcess, worker_pids
 
-from .conftest import ADMIN_KEY, unit
+from .conftest import ADMIN_KEY, DIM, unit
 
 VISIBLE_WITHIN_S = 1.0
 
@@ -195,24 +195,6 @@ def test_a_replica_killed_during_enrolment_through_both_loses_no_acknowledged_sa
                 assert found == [acknowledged[i][0] for i in order]
 
 
-def worker_pids(parent: int) -> list[int]:
-    """The uvicorn worker processes of `serve --workers` (children running multiprocessing's
-    spawn entry point, not its resource tracker)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        parent_pid = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent_pid == parent and b"spawn_main" in command and b"resource_tracker" not in command:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_workers_on_sqlite_serve_one_port_and_follow_each_other(
     tmp_path: Path, bundle_path: Path
 ) -> None:
@@ -318,7 +300,84 @@ def test_workers_on_milvus_share_one_collection(
     assert len(rows) == len({row["id"] for row in rows}) == len(vectors)
 
 
-def test_workers_refuse_an_index_kept_on_disk_in_one_line(
+def test_workers_with_sq8_keep_their_files_in_slots_and_reuse_their_snapshots(
+    tmp_path: Path, bundle_path: Path
+) -> None:
+    """`serve --workers 2` with `storage=sq8`: each worker indexes every enrolment in row files
+    of its own slot directory and answers from it; after a clean stop, the restarted workers
+    take the two slots again and load their snapshots instead of building."""
+    data = tmp_path / "data"
+    log_path = tmp_path / "workers.log"
+    server = ServerProcess(
+        data,
+        bundle_path,
+        admin_key=ADMIN_KEY,
+        env={"OPENGALLERY_WORKERS": "2", "OPENGALLERY_INDEX_URL": "faiss://?storage=sq8"},
+        log_path=log_path,
+        log_level="info",
+    )
+    slots = [data / "index" / "worker-0", data / "index" / "worker-1"]
+    rng = np.random.default_rng(19)
+    vectors = unit(rng, 6)
+    headers = {"X-API-Key": ADMIN_KEY}
+
+    def fresh(method: str, path: str, body: object) -> httpx.Response:
+        return httpx.request(method, server.url + path, json=body, headers=headers)
+
+    def all_found() -> bool:
+        probes = {"embeddings": vectors.tolist(), "top_k": 1}
+        for _ in range(4):  # fresh connections: either worker answers
+            results = fresh("POST", "/v1/galleries/g/identify", probes).json()["results"]
+            names = [r["candidates"][0]["subject_id"] if r["candidates"] else None for r in results]
+            if names != [f"w{i}" for i in range(len(vectors))]:
+                return False
+        return True
+
+    def row_files() -> dict[Path, list[tuple[str, int]]]:
+        return {
+            slot: sorted((p.name, p.stat().st_size) for p in slot.glob("rows-*.f32"))
+            for slot in slots
+        }
+
+    def every_slot_holds_every_sample() -> bool:
+        files = row_files()
+        return all(
+            len(found) == 1 and found[0][1] == len(vectors) * DIM * 4 for found in files.values()
+        )
+
+    with server:
+        assert server.process is not None
+        assert len(worker_pids(server.process.pid)) == 2
+        assert fresh("POST", "/v1/galleries", {"name": "g"}).status_code == 201
+        for i, vector in enumerate(vectors):
+            item = {"subject_id": f"w{i}", "embedding": vector.tolist()}
+            body = {"create_subjects": True, "items": [item]}
+            assert fresh("POST", "/v1/galleries/g/samples", body).status_code == 201
+        seconds_until(every_slot_holds_every_sample)
+        assert seconds_until(all_found) <= VISIBLE_WITHIN_S
+        before = row_files()
+    assert sorted(p.name for p in (data / "index").iterdir()) == ["slots", "worker-0", "worker-1"]
+    for slot in slots:  # each worker saved its snapshot at the stop
+        assert len(list(slot.glob("snapshot-*.json"))) == 1
+
+    restarted_at = log_path.stat().st_size
+    loaded = "gallery 'g': index snapshot at version"
+
+    def both_loaded() -> bool:
+        with open(log_path, "rb") as log:
+            log.seek(restarted_at)
+            return log.read().decode().count(loaded) == 2
+
+    with server:
+        seconds_until(both_loaded, deadline_s=60.0)
+        assert all_found()
+        assert row_files() == before  # the same files: nothing was built again
+    text = log_path.read_bytes()[restarted_at:].decode()
+    assert "indexed with" in text and "not current" not in text
+    assert sorted(p.name for p in (data / "index").iterdir()) == ["slots", "worker-0", "worker-1"]
+
+
+def test_workers_refuse_an_index_url_they_cannot_serve_in_one_line(
     tmp_path: Path,
     bundle_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -326,12 +385,12 @@ def test_workers_refuse_an_index_kept_on_disk_in_one_line(
 ) -> None:
     from service import cli
 
-    monkeypatch.setenv("OPENGALLERY_INDEX_URL", "faiss://?storage=sq8")
+    monkeypatch.setenv("OPENGALLERY_INDEX_URL", "faiss://?storage=sq4")
     argv = ["--workers", "2", "--data-dir", str(tmp_path), "--model", str(bundle_path)]
-    assert cli.serve_main(argv) == 2
+    assert cli.serve_main(argv) == 1
     err = capsys.readouterr().err
     assert err == (
-        "opengallery serve: --workers needs an in-memory index (faiss://, float32) or milvus://\n"
+        "opengallery serve: faiss:// storage must be one of ['float32', 'sq8'], got 'sq4'\n"
     )
     assert not (tmp_path / "opengallery.sqlite3").exists()  # refused before anything started
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
@@ -12,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from service.storage.locking import lock_file
 from service.storage.records import ChangeRecord, GalleryEmbeddings
 from service.storage.sqlite.connection import SQLiteConnection
 
@@ -28,12 +28,10 @@ class SQLiteChanges(SQLiteConnection):
         directory = self.path.parent / f"{self.path.name}.locks"
         directory.mkdir(exist_ok=True)
         digest = hashlib.sha256(name.encode()).hexdigest()[:32]
-        with open(directory / digest, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = lock_file(directory / digest)
+        assert handle is not None  # a waiting lock is always taken
+        with handle:
+            yield
 
     def last_change(self) -> int:
         # MAX of the rowid is one step down the table's b-tree: cheap enough to poll.

@@ -283,7 +283,7 @@ def test_subject_names_against_a_dictionary() -> None:
 def test_index_url_options(tmp_path: Path) -> None:
     assert isinstance(open_index("faiss://"), FaissBackend)
     assert isinstance(open_index("faiss://?storage=float32"), FaissBackend)
-    backend = open_index("faiss://?storage=sq8&ivf=64&nprobe=4", data_dir=tmp_path)
+    backend = open_index("faiss://?storage=sq8&ivf=64&nprobe=4", index_dir=tmp_path / "index")
     assert isinstance(backend, QuantizedBackend)
     assert (backend.ivf_lists, backend.nprobe, backend.directory) == (64, 4, tmp_path / "index")
     assert not backend.merge_searches  # an inverted file merges only when asked
