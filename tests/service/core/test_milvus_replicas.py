@@ -17,19 +17,12 @@ from fastapi.testclient import TestClient
 
 from models.scoring import l2_normalise
 from service.api.app import create_app
-from service.core.state import ServiceState
 from service.index.milvus import SAMPLE, TEMPLATE, TEMPLATE_IDS, MilvusSubjectIndex
 from service.settings import Settings
 from service.storage import NewSample, open_store
 
 from ..conftest import ADMIN_KEY, DIM, unit
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.sqlite3'}"
-    return request.getfixturevalue("postgres_url")
+from .conftest import caught_up, state
 
 
 def settings_for(tmp_path: Path, name: str, bundle: Path, database: str, index: str) -> Settings:
@@ -58,17 +51,6 @@ def replicas(
             for name in "ab"
         )
         yield a, b
-
-
-def state(client: TestClient) -> ServiceState:
-    return client.app.state.opengallery  # type: ignore[attr-defined,no-any-return]
-
-
-def caught_up(*clients: TestClient) -> None:
-    for client in clients:
-        follower = state(client).follower
-        assert follower is not None
-        follower.catch_up()
 
 
 def index_of(client: TestClient, gallery: str) -> MilvusSubjectIndex:

@@ -13,17 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.core.state import ServiceState
 from service.settings import Settings
 
 from ..conftest import ADMIN_KEY, unit
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.sqlite3'}"
-    return request.getfixturevalue("postgres_url")
+from .conftest import caught_up, state
 
 
 @pytest.fixture
@@ -45,19 +38,6 @@ def replicas(
     yield clients[0], clients[1]
     for client in clients:
         client.__exit__(None, None, None)
-
-
-def state(client: TestClient) -> ServiceState:
-    return client.app.state.opengallery  # type: ignore[attr-defined,no-any-return]
-
-
-def caught_up(*clients: TestClient) -> None:
-    """Each replica applies the whole log now (the background thread would, within a poll)."""
-    for client in clients:
-        follower = state(client).follower
-        assert follower is not None
-        follower.catch_up()
-        assert follower.cursor == state(client).store.last_change()
 
 
 def indexed(client: TestClient, gallery: str) -> tuple[int, int] | None:

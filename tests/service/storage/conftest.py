@@ -3,12 +3,26 @@ one entry to BACKENDS (the name of a fixture giving the URL of a fresh, empty da
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from service.storage import Store, open_store
+from service.storage import NewSample, Store, open_store
+
+OLD, NEW = "m@1", "m@2"  # two model ids
+
+
+def sample(vector: list[float], image: bytes | None = None) -> NewSample:
+    """A sample of `vector` as the service hands it to a store: hashed by its image if it has
+    one, else by its embedding's bytes."""
+    array = np.asarray(vector, dtype=np.float32)
+    content = image if image is not None else array.tobytes()
+    return NewSample(
+        hashlib.sha256(content).hexdigest(), "image" if image else "embedding", array, image
+    )
 
 
 @pytest.fixture

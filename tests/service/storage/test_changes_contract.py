@@ -5,7 +5,6 @@ follower waiting for changes wakes when another process's write commits."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 import numpy as np
@@ -26,15 +25,7 @@ from service.storage.protocols.changes import (
     SUBJECT_PUT,
 )
 
-OLD, NEW = "m@1", "m@2"
-
-
-def sample(vector: list[float], image: bytes | None = None) -> NewSample:
-    array = np.asarray(vector, dtype=np.float32)
-    content = image if image is not None else array.tobytes()
-    return NewSample(
-        hashlib.sha256(content).hexdigest(), "image" if image else "embedding", array, image
-    )
+from .conftest import NEW, OLD, sample
 
 
 def new_changes(store: Store, after: int) -> list[tuple]:

@@ -14,7 +14,8 @@ import pytest
 from opengallery.cli import main
 from service.storage import NewSample, Store, open_store
 
-OLD, NEW = "m@1", "m@2"
+from .conftest import NEW, OLD
+
 SECRET = "s3cr3t-pw"
 
 

@@ -3,19 +3,12 @@ refuses, run against each backend (see conftest.py)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 
-from service.storage import NewSample, Store, StoreConflict
+from service.storage import Store, StoreConflict
 
-OLD, NEW = "m@1", "m@2"
-
-
-def sample(vector: list[float]) -> NewSample:
-    array = np.asarray(vector, dtype=np.float32)
-    return NewSample(hashlib.sha256(array.tobytes()).hexdigest(), "embedding", array)
+from .conftest import NEW, OLD, sample
 
 
 @pytest.fixture

@@ -30,16 +30,9 @@ from service.storage import (
     open_store,
 )
 
-OLD, NEW = "m@1", "m@2"
+from .conftest import NEW, OLD, sample
+
 REPO = Path(__file__).resolve().parents[3]
-
-
-def sample(vector: list[float], image: bytes | None = None) -> NewSample:
-    array = np.asarray(vector, dtype=np.float32)
-    content = image if image is not None else array.tobytes()
-    return NewSample(
-        hashlib.sha256(content).hexdigest(), "image" if image else "embedding", array, image
-    )
 
 
 def version_of(store: Store, gallery: str = "g") -> int:

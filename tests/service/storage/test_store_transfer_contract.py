@@ -11,17 +11,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from service.storage import AlreadyExistsError, NewSample, NotFoundError, Store
+from service.storage import AlreadyExistsError, NotFoundError, Store
 
-OLD, NEW = "m@1", "m@2"
-
-
-def sample(vector: list[float], image: bytes | None = None) -> NewSample:
-    array = np.asarray(vector, dtype=np.float32)
-    content = image if image is not None else array.tobytes()
-    return NewSample(
-        hashlib.sha256(content).hexdigest(), "image" if image else "embedding", array, image
-    )
+from .conftest import NEW, OLD, sample
 
 
 @pytest.fixture
