@@ -205,20 +205,15 @@ def serve_main(argv: Sequence[str]) -> int:
 _held_slot: list[IO[bytes]] = []
 
 
-def _index_slot(settings: Settings) -> Path | None:
-    """The index directory of this worker process when its index keeps files (sq8), claimed for
-    the process's life; None when the index lives in memory only."""
-    from urllib.parse import parse_qs, urlsplit
-
+def _index_slot(settings: Settings) -> Path:
+    """This worker process's own index directory (an index kept on disk, sq8, keeps its row
+    files and snapshots there; others leave it empty), claimed for the process's life."""
     from service.core.state import claim_index_slot
 
-    index = urlsplit(settings.index_url or "faiss://")
-    if index.scheme != "faiss" or parse_qs(index.query).get("storage", [""])[-1] != "sq8":
-        return None
     directory, held = claim_index_slot(settings.data_dir)
     _held_slot.append(held)
     logging.getLogger("opengallery.service").info(
-        "worker %d: index files in %s", os.getpid(), directory
+        "worker %d: index directory %s", os.getpid(), directory
     )
     return directory
 
