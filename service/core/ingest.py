@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from models.bundle import InputSpec
 from models.preprocessing import image_to_pixels
@@ -113,7 +112,7 @@ class Ingest:
     ) -> list[Prepared]:
         prepared: list[Prepared | None] = [None] * len(uploads)
         spec = model.bundle.manifest.input
-        images = []
+        pixels: list[np.ndarray] = []
         image_slots: list[tuple[int, bytes, str]] = []
         embedding_slots = [
             slot for slot, upload in enumerate(uploads) if upload.embedding is not None
@@ -140,16 +139,13 @@ class Ingest:
                 data = decoded[slot]
                 if data is None:  # not valid base64: decode again for the reason
                     data = decode_base64(upload.image_base64 or "")
-                # The embedder's own preprocessing of these pixels changes nothing (same mode
-                # and size).
-                pixels = self._input_pixels(data, spec)
-                images.append(Image.fromarray(pixels[..., 0] if spec.channels == 1 else pixels))
+                pixels.append(self._input_pixels(data, spec))
                 image_slots.append((slot, data, hashlib.sha256(data).hexdigest()))
             except (ImageRejected, EmbeddingRejected) as rejection:
                 prepared[slot] = Prepared(rejection=rejection)
-        if images:
+        if pixels:
             try:
-                vectors = model.embedder.embed_images(images)
+                vectors = model.embedder.embed_pixels(np.stack(pixels))
             except EmbeddingRejected:
                 # One bad output must not sink the batch: embed one by one to find it.
                 vectors = None
@@ -158,7 +154,7 @@ class Ingest:
                     vector = (
                         vectors[position]
                         if vectors is not None
-                        else model.embedder.embed_images([images[position]])[0]
+                        else model.embedder.embed_pixels(pixels[position][None])[0]
                     )
                     prepared[slot] = Prepared(vector=vector, image=data, content_sha256=digest)
                 except EmbeddingRejected as rejection:
@@ -201,8 +197,7 @@ class Ingest:
     def _image_probes(self, model: LoadedModel, images: list[bytes]) -> np.ndarray | None:
         """Image probes embedded as prepare() embeds them (the same checks, pixels and
         vectors) without what only enrolment keeps: content hashes, the bytes, a record per
-        item, the pixels back into a Pillow image. None when one is unusable: prepare() then
-        says which and why."""
+        item. None when one is unusable: prepare() then says which and why."""
         declared = self._declared_pixels(images)
         spec = model.bundle.manifest.input
         try:
