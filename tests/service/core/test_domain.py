@@ -36,13 +36,13 @@ def embed_calls(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[int
         client.app.state.opengallery.models.default_model_id  # type: ignore[attr-defined]
     )
     calls: list[int] = []
-    original = model.embedder.embed_images
+    original = model.embedder.embed_pixels  # every image path (enrolment, probes) ends here
 
-    def counting(images: list) -> np.ndarray:
-        calls.append(len(images))
-        return original(images)
+    def counting(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        return original(pixels)
 
-    monkeypatch.setattr(model.embedder, "embed_images", counting)
+    monkeypatch.setattr(model.embedder, "embed_pixels", counting)
     return calls
 
 
