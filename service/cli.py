@@ -187,7 +187,7 @@ def serve_main(argv: Sequence[str]) -> int:
         flush=True,
     )
     config = uvicorn.Config(
-        create_app(state=state),
+        create_app(state=state, freeze_after_start=True),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -229,7 +229,7 @@ def worker_app() -> object:
     server.GuardedHttpToolsProtocol.header_timeout = settings.header_timeout
     server.GuardedHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
     server.GuardedHttpToolsProtocol.max_connections = settings.max_connections
-    return create_app(settings, index_dir=_index_slot(settings))
+    return create_app(settings, index_dir=_index_slot(settings), freeze_after_start=True)
 
 
 def _serve_workers(settings: Settings, sock: socket.socket, model_id: str) -> int:

@@ -34,6 +34,7 @@ from service.api.routers import (
     transfer,
 )
 from service.api.schemas import ErrorResponse
+from service.core.memory import freeze_start_up_objects
 from service.core.metrics import Metrics
 from service.core.ratelimit import FailureLimiter
 from service.core.state import ServiceState, open_state
@@ -88,10 +89,12 @@ def create_app(
     state: ServiceState | None = None,
     *,
     index_dir: Path | None = None,
+    freeze_after_start: bool = False,
 ) -> FastAPI:
     """The app; it opens its state at start-up (its index kept on disk in `index_dir`, see
     `open_state`), or serves `state` opened beforehand (by `opengallery serve`, which reports a
-    failed start in one line)."""
+    failed start in one line). `freeze_after_start` (a server process's one app): what start-up
+    built is left out of later garbage collections (`freeze_start_up_objects`)."""
     settings = state.settings if state is not None else settings or Settings()
     metrics = (
         state.metrics
@@ -108,6 +111,8 @@ def create_app(
         app.state.opengallery = state
         if state.generated_admin_key:
             announce_admin_key(state.generated_admin_key)
+        if freeze_after_start:
+            freeze_start_up_objects()
         logger.info(
             "ready: model %s, %d galleries, docs at /docs",
             state.models.default_model_id,

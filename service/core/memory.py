@@ -1,4 +1,5 @@
-"""Handing freed C-heap memory back to the system.
+"""Handing freed C-heap memory back to the system, and keeping the garbage collector's work
+to what requests allocate.
 
 glibc keeps freed heap for reuse, so a process that once held large buffers (decoded images
 of a big request; the embeddings read while building an index) keeps its peak size for good
@@ -84,3 +85,16 @@ class _CollectorPause:
 
 
 paused_gc = _CollectorPause()  # `with paused_gc():` around a bulk request's work
+
+
+def freeze_start_up_objects() -> None:
+    """Collect once, then leave every object alive now out of later collections (gc.freeze).
+
+    What a server builds at start (modules, the app, its state, the indexes' Python side)
+    lives as long as the process. Left to the collector, the full collections that the
+    start-up's many new objects set due run under load and walk all of it: 40-50 ms in which
+    every request in flight stands still (docs/benchmarks.md). Frozen objects are never
+    collected, so this is for a process's start, not for objects that may become garbage.
+    """
+    gc.collect()
+    gc.freeze()

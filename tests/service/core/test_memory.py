@@ -1,4 +1,5 @@
-"""paused_gc: the collector off while any paused block runs, on again once all have ended."""
+"""paused_gc: the collector off while any paused block runs, on again once all have ended;
+freeze_start_up_objects: what lives at start is left out of later collections."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.core.memory import paused_gc
+from service.core.memory import freeze_start_up_objects, paused_gc
 
 
 @pytest.fixture(autouse=True)
@@ -102,3 +103,20 @@ def test_a_long_pause_collects_the_cycles_made_during_it(monkeypatch: pytest.Mon
     assert not gc.isenabled()  # the long block still runs
     blocks.end("long")
     assert gc.isenabled()
+
+
+def test_freezing_collects_the_garbage_first_and_then_leaves_the_living_out() -> None:
+    node = _Node()
+    dead = weakref.ref(node)
+    del node
+    living = _Node()
+    try:
+        freeze_start_up_objects()
+        assert dead() is None
+        made_after = _Node()
+        tracked = {id(obj) for obj in gc.get_objects()}  # every generation, frozen excluded
+        assert id(living) not in tracked
+        assert id(made_after) in tracked
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
