@@ -209,6 +209,47 @@ def search_costs(
     return result
 
 
+def concurrent_searches(
+    url: str, vectors: np.ndarray, callers: int = 8, per_caller: int = 150, rounds: int = 3
+) -> list[dict]:
+    """In-process searches from `callers` threads at once, one query each (what identify's
+    merged searches see under load): queries/s, p50/p99 ms, queries per merged search."""
+    rng = np.random.default_rng(3)
+    dim = vectors.shape[1]
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
+    index = open_index(url).build(dim, "max", contents)
+    queries = rng.standard_normal((callers * per_caller, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    index.search(queries[:1], TOP_K)
+    results = []
+    for _ in range(rounds):
+        latencies: list[list[float]] = [[] for _ in range(callers)]
+
+        def caller(number: int, own: list[float]) -> None:
+            for i in range(per_caller):
+                query = queries[number * per_caller + i][None, :]
+                started = time.perf_counter()
+                index.search(query, TOP_K)
+                own.append(time.perf_counter() - started)
+
+        searches_before = index.searches
+        started = time.perf_counter()
+        with ThreadPoolExecutor(callers) as pool:
+            list(pool.map(caller, range(callers), latencies))
+        wall = time.perf_counter() - started
+        flat = np.concatenate(latencies)
+        results.append(
+            {
+                "queries_per_s": len(flat) / wall,
+                "p50_ms": 1000 * float(np.percentile(flat, 50)),
+                "p99_ms": 1000 * float(np.percentile(flat, 99)),
+                "queries_per_search": len(flat) / max(1, index.searches - searches_before),
+            }
+        )
+    return results
+
+
 def run_size(
     bundle: Bundle,
     workdir: Path,
@@ -288,6 +329,7 @@ def run_size(
             if search_only:
                 print(f"  {label}: in-process search cost ...", file=sys.stderr, flush=True)
                 entry["search_ms_per_query"] = search_costs(url, vectors, batches=batches)
+                entry["concurrent_search"] = concurrent_searches(url, vectors)
             results["indexes"][label] = entry
     return results
 
@@ -372,6 +414,21 @@ def markdown(report: dict) -> str:
         for size, url, cost in costs:
             cells = " | ".join(f"{cost[name]:.2f}" for name in names)
             lines.append(f"| {int(size):,} | `{url}` | {cells} |")
+        lines += [
+            "",
+            "In-process searches from 8 threads at once, one query each (three rounds):",
+            "",
+            "| gallery | index | queries/s | p50 ms | p99 ms | queries per merged search |",
+            "| ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for size, result in report["sizes"].items():
+            for entry in result["indexes"].values():
+                for run in entry.get("concurrent_search", []):
+                    lines.append(
+                        f"| {int(size):,} | `{entry['url']}` | {run['queries_per_s']:.0f} "
+                        f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
+                        f"| {run['queries_per_search']:.1f} |"
+                    )
     return "\n".join(lines)
 
 
@@ -402,7 +459,8 @@ def main() -> int:
     parser.add_argument(
         "--search-costs",
         action="store_true",
-        help="also time in-process search: 1 vs 8 queries per call, 1 vs 2 FAISS threads",
+        help="also time in-process search: 1 vs 8 queries per call, 1 vs 2 FAISS threads, "
+        "and 8 concurrent callers",
     )
     parser.add_argument(
         "--batches", default="1,8", help="queries per call for --search-costs (comma-separated)"
