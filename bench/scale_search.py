@@ -31,6 +31,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,12 +128,21 @@ def identify_load(
     path = f"/v1/galleries/{GALLERY}/identify"
     bodies = [service_bench.multipart([image], {"top_k": str(TOP_K)}) for image in images]
     per_client = max(requests // clients, 1)
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    split: list[int] = []
+    # With several workers, once every client has connected: how the kernel split the
+    # connections between them (each keep-alive connection stays where it was accepted).
+    connected = threading.Barrier(
+        clients, action=lambda: split.extend(connections_per_process(pids[1:], port))
+    )
 
-    def worker(number: int) -> list[float]:
+    def worker(number: int, timed: bool = True) -> list[float]:
         client = service_bench.RawClient(url)
         try:
 
             def call(i: int) -> None:
+                if timed and i == 1 and len(pids) > 1 and per_client > 1:
+                    connected.wait(timeout=120)
                 body, content_type = bodies[(number * per_client + i) % len(bodies)]
                 client.post(path, body, content_type)
 
@@ -140,7 +150,7 @@ def identify_load(
         finally:
             client.close()
 
-    worker(0)  # warm-up: the threshold for this gallery is calibrated by the first request
+    worker(0, timed=False)  # warm-up: the first request calibrates the gallery's threshold
     cpu_before = server_cpu_seconds(pids)
     client_cpu_before = time.process_time()  # this process: the clients, on the same cores
     started = time.perf_counter()
@@ -155,7 +165,29 @@ def identify_load(
     client_cpu = time.process_time() - client_cpu_before
     summary["client_cpu_ms_per_request"] = 1000 * client_cpu / (per_client * clients)
     summary["load_average_1min"] = os.getloadavg()[0]
+    if split:
+        summary["connections_per_worker"] = sorted(split, reverse=True)
     return summary
+
+
+def connections_per_process(pids: list[int], port: int) -> list[int]:
+    """The established TCP connections on `port` that each process holds (Linux /proc)."""
+    established = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].split(":")[1], 16) == port:
+                established.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in pids:
+        held = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                held += os.readlink(f"/proc/{pid}/fd/{fd}") in established
+            except OSError:  # closed meanwhile
+                continue
+        counts.append(held)
+    return counts
 
 
 def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
@@ -361,8 +393,8 @@ def markdown(report: dict) -> str:
         "per template; single-image identify requests (multipart PNG, 112x112 RGB).",
         "",
         "| gallery | index | workers | UTC | clients | req/s | p50 ms | p99 ms "
-        "| server CPU ms/req | client CPU ms/req | load avg |",
-        "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU ms/req | client CPU ms/req | load avg | connections per worker |",
+        "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for size, result in report["sizes"].items():
         for entry in result["indexes"].values():
@@ -374,7 +406,8 @@ def markdown(report: dict) -> str:
                     f"| {key.split()[0]} | {run['per_s']:.0f} "
                     f"| {run['p50_ms']:.1f} | {run['p99_ms']:.1f} "
                     f"| {run['server_cpu_ms_per_request']:.2f} "
-                    f"| {run['client_cpu_ms_per_request']:.2f} | {run['load_average_1min']:.1f} |"
+                    f"| {run['client_cpu_ms_per_request']:.2f} | {run['load_average_1min']:.1f} "
+                    f"| {'/'.join(map(str, run.get('connections_per_worker', []))) or '-'} |"
                 )
     lines += [
         "",
