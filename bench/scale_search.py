@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.bundle import Bundle, load_bundle  # noqa: E402
 from models.testing import make_cheap_bundle  # noqa: E402
-from service.index import IndexContents, open_index  # noqa: E402
+from service.index import IndexContents, SubjectSearch, open_index  # noqa: E402
 from service.testing import ServerProcess, png_bytes, worker_pids  # noqa: E402
 
 
@@ -190,6 +190,13 @@ def connections_per_process(pids: list[int], port: int) -> list[int]:
     return counts
 
 
+def gallery_index(url: str, vectors: np.ndarray) -> SubjectSearch:
+    """`vectors` as an in-process index of `url`: one subject per row, "max" scoring."""
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
+    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
+    return open_index(url).build(vectors.shape[1], "max", contents)
+
+
 def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
     """Top-1 agreement with exact search (sq8 storage, exact) on the same gallery."""
     rng = np.random.default_rng(1)
@@ -199,10 +206,8 @@ def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
         dim
     )
     non_mated = rng.standard_normal((probes, dim)).astype(np.float32)
-    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
-    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
-    approximate = open_index(url).build(dim, "max", contents)
-    exact = open_index("faiss://?storage=sq8").build(dim, "max", contents)
+    approximate = gallery_index(url, vectors)
+    exact = gallery_index("faiss://?storage=sq8", vectors)
     result = {}
     for name, queries in (("mated", mated), ("non-mated", non_mated)):
         queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
@@ -213,17 +218,13 @@ def recall_at_1(url: str, vectors: np.ndarray, probes: int = 500) -> dict:
 
 
 def search_costs(
-    url: str, vectors: np.ndarray, repeats: int = 24, batches: tuple[int, ...] = (1, 8)
+    index: SubjectSearch, dim: int, repeats: int = 24, batches: tuple[int, ...] = (1, 8)
 ) -> dict:
-    """In-process search cost per query (median ms): `batches` queries per call (what merged
-    searches share), with one and two FAISS threads."""
+    """In-process search cost per query of `index` (median ms): `batches` queries per call
+    (what merged searches share), with one and two FAISS threads."""
     from service.index.faiss import set_search_threads
 
     rng = np.random.default_rng(2)
-    dim = vectors.shape[1]
-    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
-    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
-    index = open_index(url).build(dim, "max", contents)
     queries = rng.standard_normal((max(batches) * repeats, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     result = {}
@@ -242,15 +243,12 @@ def search_costs(
 
 
 def concurrent_searches(
-    url: str, vectors: np.ndarray, callers: int = 8, per_caller: int = 150, rounds: int = 3
+    index: SubjectSearch, dim: int, callers: int = 8, per_caller: int = 150, rounds: int = 3
 ) -> list[dict]:
-    """In-process searches from `callers` threads at once, one query each (what identify's
-    merged searches see under load): queries/s, p50/p99 ms, queries per merged search."""
+    """In-process searches of `index` from `callers` threads at once, one query each (what
+    identify's merged searches see under load): queries/s, p50/p99 ms, queries per merged
+    search."""
     rng = np.random.default_rng(3)
-    dim = vectors.shape[1]
-    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
-    contents = IndexContents(ids, ids, vectors, {int(i): f"s{int(i) - 1:07d}" for i in ids})
-    index = open_index(url).build(dim, "max", contents)
     queries = rng.standard_normal((callers * per_caller, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     index.search(queries[:1], TOP_K)
@@ -265,18 +263,19 @@ def concurrent_searches(
                 index.search(query, TOP_K)
                 own.append(time.perf_counter() - started)
 
-        searches_before = index.searches
+        searches_before = index.searches  # type: ignore[attr-defined]
         started = time.perf_counter()
         with ThreadPoolExecutor(callers) as pool:
             list(pool.map(caller, range(callers), latencies))
         wall = time.perf_counter() - started
         flat = np.concatenate(latencies)
+        searches = index.searches - searches_before  # type: ignore[attr-defined]
         results.append(
             {
                 "queries_per_s": len(flat) / wall,
                 "p50_ms": 1000 * float(np.percentile(flat, 50)),
                 "p99_ms": 1000 * float(np.percentile(flat, 99)),
-                "queries_per_search": len(flat) / max(1, index.searches - searches_before),
+                "queries_per_search": len(flat) / max(1, searches),
             }
         )
     return results
@@ -360,8 +359,10 @@ def run_size(
                 entry["recall_at_1"] = recall_at_1(url, vectors)
             if search_only:
                 print(f"  {label}: in-process search cost ...", file=sys.stderr, flush=True)
-                entry["search_ms_per_query"] = search_costs(url, vectors, batches=batches)
-                entry["concurrent_search"] = concurrent_searches(url, vectors)
+                index = gallery_index(url, vectors)
+                entry["search_ms_per_query"] = search_costs(index, dim, batches=batches)
+                entry["concurrent_search"] = concurrent_searches(index, dim)
+                del index
             results["indexes"][label] = entry
     return results
 
