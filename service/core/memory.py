@@ -92,8 +92,8 @@ def freeze_start_up_objects() -> None:
 
     What a server builds at start (modules, the app, its state, the indexes' Python side)
     lives as long as the process. Left to the collector, the full collections that the
-    start-up's many new objects set due run under load and walk all of it: 40-50 ms in which
-    every request in flight stands still (docs/benchmarks.md). Frozen objects are never
+    start-up's many new objects set due run under load and walk all of it: tens of ms in
+    which every request in flight stands still (docs/benchmarks.md). Frozen objects are never
     collected, so this is for a process's start, not for objects that may become garbage.
     """
     gc.collect()
